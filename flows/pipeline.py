@@ -1,0 +1,109 @@
+"""The DVC pipeline as a Prefect flow: one task per stage, DVC decides what to skip.
+
+    python -m flows.pipeline                       # run once (ephemeral Prefect, no server needed)
+    python -m flows.pipeline --stage teacher       # run up to one stage
+    python -m flows.pipeline --serve --cron "0 3 * * *"   # serve on a schedule (needs a server)
+
+Each task runs `dvc repro --single-item <stage>` in topological order, so the repository lock is
+never contended and DVC's own change detection is the only cache (Prefect caching is off). The
+flow opens the MLflow parent run and hands its id to every stage through the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import graphlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from maskprune.config import find_repo_root, load_params
+from maskprune.errors import exit_on_user_error
+from maskprune.tracking import FLOW_RUN_ENV, PARENT_ENV, Tracker
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+_EDGE = re.compile(r'^"(?P<src>[^"]+)" -> "(?P<dst>[^"]+)";$')
+_NODE = re.compile(r'^"(?P<name>[^"]+)";$')
+
+
+def stage_order(root: Path, target: str | None = None) -> list[str]:
+    """Stage names in a topological order of `dvc dag` (only `target` and its ancestors if given)."""
+    args = [DVC, "dag", "--dot", *([target] if target else [])]
+    dot = subprocess.run(args, cwd=root, capture_output=True, text=True, check=True).stdout
+    graph: dict[str, set[str]] = {}
+    for line in map(str.strip, dot.splitlines()):
+        if edge := _EDGE.match(line):
+            graph.setdefault(edge["dst"], set()).add(edge["src"])
+        elif node := _NODE.match(line):
+            graph.setdefault(node["name"], set())
+    return list(graphlib.TopologicalSorter(graph).static_order())
+
+
+@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, task_run_name="dvc repro {stage}")
+def repro_stage(stage: str, root: str, env: dict[str, str], force: bool = False) -> str:
+    """Run one stage through DVC; its output goes to the Prefect log."""
+    logger = get_run_logger()
+    cmd = [DVC, "repro", "--single-item", *(["--force"] if force else []), stage]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line.rstrip())
+        logger.info(line.rstrip())
+    if proc.wait() != 0:
+        errors = [ln for ln in lines if "error" in ln.lower()] or lines[-1:]
+        raise RuntimeError(f"stage {stage} failed: {errors[-1] if errors else 'no output'}")
+    return "skipped" if any("didn't change, skipping" in ln for ln in lines) else "ran"
+
+
+@flow(name="maskprune-pipeline", log_prints=True)
+def pipeline(stage: str | None = None, force: bool = False) -> dict[str, str]:
+    """Run the pipeline (or up to `stage`); returns {stage: 'ran' | 'skipped'}."""
+    root = find_repo_root()
+    params = load_params(root / "params.yaml")
+    flow_run_id = str(flow_run.get_id() or "")
+    env = {**os.environ, FLOW_RUN_ENV: flow_run_id}
+    tracker = Tracker(params.tracking, root) if params.tracking.enabled else None
+    if tracker is not None:
+        env[PARENT_ENV] = tracker.start_pipeline_run(source="prefect", flow_run_id=flow_run_id)
+    outcome: dict[str, str] = {}
+    try:
+        for name in stage_order(root, stage):
+            outcome[name] = repro_stage(name, str(root), env, force)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(env[PARENT_ENV], "FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish(env[PARENT_ENV])
+    print(f"pipeline done: {outcome}")
+    return outcome
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--stage", help="run only this stage and the stages it depends on")
+    parser.add_argument("--force", action="store_true", help="rerun stages even if unchanged")
+    parser.add_argument("--serve", action="store_true", help="serve as a deployment (needs a server)")
+    parser.add_argument("--cron", default="0 3 * * *", help="schedule for --serve (default nightly)")
+    args = parser.parse_args(argv)
+    if args.serve:
+        if not os.environ.get("PREFECT_API_URL"):
+            raise SystemExit("maskprune: error: --serve needs a Prefect server: run `prefect server "
+                             "start` and export PREFECT_API_URL=http://127.0.0.1:4200/api")  # fmt: skip
+        pipeline.serve(name="maskprune-scheduled", cron=args.cron,
+                       parameters={"stage": args.stage, "force": args.force})  # fmt: skip
+    else:
+        pipeline(stage=args.stage, force=args.force)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a venv in .venv with maskprune and its pipeline tools, and the default
+# dataset (Fashion-MNIST from Debian's dataset-fashion-mnist). Safe to run again at any time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+
+# Reinstall only when the dependency list changed.
+stamp="$VENV/.maskprune-deps"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing maskprune and its dependencies (first run takes a few minutes)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e ".[pipeline,test]"
+  echo "$want" > "$stamp"
+fi
+
+# The default dataset. Only needed when params.yaml points at the Debian location.
+root=$("$VENV/bin/python" -c "import yaml; print(yaml.safe_load(open('params.yaml'))['data']['root'])")
+if [ "$root" = "/usr/share/datasets/fashion-mnist" ] && [ ! -f "$root/train-images-idx3-ubyte.gz" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"
+    apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "setup: Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set data.root in params.yaml to a folder with its four IDX .gz files" >&2
+    exit 1
+  fi
+fi
+echo "setup: ready ($("$VENV/bin/python" --version), $root)"

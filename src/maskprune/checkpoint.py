@@ -1,0 +1,159 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else; nothing is ever unpickled.
+
+Two kinds:
+  - a model folder (a stage output): `model.safetensors` + `meta.json` (model spec, classes,
+    normalisation, provenance), loadable into a fresh TokenViT;
+  - a training state folder (for resume): `state-<epoch>.safetensors` (model and optimizer
+    tensors) + `state.json` (epoch, scheduler, optimizer groups, history, config hash). The JSON
+    is written last and names its tensor file, so a crash mid-save leaves the previous state valid.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from maskprune import atomic
+from maskprune.config import ModelSpec
+from maskprune.errors import MaskpruneError
+from maskprune.models.vit import TokenViT, build_model
+
+CHECKPOINT_FORMAT = "maskprune-model/1"
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "meta.json"
+STATE_FILE = "state.json"
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    with atomic.atomic_path(path) as tmp:
+        save_file(_contiguous(tensors), str(tmp))
+
+
+def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise MaskpruneError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def save_model(folder: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """Write `model.safetensors` then `meta.json` into `folder` (each atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_tensors(folder / WEIGHTS_FILE, unwrap(model).state_dict())
+    atomic.write_json(folder / META_FILE, {"format": CHECKPOINT_FORMAT, **meta})
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MaskpruneError(f"{folder} holds no {META_FILE}: not a maskprune checkpoint; "
+                             "point at a stage's model folder (e.g. models/teacher)") from None
+    except json.JSONDecodeError as err:
+        raise MaskpruneError(f"{path}: corrupt JSON ({err}); rerun the stage that wrote it") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise MaskpruneError(f"{path}: format {meta.get('format')!r} is not {CHECKPOINT_FORMAT!r}")
+    return meta
+
+
+def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[TokenViT, dict[str, Any]]:
+    """Rebuild the model described by `meta.json` and load its weights, checking every key."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    spec = ModelSpec.model_validate(meta["model"])
+    model = build_model(spec, num_classes=meta["num_classes"], in_chans=meta["in_chans"])
+    state = load_tensors(folder / WEIGHTS_FILE)
+    result = model.load_state_dict(state, strict=False)
+    problems = [*result.missing_keys[:3], *result.unexpected_keys[:3]]
+    if problems:
+        raise MaskpruneError(f"{folder}: weights do not match model {spec.name!r} in meta.json "
+                             f"(mismatched keys such as {', '.join(problems)})")
+    return model.to(device), meta
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, scalars = {}, {}
+    for pid, entry in state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for name, value in info["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": info["param_groups"]}
+
+
+def save_train_state(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    config_hash: str,
+    history: list[dict[str, float]],
+) -> None:
+    """Save everything needed to continue after `epoch` (1-based count of finished epochs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    optim_tensors, optim_info = _flatten_optimizer(optimizer.state_dict())
+    model_tensors = {f"model.{k}": v for k, v in unwrap(model).state_dict().items()}
+    tensor_file = f"state-{epoch:04d}.safetensors"
+    save_tensors(folder / tensor_file, {**model_tensors, **optim_tensors})
+    atomic.write_json(folder / STATE_FILE, {
+        "epoch": epoch, "config_hash": config_hash, "tensors": tensor_file,
+        "optimizer": optim_info, "scheduler": scheduler.state_dict(), "history": history,
+    })  # fmt: skip
+    for old in folder.glob("state-*.safetensors"):
+        if old.name != tensor_file:
+            old.unlink(missing_ok=True)
+
+
+def load_train_state(
+    folder: Path,
+    config_hash: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[int, list[dict[str, float]]]:
+    """Restore the latest state saved in `folder` for this config; (0, []) when there is none."""
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return 0, []
+    state = json.loads(path.read_text())
+    if state["config_hash"] != config_hash:
+        return 0, []
+    tensors = load_tensors(folder / state["tensors"])
+    model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    unwrap(model).load_state_dict(model_state)
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["epoch"]), list(state["history"])

@@ -1,0 +1,239 @@
+"""params.yaml: schema, validation and loading.
+
+Every section of params.yaml is a pydantic model with `extra="forbid"`. The defaults here are the
+`cpu` profile; `python -m maskprune.profile NAME` writes the full effective parameter set to
+params.yaml so that DVC sees every value a stage uses. Loading refuses a params.yaml that lacks a
+key, so no hidden default can change a result behind DVC's back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from maskprune.errors import MaskpruneError
+
+PARAMS_FILE = "params.yaml"
+DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+REGENERATE = ("DVC must see every parameter: add it, or regenerate params.yaml with "
+              "`python -m maskprune.profile <smoke|cpu|gpu>`")  # fmt: skip
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataSection(Section):
+    name: str = Field("fashion_mnist", pattern=r"^[A-Za-z0-9_.-]+$")
+    format: Literal["idx", "cifar10", "imagefolder"] = "idx"
+    root: str = DEFAULT_FASHION_MNIST_ROOT
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    train_limit: int = Field(0, ge=0, description="0 keeps every training image")
+    test_limit: int = Field(0, ge=0, description="0 keeps every test image")
+
+
+class ModelSpec(Section):
+    name: str
+    img_size: int = Field(28, ge=8)
+    patch_size: int = Field(4, ge=1)
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    pretrained_file: str = Field("", description="local timm weights (.safetensors); '' = none")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from maskprune.models.vit import check_model_name
+
+        check_model_name(name)
+        return name
+
+    @model_validator(mode="after")
+    def _grid(self) -> "ModelSpec":
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        return self
+
+
+class ModelsSection(Section):
+    student: ModelSpec = ModelSpec(name="vit_student")
+    teacher: ModelSpec = ModelSpec(name="vit_teacher")
+
+    @model_validator(mode="after")
+    def _same_grid(self) -> "ModelsSection":
+        s, t = self.student, self.teacher
+        if (s.img_size // s.patch_size) != (t.img_size // t.patch_size):
+            raise ValueError(
+                "student and teacher patch grids differ "
+                f"({s.img_size // s.patch_size} vs {t.img_size // t.patch_size} patches per side); "
+                "give both the same img_size/patch_size ratio"
+            )
+        return self
+
+
+class RuntimeSection(Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+    amp: Literal["auto", "off"] = Field("auto", description="auto = bf16 autocast on CUDA")
+    compile: bool = False
+    progress: Literal["auto", "on", "off"] = "auto"
+
+
+class TrackingSection(Section):
+    enabled: bool = True
+    uri: str = Field("", description="'' = sqlite:///<repo>/mlflow.db; MLFLOW_TRACKING_URI wins")
+    experiment: str = Field("maskprune", min_length=1)
+    required: bool = Field(True, description="fail the stage if tracking is unreachable")
+
+
+class TrainSection(Section):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0.0)
+    min_lr: float = Field(ge=0.0)
+    weight_decay: float = Field(ge=0.0)
+    warmup_epochs: float = Field(ge=0.0)
+    label_smoothing: float = Field(ge=0.0, lt=1.0)
+    grad_clip: float = Field(ge=0.0, description="max gradient norm; 0 = off")
+    augment: bool = True
+
+    @model_validator(mode="after")
+    def _schedule(self) -> "TrainSection":
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} is larger than lr {self.lr}")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
+        return self
+
+
+class EvaluateSection(Section):
+    batch_size: int = Field(256, ge=1)
+    occlusion_drop: list[float] = Field(
+        default_factory=lambda: [round(0.1 * i, 1) for i in range(10)],
+        description="fractions of patches removed at random (0 to 0.9)",
+        min_length=1,
+    )
+    throughput_batch: int = Field(64, ge=1, description="64 on CPU, 256 on GPU")
+    throughput_warmup: int = Field(3, ge=0)
+    throughput_repeats: int = Field(10, ge=1)
+
+    @field_validator("occlusion_drop")
+    @classmethod
+    def _fractions(cls, values: list[float]) -> list[float]:
+        bad = [v for v in values if not 0.0 <= v < 1.0]
+        if bad:
+            raise ValueError(f"fractions must lie in [0, 1), got {bad}")
+        if values != sorted(set(values)):
+            raise ValueError("fractions must be strictly increasing")
+        return values
+
+
+class Params(Section):
+    profile: Literal["smoke", "cpu", "gpu"] = "cpu"
+    seed: int = Field(0, ge=0)
+    data: DataSection = DataSection()
+    models: ModelsSection = ModelsSection()
+    runtime: RuntimeSection = RuntimeSection()
+    tracking: TrackingSection = TrackingSection()
+    teacher: TrainSection = TrainSection(
+        epochs=2,
+        batch_size=128,
+        lr=1e-3,
+        min_lr=1e-5,
+        weight_decay=0.05,
+        warmup_epochs=0.2,
+        label_smoothing=0.1,
+        grad_clip=1.0,
+    )
+    evaluate: EvaluateSection = EvaluateSection()
+
+
+def format_validation_error(err: ValidationError, source: str = PARAMS_FILE) -> str:
+    """One line per problem: `<source>: <key.path>: <what is wrong and what is allowed>`."""
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            parent = _section_at(item["loc"][:-1])
+            allowed = ", ".join(parent.model_fields) if parent else "see params.yaml"
+            lines.append(f"{source}: {loc}: unknown key; allowed keys here: {allowed}")
+            continue
+        if item["type"] == "missing":
+            lines.append(f"{source}: {loc}: missing key; {REGENERATE}")
+            continue
+        msg = item["msg"].removeprefix("Value error, ")
+        got = item.get("input")
+        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+        lines.append(f"{source}: {loc}: {msg}{shown}" if loc else f"{source}: {msg}")
+    return "; ".join(lines)
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _leaf_paths(tree: Any, prefix: str = "") -> set[str]:
+    if isinstance(tree, dict):
+        paths: set[str] = set()
+        for key, value in tree.items():
+            paths |= _leaf_paths(value, f"{prefix}{key}.")
+        return paths
+    return {prefix.rstrip(".")}
+
+
+def validate_params(raw: Any, source: str = PARAMS_FILE, complete: bool = True) -> Params:
+    """Validate a parsed params tree; with `complete`, every key of the schema must be present."""
+    if not isinstance(raw, dict):
+        raise MaskpruneError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as err:
+        raise MaskpruneError(format_validation_error(err, source)) from None
+    if complete:
+        missing = sorted(_leaf_paths(params.model_dump()) - _leaf_paths(raw))
+        if missing:
+            raise MaskpruneError(f"{source}: missing key(s) {', '.join(missing[:5])}; {REGENERATE}")
+    return params
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MaskpruneError(
+            f"{path} not found: run from the repository root or create it with "
+            "`python -m maskprune.profile cpu`"
+        ) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise MaskpruneError(f"{path}: not valid YAML{where}: fix the syntax") from None
+
+
+def find_repo_root(start: Path | None = None) -> Path:
+    """The folder holding dvc.yaml: $DVC_ROOT inside a DVC stage, else the nearest ancestor."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").exists():
+            return folder
+    return here
+
+
+def load_params(path: str | os.PathLike[str] | None = None) -> Params:
+    """Load and validate params.yaml (default: the one at the repository root)."""
+    params_path = Path(path) if path else find_repo_root() / PARAMS_FILE
+    return validate_params(read_yaml(params_path), source=str(params_path.name))

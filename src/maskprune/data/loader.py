@@ -1,0 +1,144 @@
+"""Prepared data in memory: uint8 tensors, seeded batches, augmentation and normalisation on device.
+
+Batches are drawn for the *global* batch (all ranks) from a generator seeded by (seed, epoch) and
+then sliced per rank, so one process with batch B and N processes with batch B/N see exactly the
+same images with the same augmentations.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maskprune.data.prepare import SPLITS
+from maskprune.errors import MaskpruneError
+
+CROP_PADDING = 2
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 [n, channels, height, width]
+    labels: torch.Tensor  # int64 [n]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device) -> "Split":
+        pin = device.type == "cuda"
+        images = self.images.pin_memory() if pin else self.images
+        labels = self.labels.pin_memory() if pin else self.labels
+        return Split(images.to(device, non_blocking=pin), labels.to(device, non_blocking=pin))
+
+
+@dataclass
+class PreparedData:
+    root: Path
+    meta: dict
+    splits: dict[str, Split]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.meta["image_shape"][0])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_shape"][1])
+
+
+def load_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> PreparedData:
+    """Load `data/prepared/<name>/`; a missing or partial folder names the stage to run."""
+    root = Path(root)
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise MaskpruneError(f"prepared data not found at {root}: run `dvc repro prepare` first")
+    meta = json.loads(meta_path.read_text())
+    loaded = {}
+    for split in splits:
+        try:
+            images = np.load(root / f"{split}_images.npy", allow_pickle=False)
+            labels = np.load(root / f"{split}_labels.npy", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise MaskpruneError(f"{root}: cannot load split {split!r} ({err}); "
+                                 "rerun `dvc repro -f prepare`") from None
+        loaded[split] = Split(torch.from_numpy(images), torch.from_numpy(labels))
+    return PreparedData(root=root, meta=meta, splits=loaded)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def train_batches(
+    num_items: int,
+    global_batch: int,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (indices, shifts `[b, 2]`, flips `[b]`) of this rank's share of each global batch.
+
+    The last incomplete global batch is dropped, so every step has the same size on every rank.
+    """
+    if global_batch % world_size:
+        raise MaskpruneError(f"batch_size {global_batch} is not divisible by {world_size} processes")
+    gen = epoch_generator(seed, epoch)
+    order = torch.randperm(num_items, generator=gen)
+    per_rank = global_batch // world_size
+    for step in range(num_items // global_batch):
+        idx = order[step * global_batch : (step + 1) * global_batch]
+        shifts = torch.randint(-CROP_PADDING, CROP_PADDING + 1, (global_batch, 2), generator=gen)
+        flips = torch.rand(global_batch, generator=gen) < 0.5
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        yield idx[mine], shifts[mine], flips[mine]
+
+
+def steps_per_epoch(num_items: int, global_batch: int) -> int:
+    return num_items // global_batch
+
+
+def shift_and_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Translate each image `[b, c, h, w]` by its (dy, dx) with zero fill, then mirror where flagged."""
+    b, _, h, w = images.shape
+    pad = int(shifts.abs().max()) if shifts.numel() else 0
+    if pad:
+        padded = F.pad(images, (pad, pad, pad, pad))
+        rows = torch.arange(h, device=images.device) + pad - shifts[:, 0:1].to(images.device)
+        cols = torch.arange(w, device=images.device) + pad - shifts[:, 1:2].to(images.device)
+        batch = torch.arange(b, device=images.device)[:, None, None]
+        # NOTE: advanced indexing around a slice moves the indexed dims first: [b, h, w, c]
+        images = padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    flips = flips.to(images.device)[:, None, None, None]
+    return torch.where(flips, images.flip(-1), images)
+
+
+class Normalizer:
+    """uint8 `[b, c, h, w]` -> float `[b, c, size, size]`, scaled to 0..1 and standardised."""
+
+    def __init__(self, mean: list[float], std: list[float], size: int, device: torch.device):
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.size = size
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255.0)
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return (x - self.mean) / self.std
+
+
+def eval_batches(num_items: int, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
+    """Index batches over this rank's strided share of a split, in order."""
+    mine = torch.arange(rank, num_items, world_size)
+    yield from mine.split(batch_size)

@@ -1,0 +1,27 @@
+"""User-facing errors: one line that names the problem and the fix, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+class MaskpruneError(Exception):
+    """An error caused by the user's input or environment, printed as one line."""
+
+
+def exit_on_user_error(main: F) -> F:
+    """Run a CLI entry point; a MaskpruneError becomes one line on stderr and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return main(*args, **kwargs)
+        except MaskpruneError as err:
+            print(f"maskprune: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,125 @@
+"""Measurements: top-1, occlusion robustness, parameters, GMACs and throughput.
+
+Rules (DESIGN.md): GMACs from torch.utils.flop_counter at batch 1 on the model as it runs;
+throughput in eval + inference mode at a fixed batch after warm-up, the median of repeated timed
+runs with device sync, data loading excluded, compared only within one process.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
+
+from maskprune.data.loader import Normalizer, Split, eval_batches
+from maskprune.masking import num_kept, random_keep_idx
+from maskprune.runtime import Runtime, all_reduce_sum
+
+KeepFn = Callable[[torch.Tensor], torch.Tensor]  # image indices [batch] -> keep_idx [batch, kept]
+
+
+@torch.inference_mode()
+def top1(
+    model: torch.nn.Module,
+    split: Split,
+    normalizer: Normalizer,
+    runtime: Runtime,
+    batch_size: int,
+    keep_fn: KeepFn | None = None,
+) -> float:
+    """Top-1 accuracy over `split` (sharded over ranks and summed); `keep_fn` selects patches."""
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(2, dtype=torch.float64, device=runtime.device)
+    for idx in eval_batches(len(split), batch_size, runtime.rank, runtime.world_size):
+        images = normalizer(split.images[idx.to(split.images.device)].to(runtime.device))
+        labels = split.labels[idx.to(split.labels.device)].to(runtime.device)
+        keep = keep_fn(idx).to(runtime.device) if keep_fn else None
+        with runtime.autocast():
+            logits = model(images, keep_idx=keep) if keep is not None else model(images)
+        counts[0] += (logits.argmax(dim=-1) == labels).sum()
+        counts[1] += len(idx)
+    model.train(was_training)
+    correct, total = all_reduce_sum(counts, runtime).tolist()
+    return correct / max(total, 1.0)
+
+
+def occlusion_curve(
+    model: torch.nn.Module,
+    split: Split,
+    normalizer: Normalizer,
+    runtime: Runtime,
+    batch_size: int,
+    drop_fractions: list[float],
+    num_patches: int,
+    seed: int,
+) -> list[dict[str, float]]:
+    """Top-1 when a random fraction of patches is removed at the input, one row per fraction.
+
+    The removed patches of an image depend only on (seed, fraction, image index), so every
+    model and every batch size sees the same occlusions.
+    """
+    rows = []
+    for fraction in drop_fractions:
+        keep = num_kept(num_patches, 1.0 - fraction)
+        gen = torch.Generator().manual_seed(seed * 1000 + int(round(fraction * 1000)))
+        split_keep = random_keep_idx(len(split), num_patches, keep, gen)
+        keep_fn = split_keep.__getitem__ if keep < num_patches else None
+        acc = top1(model, split, normalizer, runtime, batch_size, keep_fn)
+        rows.append({"drop_fraction": fraction, "kept_patches": keep, "top1": acc})
+    return rows
+
+
+_CPU_SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+if _CPU_SDPA not in flop_counter.flop_registry:
+    # NOTE: torch counts the CUDA fused-attention kernels but not the CPU one, which would drop
+    # the attention matmuls from every CPU GMACs figure; count it with torch's own formula.
+    @flop_counter.register_flop_formula(_CPU_SDPA)
+    def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.inference_mode()
+def gmacs(model: torch.nn.Module, example: torch.Tensor, **forward_kwargs: object) -> float:
+    """Multiply-accumulates (in 1e9) of one forward of `example` (batch 1), as it actually runs."""
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(example, **forward_kwargs)
+    model.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9 / example.shape[0]
+
+
+@torch.inference_mode()
+def throughput(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    runtime: Runtime,
+    warmup: int,
+    repeats: int,
+    **forward_kwargs: object,
+) -> dict[str, float]:
+    """Images per second on the batch `example` (already on the device): median of timed runs."""
+    was_training = model.training
+    model.eval()
+    with runtime.autocast():
+        for _ in range(warmup):
+            model(example, **forward_kwargs)
+        runtime.synchronize()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(example, **forward_kwargs)
+            runtime.synchronize()
+            times.append(time.perf_counter() - start)
+    model.train(was_training)
+    median = statistics.median(times)
+    return {"img_per_s": example.shape[0] / median, "median_s": median, "repeats": repeats}

@@ -1,0 +1,161 @@
+"""The token-aware ViT: timm's VisionTransformer with token selection and [CLS] attention taps.
+
+`TokenViT` adds no parameters to timm's `VisionTransformer`, so any timm ViT/DeiT checkpoint
+loads into it unchanged; a timm-built model becomes one by a `__class__` swap (as ToMe does).
+
+Modifications over timm's forward:
+  - `keep_idx` `[batch, kept]` gathers patch tokens after the positional embedding is added;
+    prefix tokens ([CLS], registers) are always kept, so compute really shrinks.
+  - the head-averaged [CLS]->patch attention row of any block, computed in fp32 from q_cls and K
+    (taken from the block's own qkv projection by a forward hook), so the fused
+    scaled-dot-product attention kernel stays in use.
+  - per-block token features.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Iterable
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from maskprune.config import ModelSpec
+from maskprune.errors import MaskpruneError
+
+PRESETS: dict[str, dict[str, object]] = {
+    # NOTE: small ViTs for 28x28 inputs at patch 4 (49 patches) that train on two CPU cores.
+    "vit_student": dict(embed_dim=128, depth=6, num_heads=4, mlp_ratio=4.0),
+    "vit_teacher": dict(embed_dim=192, depth=6, num_heads=3, mlp_ratio=4.0),
+}
+_TIMM_MODULES = ("vision_transformer", "deit")
+
+
+@dataclass
+class TokenViTOutput:
+    tokens: torch.Tensor  # [batch, prefix + kept, channels], after the final norm
+    cls_attn: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> [batch, kept]
+    block_tokens: list[torch.Tensor] = field(default_factory=list)  # per block [batch, t, c]
+
+
+def cls_attention(qkv: torch.Tensor, attn: torch.nn.Module, num_prefix_tokens: int) -> torch.Tensor:
+    """Head-averaged softmax row of the first token over the patch tokens, in fp32.
+
+    Args:
+        qkv: output of the block's qkv projection, `[batch, tokens, 3 * channels]`.
+        attn: the timm `Attention` module that produced it (heads, scale, q/k norms).
+        num_prefix_tokens: tokens before the patches ([CLS], registers).
+    Returns:
+        `[batch, tokens - num_prefix_tokens]`; rows sum to at most 1 (prefix keys excluded).
+    """
+    b, n, _ = qkv.shape
+    with torch.autocast(qkv.device.type, enabled=False):
+        parts = qkv.float().reshape(b, n, 3, attn.num_heads, attn.head_dim)
+        q = parts[:, :1, 0].transpose(1, 2)  # [b, heads, 1, head_dim]
+        k = parts[:, :, 1].transpose(1, 2)  # [b, heads, n, head_dim]
+        q, k = attn.q_norm.float()(q), attn.k_norm.float()(k)
+        logits = (q * attn.scale) @ k.transpose(-2, -1)  # [b, heads, 1, n]
+        return logits.softmax(dim=-1).mean(dim=1)[:, 0, num_prefix_tokens:]
+
+
+def gather_tokens(tokens: torch.Tensor, keep_idx: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """Keep all prefix tokens and the patch tokens at `keep_idx` `[batch, kept]` (patch indices)."""
+    prefix, patches = tokens[:, :num_prefix_tokens], tokens[:, num_prefix_tokens:]
+    index = keep_idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1])
+    return torch.cat([prefix, patches.gather(1, index)], dim=1)
+
+
+class TokenViT(VisionTransformer):
+    """timm VisionTransformer whose forward can run on a subset of patch tokens."""
+
+    @property
+    def num_patches(self) -> int:
+        return self.patch_embed.num_patches
+
+    def embed(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Images `[batch, chans, h, w]` -> tokens `[batch, prefix + kept, channels]`."""
+        x = self._pos_embed(self.patch_embed(x))
+        if keep_idx is not None:
+            x = gather_tokens(x, keep_idx, self.num_prefix_tokens)
+        else:
+            x = self.patch_drop(x)
+        return self.norm_pre(x)
+
+    def forward_tokens(
+        self,
+        x: torch.Tensor,
+        keep_idx: torch.Tensor | None = None,
+        cls_attn_blocks: Iterable[int] = (),
+        collect_block_tokens: bool = False,
+    ) -> TokenViTOutput:
+        wanted = {b % len(self.blocks) for b in cls_attn_blocks}
+        out = TokenViTOutput(tokens=self.embed(x, keep_idx))
+        h = out.tokens
+        for i, blk in enumerate(self.blocks):
+            if i in wanted:
+                captured: list[torch.Tensor] = []
+                handle = blk.attn.qkv.register_forward_hook(lambda m, a, o: captured.append(o))
+                try:
+                    h = blk(h)
+                finally:
+                    handle.remove()
+                out.cls_attn[i] = cls_attention(captured[0], blk.attn, self.num_prefix_tokens)
+            else:
+                h = blk(h)
+            if collect_block_tokens:
+                out.block_tokens.append(h)
+        out.tokens = self.norm(h)
+        return out
+
+    def forward_features(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_tokens(x, keep_idx).tokens
+
+    def forward(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x, keep_idx))
+
+
+@lru_cache(maxsize=1)
+def timm_vit_names() -> frozenset[str]:
+    import timm
+
+    return frozenset(name for module in _TIMM_MODULES for name in timm.list_models(module=module))
+
+
+def check_model_name(name: str) -> None:
+    if name in PRESETS or name in timm_vit_names():
+        return
+    close = difflib.get_close_matches(name, [*PRESETS, *timm_vit_names()], n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ValueError(
+        f"unknown model name {name!r}; {hint}use a preset ({', '.join(PRESETS)}) "
+        "or a timm ViT/DeiT name (timm.list_models('vit_*'))"
+    )
+
+
+def build_model(spec: ModelSpec, num_classes: int, in_chans: int) -> TokenViT:
+    """A TokenViT for `spec`: a preset, or a timm ViT/DeiT (weights from a local file only)."""
+    common = dict(img_size=spec.img_size, patch_size=spec.patch_size, in_chans=in_chans,
+                  num_classes=num_classes, drop_path_rate=spec.drop_path_rate)  # fmt: skip
+    if spec.name in PRESETS:
+        if spec.pretrained_file:
+            raise MaskpruneError(f"model {spec.name!r} is a preset: pretrained_file applies to timm "
+                                 "names only; init presets from a maskprune checkpoint instead")
+        return TokenViT(**common, **PRESETS[spec.name])
+    import timm
+
+    pretrained = bool(spec.pretrained_file)
+    try:
+        model = timm.create_model(
+            spec.name, pretrained=pretrained,
+            pretrained_cfg_overlay=dict(file=spec.pretrained_file) if pretrained else None, **common,
+        )  # fmt: skip
+    except (FileNotFoundError, RuntimeError) as err:
+        raise MaskpruneError(f"cannot load timm weights for {spec.name!r} from "
+                             f"{spec.pretrained_file!r}: {str(err).splitlines()[0]}") from None
+    if type(model) is not VisionTransformer:
+        raise MaskpruneError(f"{spec.name!r} builds a {type(model).__name__}, not a plain timm "
+                             "VisionTransformer; choose a ViT or non-distilled DeiT")
+    model.__class__ = TokenViT
+    return model

@@ -1,0 +1,39 @@
+"""The command-line shell every DVC stage shares: load params, compute, write, then log.
+
+    python -m stages.<name> [--log-only]
+
+`--log-only` skips the computation and logs the stage's existing outputs to MLflow again (after
+a tracking outage). Errors in the user's input end the process with one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Callable
+
+from maskprune.config import Params, find_repo_root, load_params
+from maskprune.errors import exit_on_user_error
+from maskprune.runtime import Runtime, setup_runtime
+from maskprune.tracking import StageRecord, log_stage
+
+Compute = Callable[[Params, Path, Runtime], None]
+Record = Callable[[Params, Path], StageRecord]
+
+
+def run_stage(name: str, compute: Compute, record: Record, argv: list[str] | None = None) -> None:
+    exit_on_user_error(_run)(name, compute, record, argv)
+
+
+def _run(name: str, compute: Compute, record: Record, argv: list[str] | None) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
+    parser.add_argument("--log-only", action="store_true",
+                        help="log the existing outputs to MLflow without recomputing them")  # fmt: skip
+    args = parser.parse_args(argv)
+    root = find_repo_root()
+    params = load_params(root / "params.yaml")
+    if not args.log_only:
+        compute(params, root, setup_runtime(params.runtime))
+    if os.environ.get("RANK", "0") == "0":
+        log_stage(record(params, root), params.tracking, root)

@@ -1,0 +1,70 @@
+"""Supervised training of the teacher preset on the prepared data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from maskprune import atomic
+from maskprune.checkpoint import save_model
+from maskprune.config import Params
+from maskprune.data.loader import PreparedData, load_prepared
+from maskprune.models.vit import build_model
+from maskprune.runtime import Runtime, seed_everything
+from maskprune.train import ClassificationObjective, fit
+
+
+def config_hash(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts (params sections, data checksums)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_meta(params: Params, data: PreparedData, role: str) -> dict[str, Any]:
+    """Everything needed to rebuild and feed a model: spec, classes, normalisation."""
+    spec = getattr(params.models, role)
+    return {
+        "model": spec.model_dump(),
+        "num_classes": data.num_classes,
+        "in_chans": data.in_chans,
+        "classes": data.meta["classes"],
+        "mean": data.meta["mean"],
+        "std": data.meta["std"],
+        "data": data.meta["name"],
+        "role": role,
+        "seed": params.seed,
+    }
+
+
+def train_teacher(params: Params, root: Path, out_dir: Path, runtime: Runtime) -> dict[str, float]:
+    """Train the teacher; write weights, meta, history CSV and metrics JSON into `out_dir`."""
+    started = time.perf_counter()
+    seed_everything(params.seed)
+    data = load_prepared(root / "data" / "prepared" / params.data.name)
+    spec = params.models.teacher
+    model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans)
+    digest = config_hash(params.data, spec, params.teacher, params.seed, data.meta["sources"], data.meta["counts"])
+    history = fit(
+        model, data, params.teacher, ClassificationObjective(params.teacher.label_smoothing),
+        runtime, params.seed, root / "checkpoints" / "teacher", digest, name="teacher",
+        img_size=spec.img_size,
+    )  # fmt: skip
+    last = history[-1]
+    metrics = {
+        "val_top1": last["val_top1"],
+        "train_loss": last["train_loss"],
+        "epochs": len(history),
+        "train_img_per_s": sum(r["img_per_s"] for r in history) / len(history),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    if runtime.is_main:
+        save_model(out_dir, model, {**model_meta(params, data, "teacher"), "stage": "teacher",
+                                    "config_hash": digest, "val_top1": last["val_top1"]})  # fmt: skip
+        atomic.write_text(out_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
+        atomic.write_json(out_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,230 @@
+"""MLflow tracking: one parent run per pipeline execution, one nested run per stage.
+
+Stages write their outputs first and log them here afterwards, so a tracking outage never loses a
+result. The parent run comes from `MASKPRUNE_PARENT_RUN_ID` (set by the Prefect flow); under a
+plain `dvc repro` the stages of one invocation find each other through the DVC process they share
+(its pid and start time, tagged on the parent run). mlflow is imported lazily, so the library
+works without it when tracking is disabled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from maskprune.config import TrackingSection
+from maskprune.errors import MaskpruneError
+
+PARENT_ENV = "MASKPRUNE_PARENT_RUN_ID"
+FLOW_RUN_ENV = "MASKPRUNE_PREFECT_FLOW_RUN_ID"
+INVOCATION_TAG = "maskprune.invocation"
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+
+for _name, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1"),
+                      ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+    os.environ.setdefault(_name, _value)  # fmt: skip
+
+
+@dataclass
+class StageRecord:
+    """What a stage logs: flat params, final metrics, per-epoch history and artifact files."""
+
+    stage: str
+    params: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    artifacts: list[Path] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def tracking_uri(cfg: TrackingSection, root: Path) -> str:
+    """MLFLOW_TRACKING_URI, else `tracking.uri`, else an absolute SQLite file in the repo."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    return uri or f"sqlite:///{(root / DEFAULT_DB).resolve()}"
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become their JSON text."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return flat
+
+
+def git_tags(root: Path) -> dict[str, str]:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"mlflow.source.git.commit": commit, "git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def dvc_lock_tags(stage: str, root: Path) -> dict[str, str]:
+    """`dvc.dep.<path>.md5` for each dependency of `stage` that dvc.lock records a hash for."""
+    try:
+        stages = yaml.safe_load((root / "dvc.yaml").read_text()).get("stages", {})
+        lock = yaml.safe_load((root / "dvc.lock").read_text()).get("stages", {})
+    except (OSError, AttributeError, yaml.YAMLError):
+        return {}
+    hashes = {}
+    for entry in lock.values():
+        for item in [*entry.get("deps", []), *entry.get("outs", [])]:
+            if "md5" in item:
+                hashes[item["path"]] = item["md5"]
+    deps = stages.get(stage, {}).get("deps", [])
+    return {f"dvc.dep.{dep}.md5": hashes[dep] for dep in deps if isinstance(dep, str) and dep in hashes}
+
+
+def dvc_invocation_key() -> str | None:
+    """'host:pid:start' of the `dvc` process this stage runs under, or None outside DVC."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        proc = psutil.Process().parent()
+        while proc is not None:
+            cmdline = proc.cmdline()
+            if any(Path(part).name == "dvc" for part in cmdline[:2]) or cmdline[1:3] == ["-m", "dvc"]:
+                return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.3f}"
+            proc = proc.parent()
+    except (psutil.Error, IndexError):
+        return None
+    return None
+
+
+class Tracker:
+    """A thin MlflowClient wrapper for one experiment."""
+
+    def __init__(self, cfg: TrackingSection, root: Path):
+        self.uri = tracking_uri(cfg, root)
+        self.root = root
+        self._check_reachable()
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_id = self._experiment(cfg.experiment)
+
+    def _check_reachable(self) -> None:
+        if not self.uri.startswith(("http://", "https://")):
+            return
+        import requests
+
+        try:
+            requests.get(self.uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as err:
+            raise ConnectionError(f"MLflow server at {self.uri} is unreachable ({type(err).__name__})")
+
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):
+            location = (self.root / DEFAULT_ARTIFACTS).resolve().as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def parent_run(self) -> str:
+        """The pipeline-level run this stage belongs to (found or created)."""
+        if os.environ.get(PARENT_ENV):
+            return os.environ[PARENT_ENV]
+        key = dvc_invocation_key()
+        if key:
+            found = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{INVOCATION_TAG}` = '{key}'", max_results=1
+            )
+            if found:
+                return found[0].info.run_id
+        return self.start_pipeline_run(source="dvc repro" if key else "stage", invocation=key)
+
+    def start_pipeline_run(self, source: str, invocation: str | None = None, flow_run_id: str = "") -> str:
+        tags = {"maskprune.kind": "pipeline", "maskprune.source": source, **git_tags(self.root)}
+        if invocation:
+            tags[INVOCATION_TAG] = invocation
+        if flow_run_id:
+            tags["prefect.flow_run_id"] = flow_run_id
+        name = f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_stage(self, record: StageRecord, parent_id: str) -> str:
+        tags = {
+            "mlflow.parentRunId": parent_id,
+            "maskprune.kind": "stage",
+            "maskprune.stage": record.stage,
+            **git_tags(self.root),
+            **dvc_lock_tags(record.stage, self.root),
+            **record.tags,
+        }
+        if os.environ.get(FLOW_RUN_ENV):
+            tags["prefect.flow_run_id"] = os.environ[FLOW_RUN_ENV]
+        if os.environ.get("DVC_EXP_NAME"):
+            tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+        run_id = self.client.create_run(self.experiment_id, run_name=record.stage, tags=tags).info.run_id
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        params = [Param(k, str(v)[:6000]) for k, v in flatten(record.params).items()]
+        metrics = [Metric(k, float(v), now, 0) for k, v in record.metrics.items()]
+        for row in record.history:
+            step = int(row.get("epoch", 0))
+            metrics += [Metric(k, float(v), now, step) for k, v in row.items() if k != "epoch"]
+        for i in range(0, len(params), 100):  # MLflow's per-request limits
+            self.client.log_batch(run_id, params=params[i : i + 100])
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
+        for path in record.artifacts:
+            if path.is_dir():
+                self.client.log_artifacts(run_id, str(path), artifact_path=path.name)
+            elif path.exists():
+                self.client.log_artifact(run_id, str(path))
+        self.finish(run_id)
+        return run_id
+
+
+def log_stage(record: StageRecord, cfg: TrackingSection, root: Path) -> str | None:
+    """Log a finished stage as a nested run; returns its run id (None when tracking is off).
+
+    Call only after the stage's outputs are on disk. If tracking fails and `tracking.required`
+    is true, raise a one-line error that says the outputs are safe and how to re-log them.
+    """
+    if not cfg.enabled:
+        return None
+    try:
+        tracker = Tracker(cfg, root)
+        parent = tracker.parent_run()
+        run_id = tracker.log_stage(record, parent)
+        if not os.environ.get(PARENT_ENV):
+            tracker.finish(parent)
+        return run_id
+    except ImportError:
+        problem = "mlflow is not installed"
+    except Exception as err:  # noqa: BLE001 - any tracking failure must not lose the outputs
+        problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    message = (
+        f"tracking to {tracking_uri(cfg, root)} failed ({problem}); the {record.stage} stage's "
+        f"outputs are complete on disk; re-log them with `python -m stages.{record.stage} "
+        "--log-only` once tracking works, or set tracking.required=false to continue without it"
+    )
+    if cfg.required:
+        raise MaskpruneError(message)
+    print(f"maskprune: warning: {message}")
+    return None

@@ -1,0 +1,1 @@
+"""One thin command-line program per DVC stage (`python -m stages.<name>`)."""

@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny models, hand-made datasets, and a smoke-profile copy of the repository."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = str(Path(sys.executable).parent)
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def write_idx(path: Path, array: np.ndarray, magic_type: int = 0x08, compress: bool = True) -> Path:
+    """Write `array` as an IDX file (the format of MNIST / Fashion-MNIST)."""
+    header = bytes([0, 0, magic_type, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        with gzip.open(path, "wb") as handle:
+            handle.write(payload)
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+@pytest.fixture
+def idx_root(tmp_path: Path) -> Path:
+    """A tiny Fashion-MNIST-shaped IDX dataset: 200 train and 50 test 28x28 images."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "idx"
+    for prefix, n in (("train", 200), ("t10k", 50)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return root
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "PREFECT_API"))}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    return {**env, **extra}
+
+
+def run(cmd: list[str], cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """Run a command, failing the test with its output if it fails."""
+    done = subprocess.run(cmd, cwd=cwd, env=subprocess_env(**extra_env), capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def copy_repo(dest: Path, profile: str = "smoke") -> Path:
+    """Copy the repository's files (tracked and untracked-but-not-ignored) into a fresh git repo."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    for rel in listed:
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    run([sys.executable, "-m", "maskprune.profile", profile], dest)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "smoke"]):  # fmt: skip
+        run(cmd, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the repository set to the smoke profile, after one `dvc repro`."""
+    repo = copy_repo(tmp_path_factory.mktemp("smoke-repo"))
+    run(["dvc", "repro"], repo)
+    return repo

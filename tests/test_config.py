@@ -1,0 +1,109 @@
+"""params.yaml validation: profiles, completeness, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maskprune.config import Params, load_params, validate_params
+from maskprune.errors import MaskpruneError
+from maskprune.profile import deep_merge, profile_params, render
+from tests.conftest import REPO
+
+
+def full(**overlay: object) -> dict:
+    return deep_merge(Params().model_dump(), overlay)
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu", "gpu"])
+def test_every_profile_validates_and_round_trips(name: str, tmp_path: Path) -> None:
+    params = profile_params(name, REPO)
+    assert params.profile == name
+    path = tmp_path / "params.yaml"
+    path.write_text(render(params))
+    assert load_params(path) == params
+
+
+def test_committed_params_yaml_is_the_cpu_profile() -> None:
+    assert load_params(REPO / "params.yaml") == profile_params("cpu", REPO)
+
+
+def test_profiles_differ_where_they_should() -> None:
+    smoke, gpu = profile_params("smoke", REPO), profile_params("gpu", REPO)
+    assert smoke.data.train_limit > 0 and profile_params("cpu", REPO).data.train_limit == 0
+    assert gpu.evaluate.throughput_batch == 256
+    assert gpu.models.teacher.name == "deit_small_patch16_224"
+
+
+def test_deep_merge_keeps_siblings() -> None:
+    assert deep_merge({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}}) == {"a": {"b": 5, "c": 2}, "d": 3}
+
+
+BAD = [
+    (full(teacher={"lr_rate": 0.1}), "teacher.lr_rate: unknown key; allowed keys here: epochs, batch_size"),
+    (full(bogus=1), "bogus: unknown key; allowed keys here: profile, seed, data"),
+    (full(teacher={"epochs": "many"}), "teacher.epochs: Input should be a valid integer"),
+    (full(teacher={"epochs": 0}), "teacher.epochs: Input should be greater than or equal to 1 (got 0)"),
+    (full(teacher={"lr": -1.0}), "teacher.lr: Input should be greater than 0"),
+    (full(data={"format": "parquet"}), "data.format: Input should be 'idx', 'cifar10' or 'imagefolder'"),
+    (full(data={"val_fraction": 1.5}), "data.val_fraction: Input should be less than 1"),
+    (full(profile="laptop"), "profile: Input should be 'smoke', 'cpu' or 'gpu'"),
+    (full(models={"teacher": {"name": "vit_tiny_patch16_24"}}), "did you mean vit_tiny_patch16_224"),
+    (full(models={"student": {"patch_size": 5}}), "img_size 28 is not a multiple of patch_size 5"),
+    (full(models={"teacher": {"img_size": 56}}), "student and teacher patch grids differ"),
+    (full(teacher={"min_lr": 1.0}), "min_lr 1.0 is larger than lr 0.001"),
+    (full(evaluate={"occlusion_drop": [0.5, 0.1]}), "fractions must be strictly increasing"),
+    (full(evaluate={"occlusion_drop": [0.0, 1.0]}), "fractions must lie in [0, 1)"),
+    (full(runtime={"device": "tpu"}), "runtime.device: Input should be 'auto', 'cpu' or 'cuda'"),
+    ([1, 2], "expected a mapping of sections"),
+]
+
+
+@pytest.mark.parametrize("raw, message", BAD)
+def test_bad_params_fail_with_one_line_naming_the_key(raw: object, message: str) -> None:
+    with pytest.raises(MaskpruneError) as info:
+        validate_params(raw)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("section, key", [("teacher", "grad_clip"), ("data", "val_fraction")])
+def test_missing_key_is_refused_so_dvc_sees_every_value(section: str, key: str) -> None:
+    raw = Params().model_dump()
+    del raw[section][key]
+    with pytest.raises(MaskpruneError, match=rf"{section}.{key}.*maskprune.profile"):
+        validate_params(raw)
+
+
+def test_broken_yaml_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("teacher: {epochs: [1,\n")
+    with pytest.raises(MaskpruneError, match="not valid YAML at line"):
+        load_params(path)
+    with pytest.raises(MaskpruneError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_profile_cli_writes_complete_params(tmp_path: Path) -> None:
+    out = tmp_path / "p.yaml"
+    done = subprocess.run([sys.executable, "-m", "maskprune.profile", "smoke", "--output", str(out)],
+                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    written = yaml.safe_load(out.read_text())
+    assert written["profile"] == "smoke" and written["data"]["train_limit"] == 1200
+    assert validate_params(written) == profile_params("smoke", REPO)
+
+
+def test_stage_cli_reports_bad_params_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(full(teacher={"epochs": -3})))
+    done = subprocess.run([sys.executable, "-m", "stages.teacher"], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PYTHONPATH": f"{REPO / 'src'}:{REPO}", "PATH": "/usr/bin"})  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "maskprune: error: params.yaml: teacher.epochs: Input should be greater than or equal to 1 (got -3)"
+    ]
