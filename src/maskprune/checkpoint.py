@@ -82,11 +82,15 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[TokenV
     spec = ModelSpec.model_validate(meta["model"])
     model = build_model(spec, num_classes=meta["num_classes"], in_chans=meta["in_chans"])
     state = load_tensors(folder / WEIGHTS_FILE)
-    result = model.load_state_dict(state, strict=False)
+    mismatch = f"{folder}: weights do not match model {spec.name!r} in meta.json"
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        shapes = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln][:1]
+        raise MaskpruneError(f"{mismatch} ({shapes[0] if shapes else 'shape mismatch'})") from None
     problems = [*result.missing_keys[:3], *result.unexpected_keys[:3]]
     if problems:
-        raise MaskpruneError(f"{folder}: weights do not match model {spec.name!r} in meta.json "
-                             f"(mismatched keys such as {', '.join(problems)})")
+        raise MaskpruneError(f"{mismatch} (mismatched keys such as {', '.join(problems)})")
     return model.to(device), meta
 
 

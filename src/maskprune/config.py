@@ -142,13 +142,14 @@ class Params(Section):
     tracking: TrackingSection = TrackingSection()
     teacher: TrainSection = TrainSection(
         epochs=2,
-        batch_size=128,
+        batch_size=64,
         lr=1e-3,
         min_lr=1e-5,
         weight_decay=0.05,
         warmup_epochs=0.2,
         label_smoothing=0.1,
         grad_clip=1.0,
+        augment=False,  # NOTE: two epochs are too short for augmentation to pay off (measured)
     )
     evaluate: EvaluateSection = EvaluateSection()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -146,6 +147,9 @@ def build_model(spec: ModelSpec, num_classes: int, in_chans: int) -> TokenViT:
     import timm
 
     pretrained = bool(spec.pretrained_file)
+    if pretrained and not Path(spec.pretrained_file).is_file():
+        raise MaskpruneError(f"models: pretrained_file {spec.pretrained_file!r} for {spec.name!r} does "
+                             "not exist; give a local .safetensors file (nothing is downloaded)")
     try:
         model = timm.create_model(
             spec.name, pretrained=pretrained,
@@ -153,7 +157,7 @@ def build_model(spec: ModelSpec, num_classes: int, in_chans: int) -> TokenViT:
         )  # fmt: skip
     except (FileNotFoundError, RuntimeError) as err:
         raise MaskpruneError(f"cannot load timm weights for {spec.name!r} from "
-                             f"{spec.pretrained_file!r}: {str(err).splitlines()[0]}") from None
+                             f"{spec.pretrained_file!r}: {(str(err) or type(err).__name__).splitlines()[0]}") from None
     if type(model) is not VisionTransformer:
         raise MaskpruneError(f"{spec.name!r} builds a {type(model).__name__}, not a plain timm "
                              "VisionTransformer; choose a ViT or non-distilled DeiT")

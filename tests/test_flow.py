@@ -1,0 +1,53 @@
+"""The pipeline as a Prefect flow under prefect_test_harness, on a fresh smoke-profile copy."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import copy_repo
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def test_flow_runs_stages_through_dvc_and_nests_mlflow_runs(
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.pipeline import pipeline, stage_order
+
+    repo = copy_repo(tmp_path)
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    assert stage_order(repo) == ["prepare", "teacher", "evaluate"]
+    assert stage_order(repo, "teacher") == ["prepare", "teacher"]
+
+    first = pipeline()
+    assert first == {"prepare": "ran", "teacher": "ran", "evaluate": "ran"}
+    assert (repo / "metrics" / "evaluate.json").is_file()
+    second = pipeline()
+    assert second == {"prepare": "skipped", "teacher": "skipped", "evaluate": "skipped"}
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("maskprune")
+    parents = client.search_runs([experiment.experiment_id], "tags.`maskprune.source` = 'prefect'",
+                                 order_by=["attributes.start_time ASC"])  # fmt: skip
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    assert parents[0].data.tags["prefect.flow_run_id"]
+    children = client.search_runs([experiment.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")  # fmt: skip
+    assert sorted(run.data.tags["maskprune.stage"] for run in children) == ["evaluate", "prepare", "teacher"]
+    assert {run.data.tags["prefect.flow_run_id"] for run in children} == {parents[0].data.tags["prefect.flow_run_id"]}

@@ -1,0 +1,62 @@
+"""Measurements: token counts, top-1, occlusion, throughput fields."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maskprune.data.loader import Normalizer, Split
+from maskprune.masking import num_kept, random_keep_idx
+from maskprune.measure import occlusion_curve, throughput, top1
+from maskprune.models.vit import TokenViT
+from maskprune.runtime import Runtime
+
+CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, compile=False, progress=False)
+
+
+@pytest.mark.parametrize("n, ratio, kept", [(49, 1.0, 49), (49, 0.75, 36), (49, 0.5, 24), (49, 0.25, 12),
+                                            (49, 0.01, 1), (196, 0.5, 98), (100, 0.57, 57), (10, 0.7, 7)])  # fmt: skip
+def test_num_kept(n: int, ratio: float, kept: int) -> None:
+    assert num_kept(n, ratio) == kept
+
+
+def test_random_keep_idx_is_sorted_unique_and_seeded() -> None:
+    a = random_keep_idx(4, 49, 12, torch.Generator().manual_seed(0))
+    b = random_keep_idx(4, 49, 12, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == (4, 12)
+    for row in a:
+        assert row.tolist() == sorted(set(row.tolist())) and 0 <= int(row.min()) and int(row.max()) < 49
+
+
+class Constant(torch.nn.Module):
+    """Predicts class = number of kept tokens modulo 3 (to see keep_idx arrive)."""
+
+    def forward(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+        kept = 4 if keep_idx is None else keep_idx.shape[1]
+        return torch.nn.functional.one_hot(torch.full((len(x),), kept % 3), 3).float()
+
+
+def test_top1_and_occlusion_with_a_hand_made_model() -> None:
+    split = Split(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.tensor([1] * 7 + [0] * 3))
+    norm = Normalizer([0.0], [1.0], 4, torch.device("cpu"))
+    assert top1(Constant(), split, norm, CPU, batch_size=3) == pytest.approx(0.7)
+    rows = occlusion_curve(Constant(), split, norm, CPU, 4, [0.0, 0.5, 0.75], num_patches=4, seed=0)
+    assert [r["kept_patches"] for r in rows] == [4, 2, 1]
+    assert [r["top1"] for r in rows] == [pytest.approx(0.7), pytest.approx(0.0), pytest.approx(0.7)]
+
+
+def test_occlusion_is_independent_of_batch_size() -> None:
+    torch.manual_seed(0)
+    model = TokenViT(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=1, num_heads=2)
+    split = Split(torch.randint(0, 255, (20, 1, 8, 8), dtype=torch.uint8), torch.randint(0, 3, (20,)))
+    norm = Normalizer([0.5], [0.5], 8, torch.device("cpu"))
+    a = occlusion_curve(model, split, norm, CPU, 3, [0.0, 0.5], 16, seed=1)
+    b = occlusion_curve(model, split, norm, CPU, 20, [0.0, 0.5], 16, seed=1)
+    assert a == b
+
+
+def test_throughput_fields() -> None:
+    model = TokenViT(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=1, num_heads=2)
+    out = throughput(model, torch.randn(4, 1, 8, 8), CPU, warmup=1, repeats=3)
+    assert set(out) == {"img_per_s", "median_s", "repeats"}
+    assert out["img_per_s"] == pytest.approx(4 / out["median_s"]) and out["repeats"] == 3

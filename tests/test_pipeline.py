@@ -1,0 +1,112 @@
+"""The smoke profile through real DVC commands in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run, subprocess_env
+
+pytestmark = pytest.mark.integration
+STAGES = ("prepare", "teacher", "evaluate")
+
+
+def test_repro_writes_every_output(smoke_repo: Path) -> None:
+    teacher = smoke_repo / "models" / "teacher"
+    assert sorted(p.name for p in teacher.iterdir() if not p.name.startswith(".")) == [
+        "history.csv", "meta.json", "metrics.json", "model.safetensors"]  # fmt: skip
+    history = pd.read_csv(teacher / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    report = json.loads((smoke_repo / "metrics" / "evaluate.json").read_text())
+    entry = report["models"]["teacher"]
+    assert 0.0 <= entry["top1"] <= 1.0 and entry["params_m"] > 0
+    assert 0.13 < entry["gmacs"] < 0.15  # vit_teacher at 28x28 / patch 4: 0.139 GMACs by hand
+    assert entry["gmacs_ratio"] == pytest.approx(1.0)
+    assert 0.5 < entry["throughput_ratio"] < 2.0  # same architecture timed twice in one process
+    occlusion = pd.read_csv(smoke_repo / "plots" / "evaluate" / "occlusion" / "teacher.csv")
+    assert list(occlusion["drop_fraction"]) == [0.0, 0.5, 0.9]
+    assert list(occlusion["kept_patches"]) == [49, 24, 4]
+    assert occlusion["top1"].iloc[0] == pytest.approx(entry["top1"])
+    assert not list(smoke_repo.rglob("*.tmp")), "temporary files left behind"
+
+
+def test_second_repro_skips_every_stage(smoke_repo: Path) -> None:
+    out = run(["dvc", "repro"], smoke_repo).stdout
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    assert "up to date" in run(["dvc", "status"], smoke_repo).stdout
+
+
+def test_dvc_views_work(smoke_repo: Path) -> None:
+    dag = run(["dvc", "dag", "--md"], smoke_repo).stdout
+    assert all(stage in dag for stage in STAGES)
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], smoke_repo).stdout)
+    workspace = next(iter(metrics.values()))["data"]  # keyed by revision ('' = workspace)
+    assert "metrics/evaluate.json" in workspace and "models/teacher/metrics.json" in workspace
+    run(["dvc", "plots", "show", "-o", "dvc_plots"], smoke_repo)
+    html = (smoke_repo / "dvc_plots" / "index.html").read_text()
+    assert "Occlusion robustness" in html and "Teacher training" in html
+
+
+def test_mlflow_has_one_parent_with_a_nested_run_per_stage(smoke_repo: Path) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{smoke_repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("maskprune")
+    parents = client.search_runs([experiment.experiment_id], "tags.`maskprune.kind` = 'pipeline'")
+    assert len(parents) == 1 and parents[0].data.tags["maskprune.source"] == "dvc repro"
+    children = client.search_runs([experiment.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")  # fmt: skip
+    by_stage = {run.data.tags["maskprune.stage"]: run for run in children}
+    assert sorted(by_stage) == sorted(STAGES)
+    teacher = by_stage["teacher"]
+    assert teacher.data.tags["git.dirty"] in ("true", "false") and len(teacher.data.tags["git.commit"]) == 40
+    assert teacher.data.tags["dvc.dep.data/prepared.md5"].endswith(".dir")
+    assert teacher.data.params["teacher.epochs"] == "2"
+    assert len(client.get_metric_history(teacher.info.run_id, "val_top1")) == 2
+    assert "evaluate" in by_stage and "teacher.top1" in by_stage["evaluate"].data.metrics
+
+
+def test_bad_params_stop_repro_with_one_line_and_keep_outputs(smoke_repo: Path, tmp_path: Path) -> None:
+    params_path = smoke_repo / "params.yaml"
+    original = params_path.read_text()
+    raw = yaml.safe_load(original)
+    raw["evaluate"]["throughput_repeats"] = 0
+    params_path.write_text(yaml.safe_dump(raw))
+    before = (smoke_repo / "metrics" / "evaluate.json").read_text()
+    try:
+        done = subprocess.run(["dvc", "repro"], cwd=smoke_repo, env=subprocess_env(), capture_output=True, text=True)
+        assert done.returncode != 0
+        assert ("maskprune: error: params.yaml: evaluate.throughput_repeats: Input should be greater than "
+                "or equal to 1 (got 0)") in done.stderr  # fmt: skip
+        assert "Traceback" not in done.stderr + done.stdout
+        assert (smoke_repo / "metrics" / "evaluate.json").read_text() == before
+    finally:
+        params_path.write_text(original)
+
+
+def test_params_diff_and_experiment_rerun_only_what_changed(smoke_repo: Path) -> None:
+    out = run(["dvc", "exp", "run", "-S", "evaluate.throughput_repeats=2", "-n", "fewer-repeats"], smoke_repo).stdout
+    assert "Stage 'teacher' didn't change, skipping" in out
+    assert "Running stage 'evaluate'" in out
+    diff = run(["dvc", "params", "diff"], smoke_repo).stdout
+    assert "evaluate.throughput_repeats" in diff and "3" in diff and "2" in diff
+    shown = run(["dvc", "exp", "show", "--csv"], smoke_repo).stdout
+    assert "fewer-repeats" in shown and "teacher.top1" in shown
+
+
+def test_stage_log_only_relogs_existing_outputs(smoke_repo: Path) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{smoke_repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("maskprune")
+
+    def teacher_runs() -> int:
+        return len(client.search_runs([experiment.experiment_id], "tags.`maskprune.stage` = 'teacher'"))
+
+    before = teacher_runs()
+    run([sys.executable, "-m", "stages.teacher", "--log-only"], smoke_repo, PYTHONPATH="src")
+    assert teacher_runs() == before + 1
