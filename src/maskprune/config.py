@@ -141,7 +141,7 @@ class Params(Section):
     runtime: RuntimeSection = RuntimeSection()
     tracking: TrackingSection = TrackingSection()
     teacher: TrainSection = TrainSection(
-        epochs=2,
+        epochs=3,
         batch_size=64,
         lr=1e-3,
         min_lr=1e-5,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +34,9 @@ def _run(name: str, compute: Compute, record: Record, argv: list[str] | None) ->
     args = parser.parse_args(argv)
     root = find_repo_root()
     params = load_params(root / "params.yaml")
+    started = time.perf_counter()
     if not args.log_only:
         compute(params, root, setup_runtime(params.runtime))
     if os.environ.get("RANK", "0") == "0":
         log_stage(record(params, root), params.tracking, root)
+        print(f"{name}: done in {time.perf_counter() - started:.1f}s")
