@@ -59,6 +59,7 @@ BAD = [
     (full(evaluate={"occlusion_drop": [0.5, 0.1]}), "fractions must be strictly increasing"),
     (full(evaluate={"occlusion_drop": [0.0, 1.0]}), "fractions must lie in [0, 1)"),
     (full(runtime={"device": "tpu"}), "runtime.device: Input should be 'auto', 'cpu' or 'cuda'"),
+    (full(runtime={"progress": False}), "runtime.progress: Input should be 'auto', 'always' or 'never' (got False)"),
     ([1, 2], "expected a mapping of sections"),
 ]
 

@@ -79,9 +79,10 @@ class ModelsSection(Section):
 class RuntimeSection(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
-    amp: Literal["auto", "off"] = Field("auto", description="auto = bf16 autocast on CUDA")
+    # NOTE: no on/off/yes/no values: YAML 1.1 (PyYAML) reads them as booleans, YAML 1.2 (DVC) not.
+    amp: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on CUDA, fp32 on CPU")
     compile: bool = False
-    progress: Literal["auto", "on", "off"] = "auto"
+    progress: Literal["auto", "always", "never"] = Field("auto", description="auto = bar on a terminal")
 
 
 class TrackingSection(Section):

@@ -74,8 +74,8 @@ def setup_runtime(cfg: RuntimeSection) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    amp = torch.bfloat16 if (use_cuda and cfg.amp == "auto") else None
-    progress = cfg.progress == "on" or (cfg.progress == "auto" and sys.stderr.isatty())
+    amp = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and use_cuda) else None
+    progress = cfg.progress == "always" or (cfg.progress == "auto" and sys.stderr.isatty())
     return Runtime(device, amp, cfg.compile, progress and rank == 0, rank, world_size)
 
 

@@ -183,7 +183,9 @@ class Tracker:
 
         now = int(time.time() * 1000)
         params = [Param(k, str(v)[:6000]) for k, v in flatten(record.params).items()]
-        metrics = [Metric(k, float(v), now, 0) for k, v in record.metrics.items()]
+        per_epoch = {key for row in record.history for key in row}
+        # NOTE: a final metric that also has a per-epoch curve is that curve's last point already
+        metrics = [Metric(k, float(v), now, 0) for k, v in record.metrics.items() if k not in per_epoch]
         for row in record.history:
             step = int(row.get("epoch", 0))
             metrics += [Metric(k, float(v), now, step) for k, v in row.items() if k != "epoch"]
