@@ -51,3 +51,11 @@ def test_flow_runs_stages_through_dvc_and_nests_mlflow_runs(
                                   f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")  # fmt: skip
     assert sorted(run.data.tags["maskprune.stage"] for run in children) == ["evaluate", "prepare", "teacher"]
     assert {run.data.tags["prefect.flow_run_id"] for run in children} == {parents[0].data.tags["prefect.flow_run_id"]}
+
+
+def test_serve_refuses_without_a_prefect_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.pipeline import main
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with pytest.raises(SystemExit, match="--serve needs a Prefect server: run `prefect server start`"):
+        main(["--serve", "--cron", "0 3 * * *"])
