@@ -17,6 +17,8 @@ PLOTS = Path("plots") / "evaluate"
 
 def compute(params: Params, root: Path, runtime: Runtime) -> None:
     report = evaluate_models(params, root, runtime)
+    if not runtime.is_main:
+        return
     for name, entry in report["models"].items():
         print(f"evaluate: {name} top1 {entry['top1']:.4f} {entry['gmacs']:.4f} GMACs "
               f"{entry['img_per_s']:.0f} img/s")  # fmt: skip

@@ -18,7 +18,8 @@ OUT = Path("models") / "teacher"
 
 def compute(params: Params, root: Path, runtime: Runtime) -> None:
     metrics = train_teacher(params, root, root / OUT, runtime)
-    print(f"teacher: val_top1 {metrics['val_top1']:.4f} in {metrics['wall_seconds']:.0f}s -> {OUT}")
+    if runtime.is_main:
+        print(f"teacher: val_top1 {metrics['val_top1']:.4f} in {metrics['wall_seconds']:.0f}s -> {OUT}")
 
 
 def record(params: Params, root: Path) -> StageRecord:
