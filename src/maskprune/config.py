@@ -150,7 +150,7 @@ class Params(Section):
         warmup_epochs=0.2,
         label_smoothing=0.1,
         grad_clip=1.0,
-        augment=False,  # NOTE: two epochs are too short for augmentation to pay off (measured)
+        augment=False,  # NOTE: schedules this short learn faster without augmentation (measured)
     )
     evaluate: EvaluateSection = EvaluateSection()
 
