@@ -6,26 +6,11 @@ import pytest
 import torch
 
 from maskprune.data.loader import Normalizer, Split
-from maskprune.masking import num_kept, random_keep_idx
 from maskprune.measure import occlusion_curve, throughput, top1
 from maskprune.models.vit import TokenViT
 from maskprune.runtime import Runtime
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, compile=False, progress=False)
-
-
-@pytest.mark.parametrize("n, ratio, kept", [(49, 1.0, 49), (49, 0.75, 36), (49, 0.5, 24), (49, 0.25, 12),
-                                            (49, 0.01, 1), (196, 0.5, 98), (100, 0.57, 57), (10, 0.7, 7)])  # fmt: skip
-def test_num_kept(n: int, ratio: float, kept: int) -> None:
-    assert num_kept(n, ratio) == kept
-
-
-def test_random_keep_idx_is_sorted_unique_and_seeded() -> None:
-    a = random_keep_idx(4, 49, 12, torch.Generator().manual_seed(0))
-    b = random_keep_idx(4, 49, 12, torch.Generator().manual_seed(0))
-    assert torch.equal(a, b) and a.shape == (4, 12)
-    for row in a:
-        assert row.tolist() == sorted(set(row.tolist())) and 0 <= int(row.min()) and int(row.max()) < 49
 
 
 class Constant(torch.nn.Module):
