@@ -7,6 +7,7 @@ runs with device sync, data loading excluded, compared only within one process.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from typing import Callable
@@ -75,16 +76,49 @@ def occlusion_curve(
 
 
 _CPU_SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_CPU_SDPA_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 if _CPU_SDPA not in flop_counter.flop_registry:
-    # NOTE: torch counts the CUDA fused-attention kernels but not the CPU one, which would drop
-    # the attention matmuls from every CPU GMACs figure; count it with torch's own formula.
+    # NOTE: torch counts the CUDA fused-attention kernels but not the CPU ones, which would drop
+    # the attention matmuls from every CPU FLOPs figure; count them with torch's own formulas.
     @flop_counter.register_flop_formula(_CPU_SDPA)
     def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
         return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
+    @flop_counter.register_flop_formula(_CPU_SDPA_BACKWARD)
+    def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args,  # noqa: ANN001
+                                 out_shape=None, **kwargs) -> int:  # fmt: skip
+        return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
 
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations (2 per multiply-accumulate) of one call of `fn`, as it runs."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def train_step_flops(model: torch.nn.Module, example: torch.Tensor, **forward_kwargs: object) -> float:
+    """FLOPs per image of one training step's forward and backward on `example`.
+
+    Runs on a copy of the model in training mode (so the real weights, gradients and random
+    streams are untouched); a `(logits, extra)` output counts the logits' backward.
+    """
+    replica = copy.deepcopy(model).train()
+    replica.zero_grad(set_to_none=True)
+
+    def step() -> None:
+        out = replica(example, **forward_kwargs)
+        logits = out[0] if isinstance(out, tuple) else out
+        logits.float().sum().backward()
+
+    with torch.random.fork_rng(devices=[example.device] if example.device.type == "cuda" else []):
+        with torch.autocast(example.device.type, enabled=False):
+            flops = count_flops(step)
+    return flops / example.shape[0]
 
 
 @torch.inference_mode()
@@ -92,13 +126,29 @@ def gmacs(model: torch.nn.Module, example: torch.Tensor, **forward_kwargs: objec
     """Multiply-accumulates (in 1e9) of one forward of `example` (batch 1), as it actually runs."""
     was_training = model.training
     model.eval()
-    with FlopCounterMode(display=False) as counter:
-        model(example, **forward_kwargs)
+    flops = count_flops(lambda: model(example, **forward_kwargs))
     model.train(was_training)
-    return counter.get_total_flops() / 2 / 1e9 / example.shape[0]
+    return flops / 2 / 1e9 / example.shape[0]
 
 
-@torch.inference_mode()
+def time_calls(
+    fn: Callable[[], object], batch: int, runtime: Runtime, warmup: int, repeats: int
+) -> dict[str, float]:
+    """Images per second of `fn` (which processes `batch` images): median of timed runs."""
+    with torch.inference_mode(), runtime.autocast():
+        for _ in range(warmup):
+            fn()
+        runtime.synchronize()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            runtime.synchronize()
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"img_per_s": batch / median, "median_s": median, "repeats": repeats}
+
+
 def throughput(
     model: torch.nn.Module,
     example: torch.Tensor,
@@ -107,19 +157,10 @@ def throughput(
     repeats: int,
     **forward_kwargs: object,
 ) -> dict[str, float]:
-    """Images per second on the batch `example` (already on the device): median of timed runs."""
+    """Images per second of `model` in eval mode on the batch `example` (already on the device)."""
     was_training = model.training
     model.eval()
-    with runtime.autocast():
-        for _ in range(warmup):
-            model(example, **forward_kwargs)
-        runtime.synchronize()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(example, **forward_kwargs)
-            runtime.synchronize()
-            times.append(time.perf_counter() - start)
-    model.train(was_training)
-    median = statistics.median(times)
-    return {"img_per_s": example.shape[0] / median, "median_s": median, "repeats": repeats}
+    try:
+        return time_calls(lambda: model(example, **forward_kwargs), example.shape[0], runtime, warmup, repeats)
+    finally:
+        model.train(was_training)

@@ -28,8 +28,13 @@ NONFINITE_CHECK_EVERY = 20
 
 
 class Objective(Protocol):
-    def __call__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The scalar loss of one batch (images normalised, on the device)."""
+    """The scalar loss of one batch (images normalised, on the device).
+
+    An objective may also define `epoch_summary() -> dict[str, float]`: extra fields for the
+    epoch's history record (e.g. its training FLOPs), called once at the end of every epoch.
+    """
+
+    def __call__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -83,18 +88,22 @@ def fit(
     name: str = "train",
     img_size: int | None = None,
     log: Callable[[str], None] = print,
+    section: str | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` in place for `cfg.epochs`, resuming from `state_dir`; returns the history.
 
-    The history has one record per epoch: epoch, train_loss, val_top1, lr, img_per_s, seconds.
+    `name` labels logs; `section` (default `name`) is the params key that error messages cite.
+    The history has one record per epoch: epoch, train_loss, val_top1, lr, img_per_s, seconds,
+    and the objective's `epoch_summary()` fields if it has one.
     """
+    section = section or name
     model.to(runtime.device)
     train_split = data.splits["train"].to(runtime.device)
     val_split = data.splits["val"].to(runtime.device)
     normalize = Normalizer(data.meta["mean"], data.meta["std"], img_size or data.image_size, runtime.device)
     steps = steps_per_epoch(len(train_split), cfg.batch_size)
     if steps == 0:
-        raise MaskpruneError(f"{name}.batch_size {cfg.batch_size} exceeds the {len(train_split)} "
+        raise MaskpruneError(f"{section}.batch_size {cfg.batch_size} exceeds the {len(train_split)} "
                              "training images; lower it or raise data.train_limit")  # fmt: skip
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -132,7 +141,7 @@ def fit(
             scheduler.step()
             loss_sum += loss.detach()
             if step % NONFINITE_CHECK_EVERY == 0 or step == steps:
-                _check_finite(loss_sum, name, epoch, step, state_dir)
+                _check_finite(loss_sum, name, section, epoch, step, state_dir)
                 if bar is not None:
                     bar.update(step - bar.n)
                     bar.set_postfix(loss=f"{loss_sum.item() / step:.4f}")
@@ -149,6 +158,9 @@ def fit(
             "img_per_s": steps * cfg.batch_size / seconds,
             "seconds": seconds,
         }
+        summary = getattr(objective, "epoch_summary", None)
+        if summary is not None:
+            record.update(summary())
         history.append(record)
         if runtime.is_main:
             save_train_state(state_dir, model, optimizer, scheduler, epoch + 1, config_hash, history)
@@ -156,12 +168,12 @@ def fit(
     return history
 
 
-def _check_finite(loss_sum: torch.Tensor, name: str, epoch: int, step: int, state_dir: Path) -> None:
+def _check_finite(loss_sum: torch.Tensor, name: str, section: str, epoch: int, step: int, state_dir: Path) -> None:
     if not torch.isfinite(loss_sum):
         raise MaskpruneError(
             f"{name}: loss became non-finite in epoch {epoch + 1} by step {step}; the last good "
-            f"checkpoint (epoch {epoch}) is kept in {state_dir}; lower {name}.lr or raise "
-            f"{name}.grad_clip, then rerun"
+            f"checkpoint (epoch {epoch}) is kept in {state_dir}; lower {section}.lr or raise "
+            f"{section}.grad_clip, then rerun"
         )
 
 

@@ -18,13 +18,15 @@ import difflib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from maskprune.config import ModelSpec
 from maskprune.errors import MaskpruneError
+
+if TYPE_CHECKING:  # NOTE: config validates model names with this module, so no runtime import
+    from maskprune.config import ModelSpec
 
 PRESETS: dict[str, dict[str, object]] = {
     # NOTE: small ViTs for 28x28 inputs at patch 4 (49 patches) that train on two CPU cores.
@@ -113,8 +115,21 @@ class TokenViT(VisionTransformer):
     def forward_features(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_tokens(x, keep_idx).tokens
 
-    def forward(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x, keep_idx))
+    def forward(
+        self,
+        x: torch.Tensor,
+        keep_idx: torch.Tensor | None = None,
+        return_cls_attn: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits `[batch, classes]`; with `return_cls_attn` also the last block's [CLS] row.
+
+        The attention row `[batch, kept]` (over the kept patches, in `keep_idx` order) comes out
+        of `forward` itself, as in MaskedKD's student, so DDP and torch.compile wrappers see it.
+        """
+        if not return_cls_attn:
+            return self.forward_head(self.forward_features(x, keep_idx))
+        out = self.forward_tokens(x, keep_idx, cls_attn_blocks=(-1,))
+        return self.forward_head(out.tokens), out.cls_attn[len(self.blocks) - 1]
 
 
 @lru_cache(maxsize=1)

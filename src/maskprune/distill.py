@@ -1,0 +1,179 @@
+"""The masked fine-tuning objective: a student on random patch subsets, a teacher on chosen ones.
+
+One objective covers the three finetune variants:
+  - full:       student on all patches; optional KD from the teacher on the full image;
+  - masked:     per batch a keep ratio from a hybrid set, random patches dropped at the input
+                (Shi & Wang, arXiv 2310.17177), KD from the teacher on the full image;
+  - masked_kd:  the teacher sees only k = teacher_keep x patches, chosen by the student's
+                last-block [CLS] attention (MaskedKD, Son et al., ECCV 2024) or an ablation
+                criterion (random, teacher attention, bottom-k).
+
+It also keeps the cost ledger of training: the student's forward + backward FLOPs and the
+teacher's forward FLOPs per image, both counted by torch.utils.flop_counter on the calls as they
+actually run (once per distinct token count), times the number of images run that way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+
+from maskprune.checkpoint import unwrap
+from maskprune.config import KDSection
+from maskprune.losses import distillation_loss
+from maskprune.masking import Criterion, HybridRatios, num_kept, random_keep_idx, score_keep_idx
+from maskprune.measure import count_flops, train_step_flops
+from maskprune.models.vit import TokenViT
+
+
+class TeacherView:
+    """Runs the frozen teacher on the patches `criterion` picks: eval mode, inference mode.
+
+    Args:
+        teacher: the teacher, already on the device; it is put in eval mode and frozen.
+        keep_ratio: fraction of patches the teacher sees (1.0 = the full image).
+        criterion: how the patches are chosen when `keep_ratio` < 1.
+    """
+
+    def __init__(self, teacher: TokenViT, keep_ratio: float = 1.0, criterion: Criterion = "student_attn") -> None:
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.num_patches = teacher.num_patches
+        self.keep = num_kept(self.num_patches, keep_ratio)
+        self.criterion = criterion
+        self.flops_per_image: dict[int, float] = {}  # teacher tokens -> forward FLOPs per image
+        self.images: Counter[int] = Counter()
+
+    @property
+    def needs_student_attention(self) -> bool:
+        return self.keep < self.num_patches and self.criterion in ("student_attn", "bottom_k")
+
+    def select(
+        self, images: torch.Tensor, student_idx: torch.Tensor | None, student_attn: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """Patch indices `[batch, k]` for the teacher, or None for the full image.
+
+        With a masked student, the teacher chooses among the patches the student kept
+        (`student_idx` `[batch, kept]`, `student_attn` `[batch, kept]` in the same order).
+        """
+        if self.keep >= self.num_patches:
+            return None
+        available = self.num_patches if student_idx is None else student_idx.shape[1]
+        k = min(self.keep, available)
+        if self.criterion == "random":
+            pos = random_keep_idx(images.shape[0], available, k, device=images.device)
+        elif self.criterion == "teacher_attn":
+            scores = self.teacher.forward_tokens(images, cls_attn_blocks=(-1,)).cls_attn[len(self.teacher.blocks) - 1]
+            if student_idx is not None:
+                scores = scores.gather(1, student_idx)
+            pos = score_keep_idx(scores, k)
+        else:
+            if student_attn is None:
+                raise ValueError(f"criterion {self.criterion!r} needs the student's attention row")
+            pos = score_keep_idx(student_attn.detach().float(), k, largest=self.criterion == "student_attn")
+        return pos if student_idx is None else student_idx.gather(1, pos)
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        student_idx: torch.Tensor | None = None,
+        student_attn: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher logits `[batch, classes]` as a plain tensor (usable as a loss target)."""
+
+        def run() -> torch.Tensor:
+            with torch.inference_mode():
+                return self.teacher(images, keep_idx=self.select(images, student_idx, student_attn))
+
+        tokens = self.tokens_for(student_idx)
+        if tokens not in self.flops_per_image:
+            logits: list[torch.Tensor] = []
+            flops = count_flops(lambda: logits.append(run()))
+            self.flops_per_image[tokens] = flops / images.shape[0]
+        else:
+            logits = [run()]
+        self.images[tokens] += images.shape[0]
+        return logits[0].clone()  # NOTE: inference tensors cannot be saved for backward
+
+    def tokens_for(self, student_idx: torch.Tensor | None) -> int:
+        """Patch tokens the teacher's main forward runs on."""
+        if self.keep >= self.num_patches:
+            return self.num_patches
+        return min(self.keep, self.num_patches if student_idx is None else student_idx.shape[1])
+
+
+class MaskedDistillation:
+    """(1 - alpha) * CE + alpha * KD for a student on a hybrid-masked input (see module doc).
+
+    Args:
+        num_patches: patches per image of the student (and teacher: same grid).
+        masking: the student's keep ratio per batch.
+        teacher: the teacher's view, or None for plain cross-entropy.
+        kd: alpha, temperature and kind of the KD term.
+        label_smoothing: of the cross-entropy term.
+        world_size: processes training together (each draws the same ratios, on its own images).
+    """
+
+    def __init__(
+        self,
+        num_patches: int,
+        masking: HybridRatios,
+        teacher: TeacherView | None,
+        kd: KDSection,
+        label_smoothing: float = 0.0,
+        world_size: int = 1,
+    ) -> None:
+        self.num_patches = num_patches
+        self.masking = masking
+        self.teacher = teacher
+        self.kd = kd
+        self.label_smoothing = label_smoothing
+        self.student_flops_per_image: dict[int, float] = {}  # kept patches -> fwd + bwd FLOPs
+        self.student_images: Counter[int] = Counter()
+        self.world_size = world_size
+
+    def __call__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        keep = num_kept(self.num_patches, self.masking.sample())
+        student_idx = None
+        if keep < self.num_patches:
+            student_idx = random_keep_idx(images.shape[0], self.num_patches, keep, device=images.device)
+        want_attn = self.teacher is not None and self.teacher.needs_student_attention
+        kwargs = {"keep_idx": student_idx, "return_cls_attn": want_attn}
+        if keep not in self.student_flops_per_image:
+            self.student_flops_per_image[keep] = train_step_flops(
+                unwrap(model), images[:1], keep_idx=None if student_idx is None else student_idx[:1],
+                return_cls_attn=want_attn)  # fmt: skip
+        self.student_images[keep] += images.shape[0]
+        out = model(images, **kwargs)
+        logits, attn = out if want_attn else (out, None)
+        if self.teacher is None:
+            return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        teacher_logits = self.teacher(images, student_idx, attn)
+        return distillation_loss(logits, teacher_logits, labels, self.kd.alpha, self.kd.temperature,
+                                 self.kd.kind, self.label_smoothing)  # fmt: skip
+
+    def epoch_summary(self) -> dict[str, float]:
+        """This epoch's training cost over all processes, then the counters restart."""
+        local_images = max(sum(self.student_images.values()), 1)
+        kept = sum(k * n for k, n in self.student_images.items()) / local_images / self.num_patches
+        images = local_images * self.world_size
+        student = _ledger(self.student_flops_per_image, self.student_images) * self.world_size
+        teacher = 0.0
+        if self.teacher is not None:
+            teacher = _ledger(self.teacher.flops_per_image, self.teacher.images) * self.world_size
+        summary = {
+            "train_gflops": (student + teacher) / 1e9,
+            "teacher_gflops": teacher / 1e9,
+            "teacher_gmacs_per_image": teacher / 2 / 1e9 / images,
+            "student_keep_mean": kept,
+        }
+        self.student_images.clear()
+        if self.teacher is not None:
+            self.teacher.images.clear()
+        return summary
+
+
+def _ledger(flops_per_image: dict[int, float], images: Counter[int]) -> float:
+    return sum(flops_per_image[key] * count for key, count in images.items())
+
