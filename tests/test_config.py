@@ -61,6 +61,21 @@ BAD = [
     (full(runtime={"device": "tpu"}), "runtime.device: Input should be 'auto', 'cpu' or 'cuda'"),
     (full(runtime={"progress": False}), "runtime.progress: Input should be 'auto', 'always' or 'never' (got False)"),
     ([1, 2], "expected a mapping of sections"),
+    (full(finetune={"masked": {"keep_ratios": [1.0, 1.5], "probs": [0.5, 0.5]}}),
+     "finetune.masked: keep ratios must lie in (0, 1], got [1.0, 1.5]"),
+    (full(finetune={"masked": {"keep_ratios": [0.0], "probs": [1.0]}}), "keep ratios must lie in (0, 1]"),
+    (full(finetune={"masked": {"keep_ratios": [], "probs": []}}), "finetune.masked: the hybrid set of keep ratios is empty"),
+    (full(finetune={"masked": {"keep_ratios": [1.0, 0.5], "probs": [0.5, 0.6]}}),
+     "finetune.masked: probabilities must be >= 0 and sum to 1, got [0.5, 0.6]"),
+    (full(finetune={"masked": {"keep_ratios": [1.0, 0.5], "probs": [1.0]}}), "2 keep ratios but 1 probabilities"),
+    (full(finetune={"masked_kd": {"teacher_keep": 1.2}}),
+     "finetune.masked_kd.teacher_keep: keep ratio must lie in (0, 1], got 1.2"),
+    (full(finetune={"masked_kd": {"criterion": "cls_norm"}}),
+     "finetune.masked_kd.criterion: Input should be 'student_attn', 'random', 'teacher_attn' or 'bottom_k'"),
+    (full(finetune={"kd": {"alpha": 1.5}}), "finetune.kd.alpha: Input should be less than or equal to 1"),
+    (full(finetune={"init": "pretrained_file"}), "finetune.init is 'pretrained_file' but models.student.pretrained_file is empty"),
+    (full(models={"student": {"name": "vit_tiny_patch16_224", "pretrained_file": "w.safetensors"}}),
+     "models.student.pretrained_file is set but finetune.init is 'scratch'"),
 ]
 
 

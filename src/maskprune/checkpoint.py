@@ -10,6 +10,7 @@ Two kinds:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from maskprune import atomic
-from maskprune.config import ModelSpec
+from maskprune.config import ModelSpec, Params
+from maskprune.data.loader import PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.models.vit import TokenViT, build_model
 
@@ -52,6 +54,28 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         if inner is None:
             return model
         model = inner
+
+
+def config_hash(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts (params sections, data checksums)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_meta(params: Params, data: PreparedData, role: str) -> dict[str, Any]:
+    """Everything needed to rebuild and feed a model: spec, classes, normalisation."""
+    spec = getattr(params.models, role)
+    return {
+        "model": spec.model_dump(),
+        "num_classes": data.num_classes,
+        "in_chans": data.in_chans,
+        "classes": data.meta["classes"],
+        "mean": data.meta["mean"],
+        "std": data.meta["std"],
+        "data": data.meta["name"],
+        "role": role,
+        "seed": params.seed,
+    }
 
 
 def save_model(folder: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:

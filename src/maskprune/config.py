@@ -112,6 +112,73 @@ class TrainSection(Section):
         return self
 
 
+class FinetuneTrain(TrainSection):
+    train_limit: int = Field(0, ge=0, description="train on a seeded subset of this many images; 0 = all")
+
+
+def _check_keep_ratio(value: float) -> float:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"keep ratio must lie in (0, 1], got {value}")
+    return value
+
+
+class HybridMasking(Section):
+    """The student's keep ratio per batch: drawn from `keep_ratios` with `probs`."""
+
+    keep_ratios: list[float] = Field(default_factory=lambda: [1.0])
+    probs: list[float] = Field(default_factory=lambda: [1.0])
+
+    @model_validator(mode="after")
+    def _hybrid_set(self) -> "HybridMasking":
+        from maskprune.masking import HybridRatios
+
+        HybridRatios(self.keep_ratios, self.probs)  # raises ValueError with the reason
+        return self
+
+
+class KDSection(Section):
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the KD term")
+    temperature: float = Field(1.0, gt=0.0)
+    kind: Literal["soft", "hard"] = "soft"
+
+
+class FullVariant(Section):
+    kd: bool = Field(False, description="distil from the teacher (on full images) as well")
+
+
+class MaskedVariant(HybridMasking):
+    keep_ratios: list[float] = Field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
+    probs: list[float] = Field(default_factory=lambda: [0.25, 0.25, 0.25, 0.25])
+
+
+class MaskedKDVariant(HybridMasking):
+    teacher_keep: float = Field(0.5, description="fraction of patches the teacher sees")
+    criterion: Literal["student_attn", "random", "teacher_attn", "bottom_k"] = "student_attn"
+
+    _keep = field_validator("teacher_keep")(_check_keep_ratio)
+
+
+class FinetuneSection(Section):
+    """The finetune stage: a shared recipe and init, then one section per variant."""
+
+    init: str = Field("scratch", description="scratch | pretrained_file | path to a maskprune model folder")
+    train: FinetuneTrain = FinetuneTrain(
+        epochs=1, batch_size=64, lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_epochs=0.1,
+        label_smoothing=0.1, grad_clip=1.0, augment=False, train_limit=0,
+    )  # fmt: skip
+    kd: KDSection = KDSection()
+    full: FullVariant = FullVariant()
+    masked: MaskedVariant = MaskedVariant()
+    masked_kd: MaskedKDVariant = MaskedKDVariant()
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("give scratch, pretrained_file or the path of a maskprune model folder")
+        return value
+
+
 class EvaluateSection(Section):
     batch_size: int = Field(256, ge=1)
     occlusion_drop: list[float] = Field(
@@ -152,7 +219,19 @@ class Params(Section):
         grad_clip=1.0,
         augment=False,  # NOTE: schedules this short learn faster without augmentation (measured)
     )
+    finetune: FinetuneSection = FinetuneSection()
     evaluate: EvaluateSection = EvaluateSection()
+
+    @model_validator(mode="after")
+    def _finetune_init(self) -> "Params":
+        init, weights = self.finetune.init, self.models.student.pretrained_file
+        if init == "pretrained_file" and not weights:
+            raise ValueError("finetune.init is 'pretrained_file' but models.student.pretrained_file "
+                             "is empty; set the local weights file or use init: scratch")  # fmt: skip
+        if init != "pretrained_file" and weights:
+            raise ValueError(f"models.student.pretrained_file is set but finetune.init is {init!r}; "
+                             "set finetune.init: pretrained_file or clear the file")  # fmt: skip
+        return self
 
 
 def format_validation_error(err: ValidationError, source: str = PARAMS_FILE) -> str:
@@ -225,14 +304,16 @@ def read_yaml(path: Path) -> Any:
 
 
 def find_repo_root(start: Path | None = None) -> Path:
-    """The folder holding dvc.yaml: $DVC_ROOT inside a DVC stage, else the nearest ancestor."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
+    """The nearest folder at or above `start` (default: cwd) holding dvc.yaml, else $DVC_ROOT.
+
+    NOTE: the working directory comes first: `dvc exp run --temp` and queued experiments run
+    stages in a temporary copy of the repository while $DVC_ROOT still names the original.
+    """
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "dvc.yaml").exists():
             return folder
-    return here
+    return Path(os.environ["DVC_ROOT"]).resolve() if os.environ.get("DVC_ROOT") else here
 
 
 def load_params(path: str | os.PathLike[str] | None = None) -> Params:

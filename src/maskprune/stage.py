@@ -1,8 +1,9 @@
 """The command-line shell every DVC stage shares: load params, compute, write, then log.
 
-    python -m stages.<name> [--log-only]
+    python -m stages.<name> [VARIANT] [--log-only]
 
-`--log-only` skips the computation and logs the stage's existing outputs to MLflow again (after
+A stage with variants (a DVC `foreach`) takes the variant as its one argument and passes it to
+its compute and record functions as `variant=`. `--log-only` skips the computation and logs the stage's existing outputs to MLflow again (after
 a tracking outage). Errors in the user's input end the process with one line, exit code 2.
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from maskprune.config import Params, find_repo_root, load_params
 from maskprune.errors import exit_on_user_error
@@ -23,15 +25,26 @@ Compute = Callable[[Params, Path, Runtime], None]
 Record = Callable[[Params, Path], StageRecord]
 
 
-def run_stage(name: str, compute: Compute, record: Record, argv: list[str] | None = None) -> None:
-    exit_on_user_error(_run)(name, compute, record, argv)
+def run_stage(
+    name: str,
+    compute: Compute,
+    record: Record,
+    argv: list[str] | None = None,
+    variants: Sequence[str] = (),
+) -> None:
+    exit_on_user_error(_run)(name, compute, record, argv, variants)
 
 
-def _run(name: str, compute: Compute, record: Record, argv: list[str] | None) -> None:
+def _run(name: str, compute: Compute, record: Record, argv: list[str] | None, variants: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
+    if variants:
+        parser.add_argument("variant", choices=variants)
     parser.add_argument("--log-only", action="store_true",
                         help="log the existing outputs to MLflow without recomputing them")  # fmt: skip
     args = parser.parse_args(argv)
+    if variants:
+        name = f"{name}@{args.variant}"
+        compute, record = partial(compute, variant=args.variant), partial(record, variant=args.variant)
     root = find_repo_root()
     params = load_params(root / "params.yaml")
     started = time.perf_counter()

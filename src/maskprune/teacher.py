@@ -2,43 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from maskprune import atomic
-from maskprune.checkpoint import save_model
+from maskprune.checkpoint import config_hash, model_meta, save_model
 from maskprune.config import Params
-from maskprune.data.loader import PreparedData, load_prepared
+from maskprune.data.loader import load_prepared
 from maskprune.models.vit import build_model
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.train import ClassificationObjective, fit
-
-
-def config_hash(*parts: Any) -> str:
-    """A short stable hash of JSON-serialisable parts (params sections, data checksums)."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def model_meta(params: Params, data: PreparedData, role: str) -> dict[str, Any]:
-    """Everything needed to rebuild and feed a model: spec, classes, normalisation."""
-    spec = getattr(params.models, role)
-    return {
-        "model": spec.model_dump(),
-        "num_classes": data.num_classes,
-        "in_chans": data.in_chans,
-        "classes": data.meta["classes"],
-        "mean": data.meta["mean"],
-        "std": data.meta["std"],
-        "data": data.meta["name"],
-        "role": role,
-        "seed": params.seed,
-    }
 
 
 def train_teacher(params: Params, root: Path, out_dir: Path, runtime: Runtime) -> dict[str, float]:

@@ -87,7 +87,9 @@ def dvc_lock_tags(stage: str, root: Path) -> dict[str, str]:
         for item in [*entry.get("deps", []), *entry.get("outs", [])]:
             if "md5" in item:
                 hashes[item["path"]] = item["md5"]
-    deps = stages.get(stage, {}).get("deps", [])
+    name, _, _ = stage.partition("@")  # NOTE: 'finetune@masked' is an item of the foreach 'finetune'
+    definition = stages.get(stage) or stages.get(name, {}).get("do", {})
+    deps = definition.get("deps", [])
     return {f"dvc.dep.{dep}.md5": hashes[dep] for dep in deps if isinstance(dep, str) and dep in hashes}
 
 
@@ -223,7 +225,7 @@ def log_stage(record: StageRecord, cfg: TrackingSection, root: Path) -> str | No
         problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     message = (
         f"tracking to {tracking_uri(cfg, root)} failed ({problem}); the {record.stage} stage's "
-        f"outputs are complete on disk; re-log them with `python -m stages.{record.stage} "
+        f"outputs are complete on disk; re-log them with `python -m stages.{record.stage.replace('@', ' ')} "
         "--log-only` once tracking works, or set tracking.required=false to continue without it"
     )
     if cfg.required:
