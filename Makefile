@@ -7,7 +7,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test flow ui dag profile-smoke profile-cpu profile-gpu
+.PHONY: setup run test flow sweep ui dag profile-smoke profile-cpu profile-gpu
 
 setup:
 	@bash scripts/setup.sh
@@ -23,6 +23,10 @@ test: setup
 ## The same pipeline as a Prefect flow (ephemeral mode).
 flow: setup
 	python -m flows.pipeline
+
+## The MaskedKD sweep (teacher keep ratio x criterion) as DVC experiments; extra flags via ARGS="..."
+sweep: setup
+	python -m flows.sweep $(ARGS)
 
 ## The MLflow UI on the default store, at http://127.0.0.1:5000
 ui: setup

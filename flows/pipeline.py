@@ -16,18 +16,17 @@ import graphlib
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.dvc import DVC, run_dvc
 from maskprune.config import find_repo_root, load_params
 from maskprune.errors import exit_on_user_error
 from maskprune.tracking import FLOW_RUN_ENV, PARENT_ENV, Tracker
 
-DVC = str(Path(sys.executable).with_name("dvc"))
 _EDGE = re.compile(r'^"(?P<src>[^"]+)" -> "(?P<dst>[^"]+)";$')
 _NODE = re.compile(r'^"(?P<name>[^"]+)";$')
 
@@ -48,17 +47,7 @@ def stage_order(root: Path, target: str | None = None) -> list[str]:
 @task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, task_run_name="dvc repro {stage}")
 def repro_stage(stage: str, root: str, env: dict[str, str], force: bool = False) -> str:
     """Run one stage through DVC; its output goes to the Prefect log."""
-    logger = get_run_logger()
-    cmd = [DVC, "repro", "--single-item", *(["--force"] if force else []), stage]
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line.rstrip())
-        logger.info(line.rstrip())
-    if proc.wait() != 0:
-        errors = [ln for ln in lines if "error" in ln.lower()] or lines[-1:]
-        raise RuntimeError(f"stage {stage} failed: {errors[-1] if errors else 'no output'}")
+    lines = run_dvc(["repro", "--single-item", *(["--force"] if force else []), stage], root, env)
     return "skipped" if any("didn't change, skipping" in ln for ln in lines) else "ran"
 
 
