@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run, subprocess_env
+from tests.conftest import STAGES, run, subprocess_env
 
 pytestmark = pytest.mark.integration
-STAGES = ("prepare", "teacher", "evaluate")
+VARIANTS = ("full", "masked", "masked_kd")
 
 
 def test_repro_writes_every_output(smoke_repo: Path) -> None:
@@ -36,6 +36,40 @@ def test_repro_writes_every_output(smoke_repo: Path) -> None:
     assert not list(smoke_repo.rglob("*.tmp")), "temporary files left behind"
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_finetune_variant_trains_reports_cost_and_gets_an_occlusion_curve(
+    smoke_repo: Path, variant: str
+) -> None:
+    folder = smoke_repo / "models" / "finetune" / variant
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["stage"] == f"finetune@{variant}" and meta["role"] == "student" and meta["init"] == "scratch"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["train_images"] == 1080 and metrics["epochs"] == 1
+    history = pd.read_csv(folder / "history.csv")
+    assert metrics["train_tflops"] == pytest.approx(history["train_gflops"].sum() / 1e3)
+    full_teacher = 0.1386  # vit_teacher on all 49 patches, as evaluate measures it
+    expected = {  # variant -> (mean fraction of patches the student saw, teacher GMACs per image)
+        "full": (1.0, None),
+        "masked": (None, full_teacher),  # drawn per batch from {1, .75, .5, .25}
+        "masked_kd": (1.0, full_teacher * 25 / 50),  # teacher on [CLS] + 24 of 49 patches
+    }[variant]
+    if expected[0] is not None:
+        assert metrics["student_keep_mean"] == pytest.approx(expected[0])
+    else:
+        assert 0.25 < metrics["student_keep_mean"] < 1.0
+    if expected[1] is None:
+        assert "teacher_gmacs_per_image" not in metrics
+    else:
+        assert metrics["teacher_gmacs_per_image"] == pytest.approx(expected[1], rel=0.1)
+        assert metrics["teacher_gmacs_full"] == pytest.approx(full_teacher, rel=0.01)
+        assert metrics["teacher_throughput_ratio"] > 0
+    report = json.loads((smoke_repo / "metrics" / "evaluate.json").read_text())
+    assert f"finetune/{variant}" in report["models"]
+    curve = pd.read_csv(smoke_repo / "plots" / "evaluate" / "occlusion" / f"finetune-{variant}.csv")
+    assert list(curve["drop_fraction"]) == [0.0, 0.5, 0.9]
+    assert curve["top1"].iloc[0] == pytest.approx(report["models"][f"finetune/{variant}"]["top1"])
+
+
 def test_second_repro_skips_every_stage(smoke_repo: Path) -> None:
     out = run(["dvc", "repro"], smoke_repo).stdout
     for stage in STAGES:
@@ -51,8 +85,8 @@ def test_dvc_views_work(smoke_repo: Path) -> None:
     assert "metrics/evaluate.json" in workspace and "models/teacher/metrics.json" in workspace
     run(["dvc", "plots", "show", "-o", "dvc_plots"], smoke_repo)
     html = (smoke_repo / "dvc_plots" / "index.html").read_text()
-    assert all(f"vegaEmbed('#{plot}'" in html for plot in ("Teacher_training", "Occlusion_robustness",
-                                                          "Cost_vs_accuracy"))  # fmt: skip
+    assert all(f"vegaEmbed('#{plot}'" in html for plot in ("Teacher_training", "Fine-tuning",
+                                                          "Occlusion_robustness", "Cost_vs_accuracy"))  # fmt: skip
 
 
 def test_mlflow_has_one_parent_with_a_nested_run_per_stage(smoke_repo: Path) -> None:
@@ -70,6 +104,11 @@ def test_mlflow_has_one_parent_with_a_nested_run_per_stage(smoke_repo: Path) -> 
     assert teacher.data.params["teacher.epochs"] == "2"
     assert len(client.get_metric_history(teacher.info.run_id, "val_top1")) == 2
     assert "evaluate" in by_stage and "teacher.top1" in by_stage["evaluate"].data.metrics
+    masked_kd = by_stage["finetune@masked_kd"]
+    assert masked_kd.data.params["finetune.masked_kd.teacher_keep"] == "0.5"
+    assert {"val_top1", "teacher_gmacs_per_image", "teacher_throughput_ratio", "train_tflops"} <= set(
+        masked_kd.data.metrics)  # fmt: skip
+    assert masked_kd.data.tags["dvc.dep.data/prepared.md5"].endswith(".dir")
 
 
 def test_bad_params_stop_repro_with_one_line_and_keep_outputs(smoke_repo: Path, tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ def train_teacher(params: Params, root: Path, out_dir: Path, runtime: Runtime) -
         "train_loss": last["train_loss"],
         "epochs": len(history),
         "train_img_per_s": sum(r["img_per_s"] for r in history) / len(history),
-        "wall_seconds": time.perf_counter() - started,
+        "train_seconds": sum(r["seconds"] for r in history),  # all epochs, also across a resume
+        "wall_seconds": time.perf_counter() - started,  # this invocation
     }
     if runtime.is_main:
         save_model(out_dir, model, {**model_meta(params, data, "teacher"), "stage": "teacher",
