@@ -49,8 +49,9 @@ def test_sweep_runs_experiments_and_lines_them_up(
     assert all(0.0 <= r["val_top1"] <= 1.0 and r["teacher_throughput_ratio"] > 0 for r in rows)
     assert (smoke_repo / "params.yaml").read_text() == params_before  # the workspace is left alone
 
-    table = sorted((smoke_repo / "reports" / "sweeps").glob("*.csv"))
-    assert len(table) == 1 and len(pd.read_csv(table[0])) == 2
+    sweep = rows[0]["experiment"].rsplit("-", 2)[0]
+    table = pd.read_csv(smoke_repo / "reports" / "sweeps" / f"{sweep}.csv")
+    assert list(table["experiment"]) == [r["experiment"] for r in rows]
     shown = run(["dvc", "exp", "show", "--csv"], smoke_repo).stdout
     assert all(r["experiment"] in shown for r in rows)
 
