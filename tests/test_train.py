@@ -14,9 +14,11 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from maskprune.checkpoint import STATE_FILE, unwrap
-from maskprune.config import TrainSection
+from maskprune.config import KDSection, TrainSection
 from maskprune.data.loader import PreparedData, Split
+from maskprune.distill import MaskedDistillation, TeacherView
 from maskprune.errors import MaskpruneError
+from maskprune.masking import HybridRatios
 from maskprune.models.vit import TokenViT
 from maskprune.runtime import Runtime
 from maskprune.train import ClassificationObjective, fit, param_groups, warmup_cosine
@@ -132,15 +134,23 @@ def test_batch_larger_than_data_is_a_clear_error(tmp_path: Path) -> None:
         fit(tiny_model(), tiny_data(), cfg, ClassificationObjective(), CPU, 0, tmp_path, "h")
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+def masked_kd_objective(world_size: int = 1) -> MaskedDistillation:
+    """A fixed student keep (so every process runs the same token counts), MaskedKD teacher."""
+    torch.manual_seed(5)
+    teacher = TokenViT(img_size=12, patch_size=4, in_chans=1, num_classes=4, embed_dim=24, depth=2, num_heads=2)
+    return MaskedDistillation(9, HybridRatios([0.5], [1.0]), TeacherView(teacher, 0.5, "student_attn"),
+                              KDSection(), 0.1, world_size)  # fmt: skip
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str, masked: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     runtime = Runtime(torch.device("cpu"), None, False, False, rank=rank, world_size=world)
     model = tiny_model()
     cfg = CFG.model_copy(update={"epochs": 2})
-    history = fit(model, tiny_data(), cfg, ClassificationObjective(0.1), runtime, 0,
-                  Path(out) / "state", "h", log=lambda s: None)  # fmt: skip
+    objective = masked_kd_objective(world) if masked else ClassificationObjective(0.1)
+    history = fit(model, tiny_data(), cfg, objective, runtime, 0, Path(out) / "state", "h", log=lambda s: None)
     if rank == 0:
         Path(out, "history.json").write_text(json.dumps(history))
         save_file({k: v.contiguous() for k, v in weights(model).items()}, str(Path(out, "w.safetensors")))
@@ -162,3 +172,18 @@ def test_ddp_two_gloo_processes_match_one_process_with_same_global_batch(tmp_pat
     ddp_weights = load_file(str(tmp_path / "w.safetensors"))
     for key, value in weights(single).items():
         torch.testing.assert_close(ddp_weights[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_masked_kd_under_ddp_counts_the_cost_of_every_process(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), True), nprocs=2, join=True)
+    single = fit(tiny_model(), tiny_data(), CFG.model_copy(update={"epochs": 2}), masked_kd_objective(), CPU, 0,
+                 tmp_path / "single", "h", log=lambda s: None)  # fmt: skip
+    ddp = json.loads((tmp_path / "history.json").read_text())
+    for one, two in zip(single, ddp):
+        assert two["student_keep_mean"] == one["student_keep_mean"] == pytest.approx(4 / 9)
+        assert two["train_gflops"] == pytest.approx(one["train_gflops"], rel=1e-9)  # same images, same tokens
+        assert two["teacher_gmacs_per_image"] == pytest.approx(one["teacher_gmacs_per_image"], rel=1e-9)
+        assert math.isfinite(two["train_loss"])
