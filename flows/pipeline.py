@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 from flows.dvc import DVC, run_dvc
 from maskprune.config import find_repo_root, load_params
 from maskprune.errors import exit_on_user_error
-from maskprune.tracking import FLOW_RUN_ENV, PARENT_ENV, Tracker
+from maskprune.tracking import FLOW_RUN_ENV, PARENT_ENV, pipeline_run
 
 _EDGE = re.compile(r'^"(?P<src>[^"]+)" -> "(?P<dst>[^"]+)";$')
 _NODE = re.compile(r'^"(?P<name>[^"]+)";$')
@@ -58,19 +58,12 @@ def pipeline(stage: str | None = None, force: bool = False) -> dict[str, str]:
     params = load_params(root / "params.yaml")
     flow_run_id = str(flow_run.get_id() or "")
     env = {**os.environ, FLOW_RUN_ENV: flow_run_id}
-    tracker = Tracker(params.tracking, root) if params.tracking.enabled else None
-    if tracker is not None:
-        env[PARENT_ENV] = tracker.start_pipeline_run(source="prefect", flow_run_id=flow_run_id)
     outcome: dict[str, str] = {}
-    try:
+    with pipeline_run(params.tracking, root, "prefect", flow_run_id) as parent:
+        if parent is not None:
+            env[PARENT_ENV] = parent[1]
         for name in stage_order(root, stage):
             outcome[name] = repro_stage(name, str(root), env, force)
-    except BaseException:
-        if tracker is not None:
-            tracker.finish(env[PARENT_ENV], "FAILED")
-        raise
-    if tracker is not None:
-        tracker.finish(env[PARENT_ENV])
     print(f"pipeline done: {outcome}")
     return outcome
 

@@ -32,7 +32,7 @@ from maskprune import atomic
 from maskprune.config import find_repo_root, load_params
 from maskprune.errors import MaskpruneError, exit_on_user_error
 from maskprune.masking import CRITERIA
-from maskprune.tracking import FLOW_RUN_ENV, PARENT_ENV, Tracker, tracking_uri
+from maskprune.tracking import FLOW_RUN_ENV, PARENT_ENV, pipeline_run
 
 STAGE = "finetune@masked_kd"
 METRICS = "models/finetune/masked_kd/metrics.json"
@@ -79,10 +79,8 @@ def run_queue(root: str, env: dict[str, str], jobs: int) -> None:
     run_dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], root, env)
 
 
-def experiment_metrics(root: Path, name: str) -> dict[str, float]:
-    """The masked_kd metrics committed in experiment `name` (its git ref under refs/exps)."""
-    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=root,
-                          capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+def experiment_metrics(root: Path, refs: list[str], name: str) -> dict[str, float]:
+    """The masked_kd metrics committed in experiment `name` (its git ref among `refs`)."""
     ref = next((r for r in refs if r.endswith(f"/{name}")), None)
     if ref is None:
         raise MaskpruneError(f"experiment {name} left no result; see `dvc exp show` and `dvc queue logs`")
@@ -92,11 +90,14 @@ def experiment_metrics(root: Path, name: str) -> dict[str, float]:
 
 
 def sweep_table(root: Path, sweep: str, pairs: list[tuple[float, str]]) -> pd.DataFrame:
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=root,
+                          capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
     rows = []
     for keep, criterion in pairs:
-        metrics = experiment_metrics(root, experiment_name(sweep, keep, criterion))
-        rows.append({"experiment": experiment_name(sweep, keep, criterion), "teacher_keep": keep,
-                     "criterion": criterion, **{c: metrics.get(c) for c in COLUMNS}})  # fmt: skip
+        name = experiment_name(sweep, keep, criterion)
+        metrics = experiment_metrics(root, refs, name)
+        rows.append({"experiment": name, "teacher_keep": keep, "criterion": criterion,
+                     **{c: metrics.get(c) for c in COLUMNS}})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -113,29 +114,23 @@ def maskedkd_sweep(
     pairs = combinations(keep_ratios, criteria)
     sweep = time.strftime("mkd%Y%m%d-%H%M%S")
     env = {**os.environ, FLOW_RUN_ENV: str(flow_run.get_id() or "")}
-    tracker = None
-    if params.tracking.enabled:
-        # NOTE: experiments run in temporary copies of the repository: point them at this store.
-        env["MLFLOW_TRACKING_URI"] = tracking_uri(params.tracking, root)
-        tracker = Tracker(params.tracking, root)
-        env[PARENT_ENV] = tracker.start_pipeline_run(source="prefect sweep", flow_run_id=env[FLOW_RUN_ENV])
-    try:
+    with pipeline_run(params.tracking, root, "prefect sweep", env[FLOW_RUN_ENV]) as parent:
+        if parent is not None:
+            # NOTE: experiments run in temporary copies of the repository: point them at this store.
+            env["MLFLOW_TRACKING_URI"] = parent[0].uri
+            env[PARENT_ENV] = parent[1]
         for keep, criterion in pairs:
             run_experiment(experiment_name(sweep, keep, criterion), experiment_sets(keep, criterion, sets or []),
                            str(root), env, queue=jobs > 1)  # fmt: skip
         if jobs > 1:
             run_queue(str(root), env, jobs)
         table = sweep_table(root, sweep, pairs)
-    except BaseException:
-        if tracker is not None:
-            tracker.finish(env[PARENT_ENV], "FAILED")
-        raise
-    out = root / "reports" / "sweeps" / f"{sweep}.csv"
-    atomic.write_text(out, table.to_csv(index=False))
-    if tracker is not None:
-        tracker.client.log_artifact(env[PARENT_ENV], str(out))
-        tracker.client.set_tag(env[PARENT_ENV], "maskprune.sweep", sweep)
-        tracker.finish(env[PARENT_ENV])
+        out = root / "reports" / "sweeps" / f"{sweep}.csv"
+        atomic.write_text(out, table.to_csv(index=False))
+        if parent is not None:
+            tracker, run_id = parent
+            tracker.client.log_artifact(run_id, str(out))
+            tracker.client.set_tag(run_id, "maskprune.sweep", sweep)
     print(f"MaskedKD sweep {sweep} -> {out.relative_to(root)}\n{table.to_string(index=False)}")
     return table.to_dict("records")
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from maskprune.errors import MaskpruneError
+from maskprune.masking import Criterion, HybridRatios, check_keep_ratio
 
 PARAMS_FILE = "params.yaml"
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -116,12 +117,6 @@ class FinetuneTrain(TrainSection):
     train_limit: int = Field(0, ge=0, description="train on a seeded subset of this many images; 0 = all")
 
 
-def _check_keep_ratio(value: float) -> float:
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"keep ratio must lie in (0, 1], got {value}")
-    return value
-
-
 class HybridMasking(Section):
     """The student's keep ratio per batch: drawn from `keep_ratios` with `probs`."""
 
@@ -130,8 +125,6 @@ class HybridMasking(Section):
 
     @model_validator(mode="after")
     def _hybrid_set(self) -> "HybridMasking":
-        from maskprune.masking import HybridRatios
-
         HybridRatios(self.keep_ratios, self.probs)  # raises ValueError with the reason
         return self
 
@@ -153,9 +146,9 @@ class MaskedVariant(HybridMasking):
 
 class MaskedKDVariant(HybridMasking):
     teacher_keep: float = Field(0.5, description="fraction of patches the teacher sees")
-    criterion: Literal["student_attn", "random", "teacher_attn", "bottom_k"] = "student_attn"
+    criterion: Criterion = "student_attn"
 
-    _keep = field_validator("teacher_keep")(_check_keep_ratio)
+    _keep = field_validator("teacher_keep")(check_keep_ratio)
 
 
 class FinetuneSection(Section):

@@ -60,7 +60,7 @@ class TeacherView:
         if self.keep >= self.num_patches:
             return None
         available = self.num_patches if student_idx is None else student_idx.shape[1]
-        k = min(self.keep, available)
+        k = self.tokens_for(student_idx)
         if self.criterion == "random":
             pos = random_keep_idx(images.shape[0], available, k, device=images.device)
         elif self.criterion == "teacher_attn":
@@ -132,21 +132,20 @@ class MaskedDistillation:
         self.student_flops_per_image: dict[int, float] = {}  # kept patches -> fwd + bwd FLOPs
         self.student_images: Counter[int] = Counter()
         self.world_size = world_size
+        self.wants_attention = teacher is not None and teacher.needs_student_attention
 
     def __call__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         keep = num_kept(self.num_patches, self.masking.sample())
         student_idx = None
         if keep < self.num_patches:
             student_idx = random_keep_idx(images.shape[0], self.num_patches, keep, device=images.device)
-        want_attn = self.teacher is not None and self.teacher.needs_student_attention
-        kwargs = {"keep_idx": student_idx, "return_cls_attn": want_attn}
         if keep not in self.student_flops_per_image:
             self.student_flops_per_image[keep] = train_step_flops(
                 unwrap(model), images[:1], keep_idx=None if student_idx is None else student_idx[:1],
-                return_cls_attn=want_attn)  # fmt: skip
+                return_cls_attn=self.wants_attention)  # fmt: skip
         self.student_images[keep] += images.shape[0]
-        out = model(images, **kwargs)
-        logits, attn = out if want_attn else (out, None)
+        out = model(images, keep_idx=student_idx, return_cls_attn=self.wants_attention)
+        logits, attn = out if self.wants_attention else (out, None)
         if self.teacher is None:
             return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         teacher_logits = self.teacher(images, student_idx, attn)

@@ -13,7 +13,7 @@ from maskprune.checkpoint import META_FILE, load_model
 from maskprune.config import ModelSpec, Params
 from maskprune.data.loader import Normalizer, load_prepared
 from maskprune.errors import MaskpruneError
-from maskprune.measure import count_params, gmacs, occlusion_curve, throughput, top1
+from maskprune.measure import count_params, gmacs, occlusion_curve, paired_throughput, top1
 from maskprune.models.vit import build_model
 from maskprune.runtime import Runtime, seed_everything
 
@@ -32,16 +32,15 @@ def speed_and_cost(
     one = torch.randn(1, *shape, device=runtime.device)
     batch = torch.randn(cfg.throughput_batch, *shape, device=runtime.device)
     macs, ref_macs = gmacs(model, one), gmacs(reference, one)
-    # NOTE: alternate the two models so drift in machine load hits both alike.
-    ref_speed = throughput(reference, batch, runtime, cfg.throughput_warmup, cfg.throughput_repeats)
-    speed = throughput(model, batch, runtime, cfg.throughput_warmup, cfg.throughput_repeats)
-    ref_speed2 = throughput(reference, batch, runtime, 0, cfg.throughput_repeats)
-    ref_img_s = (ref_speed["img_per_s"] + ref_speed2["img_per_s"]) / 2
+    model.eval()
+    reference.eval()
+    img_s, ref_img_s = paired_throughput(lambda: model(batch), lambda: reference(batch), len(batch), runtime,
+                                         cfg.throughput_warmup, cfg.throughput_repeats)  # fmt: skip
     return {
         "gmacs": macs,
         "gmacs_ratio": macs / ref_macs,
-        "img_per_s": speed["img_per_s"],
-        "throughput_ratio": speed["img_per_s"] / ref_img_s,
+        "img_per_s": img_s,
+        "throughput_ratio": img_s / ref_img_s,
         "reference_img_per_s": ref_img_s,
     }
 

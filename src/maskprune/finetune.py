@@ -25,7 +25,7 @@ from maskprune.data.prepare import subset_indices
 from maskprune.distill import MaskedDistillation, TeacherView
 from maskprune.errors import MaskpruneError
 from maskprune.masking import HybridRatios
-from maskprune.measure import gmacs, time_calls
+from maskprune.measure import gmacs, paired_throughput
 from maskprune.models.vit import TokenViT, build_model
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.train import fit
@@ -109,22 +109,15 @@ def teacher_speed(view: TeacherView, shape: tuple[int, ...], params: Params, run
     scores = torch.rand(cfg.throughput_batch, view.num_patches, device=runtime.device)
     teacher = view.teacher
 
-    def masked() -> torch.Tensor:
-        return teacher(batch, keep_idx=view.select(batch, None, scores))
-
-    def full() -> torch.Tensor:
-        return teacher(batch)
-
-    # NOTE: alternate the two so drift in machine load hits both alike.
-    ref = time_calls(full, len(batch), runtime, cfg.throughput_warmup, cfg.throughput_repeats)
-    own = time_calls(masked, len(batch), runtime, cfg.throughput_warmup, cfg.throughput_repeats)
-    ref2 = time_calls(full, len(batch), runtime, 0, cfg.throughput_repeats)
-    full_img_s = (ref["img_per_s"] + ref2["img_per_s"]) / 2
+    own_img_s, full_img_s = paired_throughput(
+        lambda: teacher(batch, keep_idx=view.select(batch, None, scores)), lambda: teacher(batch), len(batch),
+        runtime, cfg.throughput_warmup, cfg.throughput_repeats,
+    )  # fmt: skip
     return {
         "teacher_gmacs_full": gmacs(teacher, batch[:1]),
-        "teacher_img_per_s": own["img_per_s"],
+        "teacher_img_per_s": own_img_s,
         "teacher_img_per_s_full": full_img_s,
-        "teacher_throughput_ratio": own["img_per_s"] / full_img_s,
+        "teacher_throughput_ratio": own_img_s / full_img_s,
     }
 
 

@@ -7,19 +7,24 @@ ascending order, so kept tokens stay in their spatial order.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 
 Criterion = Literal["student_attn", "random", "teacher_attn", "bottom_k"]
-CRITERIA: tuple[str, ...] = ("student_attn", "random", "teacher_attn", "bottom_k")
+CRITERIA: tuple[str, ...] = get_args(Criterion)
+
+
+def check_keep_ratio(keep_ratio: float) -> float:
+    """`keep_ratio` itself if it lies in (0, 1]; a ValueError naming it otherwise."""
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep ratio must lie in (0, 1], got {keep_ratio}")
+    return keep_ratio
 
 
 def num_kept(num_patches: int, keep_ratio: float) -> int:
     """Patches kept at `keep_ratio`: floor(n * ratio) as timm's PatchDropout, at least one."""
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep ratio must lie in (0, 1], got {keep_ratio}")
-    return max(1, min(num_patches, int(num_patches * keep_ratio + 1e-6)))
+    return max(1, min(num_patches, int(num_patches * check_keep_ratio(keep_ratio) + 1e-6)))
 
 
 def random_keep_idx(

@@ -149,6 +149,25 @@ def time_calls(
     return {"img_per_s": batch / median, "median_s": median, "repeats": repeats}
 
 
+def paired_throughput(
+    fn: Callable[[], object],
+    reference_fn: Callable[[], object],
+    batch: int,
+    runtime: Runtime,
+    warmup: int,
+    repeats: int,
+) -> tuple[float, float]:
+    """Images per second of `fn` and of `reference_fn`, timed in one process (models in eval mode).
+
+    The reference is timed before and after `fn` and averaged, so drift in machine load hits
+    both alike.
+    """
+    before = time_calls(reference_fn, batch, runtime, warmup, repeats)
+    own = time_calls(fn, batch, runtime, warmup, repeats)
+    after = time_calls(reference_fn, batch, runtime, 0, repeats)
+    return own["img_per_s"], (before["img_per_s"] + after["img_per_s"]) / 2
+
+
 def throughput(
     model: torch.nn.Module,
     example: torch.Tensor,

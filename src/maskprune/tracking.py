@@ -9,6 +9,7 @@ works without it when tracking is disabled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -202,6 +203,27 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path))
         self.finish(run_id)
         return run_id
+
+
+@contextlib.contextmanager
+def pipeline_run(
+    cfg: TrackingSection, root: Path, source: str, flow_run_id: str = ""
+) -> Iterator[tuple[Tracker, str] | None]:
+    """A parent run for the stages a flow starts: (tracker, run id), or None with tracking off.
+
+    The run ends FINISHED with the block, or FAILED if the block raises.
+    """
+    if not cfg.enabled:
+        yield None
+        return
+    tracker = Tracker(cfg, root)
+    run_id = tracker.start_pipeline_run(source=source, flow_run_id=flow_run_id)
+    try:
+        yield tracker, run_id
+    except BaseException:
+        tracker.finish(run_id, "FAILED")
+        raise
+    tracker.finish(run_id)
 
 
 def log_stage(record: StageRecord, cfg: TrackingSection, root: Path) -> str | None:
