@@ -17,7 +17,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
-STAGES = ("prepare", "teacher", "finetune@full", "finetune@masked", "finetune@masked_kd", "evaluate")
+PRUNED = tuple(f"{m}-{i}-0.5" for m in ("evit", "dynamicvit") for i in ("full", "masked"))  # smoke: keep 0.5
+DISTILLED = ("vit-cls", "vit-cls_tokens", "evit-cls", "evit-cls_tokens")
+STAGES = ("prepare", "teacher", "finetune@full", "finetune@masked", "finetune@masked_kd",
+          *(f"prune@{name}" for name in PRUNED), *(f"distill@{name}" for name in DISTILLED), "evaluate")  # fmt: skip
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")

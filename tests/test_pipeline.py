@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import STAGES, run, subprocess_env
+from tests.conftest import DISTILLED, PRUNED, STAGES, run, subprocess_env
 
 pytestmark = pytest.mark.integration
 VARIANTS = ("full", "masked", "masked_kd")
@@ -70,6 +70,41 @@ def test_every_finetune_variant_trains_reports_cost_and_gets_an_occlusion_curve(
     assert curve["top1"].iloc[0] == pytest.approx(report["models"][f"finetune/{variant}"]["top1"])
 
 
+@pytest.mark.parametrize("name", PRUNED)
+def test_every_pruned_model_drops_tokens_and_is_evaluated_with_its_tome_match(smoke_repo: Path, name: str) -> None:
+    folder = smoke_repo / "models" / "prune" / name
+    method, init, _ = name.split("-")
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["pruning"]["method"] == method and meta["pruning"]["blocks"] == [1, 3, 4] and meta["init"] == init
+    # vit_student, 49 patches at keep 0.5: EViT 49 -> 25 (+1 fused) -> 13 (+1) -> 7 (+1); DynamicViT 24, 12, 6
+    expected = [50, 27, 27, 15, 9, 9] if method == "evit" else [50, 25, 25, 13, 7, 7]
+    assert meta["tokens_per_block"] == expected
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert 0.4 < metrics["gmacs_ratio"] < 0.6 and metrics["train_images"] == 1080
+    report = json.loads((smoke_repo / "metrics" / "evaluate.json").read_text())
+    entry = report["models"][f"prune/{name}"]
+    assert entry["gmacs"] == pytest.approx(metrics["gmacs"]) and entry["throughput_ratio"] > 0
+    tome = [n for n, e in report["models"].items() if n.startswith(f"tome/{init}-") and name in e["matched_to"]]
+    assert len(tome) == 1, "every pruned model has exactly one ToMe baseline at matched GMACs"
+    assert report["models"][tome[0]]["gmacs"] == pytest.approx(entry["gmacs"], rel=0.25)
+    row = next(r for r in report["pruning"] if r["method"] == method and r["keep_rate"] == 0.5)
+    assert row[f"{init}_top1"] == entry["top1"]
+    assert row["masked_minus_full"] == pytest.approx(row["masked_top1"] - row["full_top1"])
+
+
+def test_task_agnostic_students_are_probed_and_fine_tuned(smoke_repo: Path) -> None:
+    report = json.loads((smoke_repo / "metrics" / "evaluate.json").read_text())
+    rows = {(r["student"], r["target"]): r for r in report["task_agnostic"]}
+    assert sorted(f"{s}-{t}" for s, t in rows) == sorted(DISTILLED)
+    for name in DISTILLED:
+        metrics = json.loads((smoke_repo / "models" / "distill" / name / "metrics.json").read_text())
+        assert metrics["distill_images"] == 1080 and 0.0 <= metrics["probe_val_top1"] <= 1.0
+        probe = json.loads((smoke_repo / "models" / "distill" / name / "probe" / "meta.json").read_text())
+        assert probe["eval"] == "probe" and ("pruning" in probe) == name.startswith("evit")
+    assert rows[("evit", "cls")]["gmacs"] < 0.6 * rows[("vit", "cls")]["gmacs"]
+    assert rows[("vit", "cls")]["params_m"] == pytest.approx(rows[("evit", "cls")]["params_m"])
+
+
 def test_second_repro_skips_every_stage(smoke_repo: Path) -> None:
     out = run(["dvc", "repro"], smoke_repo).stdout
     for stage in STAGES:
@@ -85,8 +120,8 @@ def test_dvc_views_work(smoke_repo: Path) -> None:
     assert "metrics/evaluate.json" in workspace and "models/teacher/metrics.json" in workspace
     run(["dvc", "plots", "show", "-o", "dvc_plots"], smoke_repo)
     html = (smoke_repo / "dvc_plots" / "index.html").read_text()
-    assert all(f"vegaEmbed('#{plot}'" in html for plot in ("Teacher_training", "Fine-tuning",
-                                                          "Occlusion_robustness", "Cost_vs_accuracy"))  # fmt: skip
+    assert all(f"vegaEmbed('#{plot}'" in html for plot in ("Teacher_training", "Fine-tuning", "Occlusion_robustness",
+                                                          "Pruned_top-1_by_init", "Cost_vs_accuracy"))  # fmt: skip
 
 
 def test_mlflow_has_one_parent_with_a_nested_run_per_stage(smoke_repo: Path) -> None:
@@ -109,6 +144,11 @@ def test_mlflow_has_one_parent_with_a_nested_run_per_stage(smoke_repo: Path) -> 
     assert {"val_top1", "teacher_gmacs_per_image", "teacher_throughput_ratio", "train_tflops"} <= set(
         masked_kd.data.metrics)  # fmt: skip
     assert masked_kd.data.tags["dvc.dep.data/prepared.md5"].endswith(".dir")
+    pruned = by_stage["prune@evit-masked-0.5"]
+    assert pruned.data.tags["method"] == "evit" and pruned.data.tags["init"] == "masked"
+    assert pruned.data.tags["dvc.dep.models/teacher/model.safetensors.md5"]
+    assert "pruning.evit.keep0.5.masked_minus_full" in by_stage["evaluate"].data.metrics
+    assert "task_agnostic.evit.cls_tokens.probe_top1" in by_stage["evaluate"].data.metrics
 
 
 def test_bad_params_stop_repro_with_one_line_and_keep_outputs(smoke_repo: Path, tmp_path: Path) -> None:

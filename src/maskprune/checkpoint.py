@@ -23,6 +23,7 @@ from maskprune import atomic
 from maskprune.config import ModelSpec, Params
 from maskprune.data.loader import PreparedData
 from maskprune.errors import MaskpruneError
+from maskprune.models.pruned import PruningSpec, make_pruned
 from maskprune.models.vit import TokenViT, build_model
 
 CHECKPOINT_FORMAT = "maskprune-model/1"
@@ -100,11 +101,14 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 
 def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[TokenViT, dict[str, Any]]:
-    """Rebuild the model described by `meta.json` and load its weights, checking every key."""
+    """Rebuild the model described by `meta.json` (pruned if it says so) and load its weights,
+    checking every key."""
     folder = Path(folder)
     meta = read_meta(folder)
     spec = ModelSpec.model_validate(meta["model"])
     model = build_model(spec, num_classes=meta["num_classes"], in_chans=meta["in_chans"])
+    if meta.get("pruning"):
+        model = make_pruned(model, PruningSpec.from_meta(meta["pruning"]))
     state = load_tensors(folder / WEIGHTS_FILE)
     mismatch = f"{folder}: weights do not match model {spec.name!r} in meta.json"
     try:

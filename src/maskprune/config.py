@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -135,6 +135,10 @@ class KDSection(Section):
     kind: Literal["soft", "hard"] = "soft"
 
 
+FinetuneVariant = Literal["full", "masked", "masked_kd"]
+FINETUNE_VARIANTS: tuple[str, ...] = get_args(FinetuneVariant)
+
+
 class FullVariant(Section):
     kd: bool = Field(False, description="distil from the teacher (on full images) as well")
 
@@ -172,6 +176,80 @@ class FinetuneSection(Section):
         return value
 
 
+class EViTSection(Section):
+    fuse_token: bool = Field(True, description="sum the dropped tokens into one, weighted by [CLS] attention")
+    keep_warmup_epochs: float = Field(0.0, ge=0.0, description="cosine warm-up of the keep rate from 1.0")
+
+
+class DynamicViTSection(Section):
+    ratio_weight: float = Field(2.0, ge=0.0, description="weight of the kept-ratio MSE")
+    kd_weight: float = Field(0.5, ge=0.0, description="weight of KL(teacher || student) on logits")
+    token_weight: float = Field(0.5, ge=0.0, description="weight of the kept-token MSE to the unpruned init")
+    backbone_lr_scale: float = Field(0.01, gt=0.0, le=1.0, description="backbone lr / scorer lr")
+    freeze_epochs: float = Field(0.0, ge=0.0, description="backbone lr is 0 for these epochs")
+
+
+class PruneSection(Section):
+    """The prune stage: a matrix method x init x keep rate over the finetune variants."""
+
+    inits: list[FinetuneVariant] = Field(default_factory=lambda: ["full", "masked"], min_length=1,
+                                         description="finetune variants to start from")  # fmt: skip
+    keep_rates: list[float] = Field(default_factory=lambda: [0.7, 0.5], min_length=1)
+    locations: list[int] = Field(default_factory=list, description="0-indexed pruning blocks; [] = at 1/4, 1/2, 3/4 of depth")
+    train: FinetuneTrain = FinetuneTrain(
+        epochs=1, batch_size=64, lr=5e-4, min_lr=1e-5, weight_decay=0.05, warmup_epochs=0.1,
+        label_smoothing=0.1, grad_clip=1.0, augment=False, train_limit=12000,
+    )  # fmt: skip
+    kd: KDSection = KDSection()
+    evit: EViTSection = EViTSection()
+    dynamicvit: DynamicViTSection = DynamicViTSection()
+
+    @field_validator("keep_rates")
+    @classmethod
+    def _keep_rates(cls, values: list[float]) -> list[float]:
+        for value in values:
+            check_keep_ratio(value)
+        return values
+
+    @field_validator("locations")
+    @classmethod
+    def _locations(cls, values: list[int]) -> list[int]:
+        if any(v < 0 for v in values) or values != sorted(set(values)):
+            raise ValueError(f"give strictly increasing 0-indexed block numbers, got {values}")
+        return values
+
+
+class ProbeSection(Section):
+    """A linear classifier on frozen [CLS] features (standardised), trained with AdamW."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.01, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+class DistillSection(Section):
+    """Task-agnostic KD: a teacher's features into ViT and EViT students, without labels."""
+
+    teacher: str = Field("models/teacher", min_length=1,
+                         description="teacher model folder; the pretrain stage's model once it exists")  # fmt: skip
+    students: list[Literal["vit", "evit"]] = Field(default_factory=lambda: ["vit", "evit"], min_length=1)
+    targets: list[Literal["cls", "cls_tokens"]] = Field(default_factory=lambda: ["cls", "cls_tokens"], min_length=1)
+    keep_rate: float = Field(0.5, description="the EViT student's keep rate")
+    loss: Literal["mse", "cosine"] = "mse"
+    train: FinetuneTrain = FinetuneTrain(
+        epochs=1, batch_size=64, lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_epochs=0.1,
+        label_smoothing=0.0, grad_clip=1.0, augment=False, train_limit=12000,
+    )  # fmt: skip
+    probe: ProbeSection = ProbeSection()
+    finetune: FinetuneTrain = FinetuneTrain(
+        epochs=1, batch_size=64, lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_epochs=0.1,
+        label_smoothing=0.1, grad_clip=1.0, augment=False, train_limit=6000,
+    )  # fmt: skip
+
+    _keep = field_validator("keep_rate")(check_keep_ratio)
+
+
 class EvaluateSection(Section):
     batch_size: int = Field(256, ge=1)
     occlusion_drop: list[float] = Field(
@@ -179,6 +257,7 @@ class EvaluateSection(Section):
         description="fractions of patches removed at random (0 to 0.9)",
         min_length=1,
     )
+    occlusion_limit: int = Field(2000, ge=0, description="test images per occlusion curve (seeded subset); 0 = all")
     throughput_batch: int = Field(64, ge=1, description="64 on CPU, 256 on GPU")
     throughput_warmup: int = Field(3, ge=0)
     throughput_repeats: int = Field(10, ge=1)
@@ -213,6 +292,8 @@ class Params(Section):
         augment=False,  # NOTE: schedules this short learn faster without augmentation (measured)
     )
     finetune: FinetuneSection = FinetuneSection()
+    prune: PruneSection = PruneSection()
+    distill: DistillSection = DistillSection()
     evaluate: EvaluateSection = EvaluateSection()
 
     @model_validator(mode="after")

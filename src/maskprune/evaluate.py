@@ -1,7 +1,14 @@
-"""Evaluate every model checkpoint under models/: accuracy, occlusion, params, GMACs, throughput."""
+"""Evaluate every model of the pipeline: accuracy, occlusion, params, GMACs, throughput.
+
+The models are the ones params.yaml defines (teacher, finetune variants, the prune matrix), plus
+ToMe applied to each finetune variant the prune matrix starts from, at the merge rate r whose
+GMACs come closest to each pruned model's (a training-free baseline at a matched budget). The
+pruning table lines up init=full against init=masked at every method and keep rate.
+"""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -9,19 +16,26 @@ import pandas as pd
 import torch
 
 from maskprune import atomic
-from maskprune.checkpoint import META_FILE, load_model
-from maskprune.config import ModelSpec, Params
-from maskprune.data.loader import Normalizer, load_prepared
+from maskprune.checkpoint import load_model
+from maskprune.config import FINETUNE_VARIANTS, ModelSpec, Params
+from maskprune.data.loader import Normalizer, Split, load_prepared
+from maskprune.data.prepare import subset_indices
 from maskprune.errors import MaskpruneError
 from maskprune.measure import count_params, gmacs, occlusion_curve, paired_throughput, top1
-from maskprune.models.vit import build_model
+from maskprune.models.pruned import METHODS
+from maskprune.models.tome import apply_tome, max_tome_r
+from maskprune.models.vit import TokenViT, build_model
+from maskprune.prune import PruneVariant
 from maskprune.runtime import Runtime, seed_everything
+from maskprune.task_agnostic import DistillVariant
 
 
-def find_models(models_dir: Path) -> dict[str, Path]:
-    """Model folders below `models_dir`, named by their relative path ('teacher', 'finetune/x')."""
-    found = sorted(path.parent for path in models_dir.rglob(META_FILE))
-    return {folder.relative_to(models_dir).as_posix(): folder for folder in found}
+def pipeline_models(params: Params) -> list[str]:
+    """Folders under models/ that the pipeline in params.yaml produces, in pipeline order."""
+    prune = [PruneVariant(m, i, k).name for m in METHODS for i in params.prune.inits for k in params.prune.keep_rates]
+    distill = [DistillVariant(s, t).name for s in params.distill.students for t in params.distill.targets]
+    return ["teacher", *(f"finetune/{v}" for v in FINETUNE_VARIANTS), *(f"prune/{name}" for name in prune),
+            *(f"distill/{name}/{how}" for name in distill for how in ("finetune", "probe"))]  # fmt: skip
 
 
 def speed_and_cost(
@@ -45,51 +59,138 @@ def speed_and_cost(
     }
 
 
-def evaluate_models(params: Params, root: Path, runtime: Runtime) -> dict[str, Any]:
+def tome_matches(base: TokenViT, targets: dict[str, float], example: torch.Tensor) -> dict[int, list[str]]:
+    """ToMe merge rate r -> the models (name -> GMACs) whose GMACs it matches most closely."""
+    costs = {r: gmacs(apply_tome(copy.deepcopy(base), r), example)
+             for r in range(1, max_tome_r(base.num_patches, len(base.blocks)) + 1)}  # fmt: skip
+    matches: dict[int, list[str]] = {}
+    for name, target in targets.items():
+        r = min(costs, key=lambda k: abs(costs[k] - target))
+        matches.setdefault(r, []).append(name)
+    return dict(sorted(matches.items()))
+
+
+def pruning_table(results: dict[str, dict[str, Any]], params: Params) -> list[dict[str, Any]]:
+    """One row per method x keep rate: test top-1 for each init, and masked minus full."""
+    rows = []
+    for method in METHODS:
+        for keep in params.prune.keep_rates:
+            row: dict[str, Any] = {"method": method, "keep_rate": keep}
+            for init in params.prune.inits:
+                entry = results[f"prune/{PruneVariant(method, init, keep).name}"]
+                row[f"{init}_top1"] = entry["top1"]
+                row[f"{init}_gmacs"] = entry["gmacs"]
+                row[f"{init}_throughput_ratio"] = entry["throughput_ratio"]
+            if {"full", "masked"} <= set(params.prune.inits):
+                row["masked_minus_full"] = row["masked_top1"] - row["full_top1"]
+            rows.append(row)
+    return rows
+
+
+def task_agnostic_table(results: dict[str, dict[str, Any]], params: Params) -> list[dict[str, Any]]:
+    """One row per distilled student x target: fine-tune and linear-probe test top-1, cost."""
+    rows = []
+    for student in params.distill.students:
+        for target in params.distill.targets:
+            name = DistillVariant(student, target).name
+            tuned, probe = results[f"distill/{name}/finetune"], results[f"distill/{name}/probe"]
+            rows.append({"student": student, "target": target, "finetune_top1": tuned["top1"],
+                         "probe_top1": probe["top1"], "params_m": tuned["params_m"], "gmacs": tuned["gmacs"],
+                         "throughput_ratio": tuned["throughput_ratio"]})  # fmt: skip
+    return rows
+
+
+class ModelMeter:
+    """Measures one model after another on the same test split and occlusion draws."""
+
+    def __init__(self, params: Params, test: Split, runtime: Runtime) -> None:
+        self.params, self.test, self.runtime = params, test, runtime
+        self.occluded = test
+        if params.evaluate.occlusion_limit:
+            keep = torch.from_numpy(subset_indices(len(test), params.evaluate.occlusion_limit, params.seed))
+            self.occluded = Split(test.images[keep.to(test.images.device)], test.labels[keep.to(test.labels.device)])
+        self.occlusion_rows: list[dict[str, Any]] = []
+
+    def measure(self, name: str, model: TokenViT, meta: dict[str, Any]) -> dict[str, Any]:
+        cfg, runtime = self.params.evaluate, self.runtime
+        spec = ModelSpec.model_validate(meta["model"])
+        normalize = Normalizer(meta["mean"], meta["std"], spec.img_size, runtime.device)
+        reference = build_model(spec, meta["num_classes"], meta["in_chans"]).to(runtime.device)
+        curve = occlusion_curve(model, self.occluded, normalize, runtime, cfg.batch_size, cfg.occlusion_drop,
+                                model.num_patches, self.params.seed)  # fmt: skip
+        self.occlusion_rows += [{"model": name, **row} for row in curve]
+        return {
+            "top1": top1(model, self.test, normalize, runtime, cfg.batch_size),
+            "params_m": count_params(model) / 1e6,
+            **speed_and_cost(model, reference, (meta["in_chans"], spec.img_size, spec.img_size), self.params, runtime),
+            "occlusion_auc": _area(curve),
+        }
+
+
+def evaluate_models(params: Params, root: Path, runtime: Runtime, log=print) -> dict[str, Any]:  # noqa: ANN001
     """Measure every model; write metrics/evaluate.json and the plot CSVs under plots/evaluate/."""
     seed_everything(params.seed)
-    models = find_models(root / "models")
-    if not models:
-        raise MaskpruneError(f"no model checkpoints under {root / 'models'}: run `dvc repro` first")
     data = load_prepared(root / "data" / "prepared" / params.data.name, splits=("test",))
-    test = data.splits["test"].to(runtime.device)
-    cfg = params.evaluate
+    meter = ModelMeter(params, data.splits["test"].to(runtime.device), runtime)
     results: dict[str, Any] = {}
-    occlusion_rows, cost_rows = [], []
-    for name, folder in models.items():
+    for name in pipeline_models(params):
+        folder = root / "models" / name
+        if not (folder / "meta.json").is_file():
+            raise MaskpruneError(f"{folder} is missing: run `dvc repro` (evaluate measures every model of the pipeline)")
         model, meta = load_model(folder, runtime.device)
         if meta["data"] != data.meta["name"] or meta["num_classes"] != data.num_classes:
             raise MaskpruneError(f"{folder} was trained on {meta['data']!r}, not on the prepared "
                                  f"{data.meta['name']!r}; rerun its stage or fix data.name")  # fmt: skip
-        spec = ModelSpec.model_validate(meta["model"])
-        normalize = Normalizer(meta["mean"], meta["std"], spec.img_size, runtime.device)
-        reference = build_model(spec, meta["num_classes"], meta["in_chans"]).to(runtime.device)
-        shape = (meta["in_chans"], spec.img_size, spec.img_size)
-        curve = occlusion_curve(model, test, normalize, runtime, cfg.batch_size, cfg.occlusion_drop,
-                                model.num_patches, params.seed)  # fmt: skip
-        entry = {
-            "top1": top1(model, test, normalize, runtime, cfg.batch_size),
-            "params_m": count_params(model) / 1e6,
-            **speed_and_cost(model, reference, shape, params, runtime),
-            "occlusion_auc": _area(curve),
-        }
-        results[name] = entry
-        occlusion_rows += [{"model": name, **row} for row in curve]
-        cost_rows.append({"model": name, **{k: entry[k] for k in ("top1", "gmacs", "img_per_s")}})
-        del model, reference
+        results[name] = meter.measure(name, model, meta)
+        log(f"evaluate: {name} top1 {results[name]['top1']:.4f} {results[name]['gmacs']:.4f} GMACs")
+        del model
+    for init in params.prune.inits:
+        results.update(tome_baselines(init, root, params, results, meter, log))
     report = {
         "models": results,
+        "pruning": pruning_table(results, params),
+        "task_agnostic": task_agnostic_table(results, params),
         "setup": {"device": str(runtime.device), "threads": torch.get_num_threads(),
-                  "throughput_batch": cfg.throughput_batch, "test_images": len(test)},  # fmt: skip
+                  "throughput_batch": params.evaluate.throughput_batch, "test_images": len(meter.test),
+                  "occlusion_images": len(meter.occluded)},  # fmt: skip
     }
     if runtime.is_main:
-        atomic.write_json(root / "metrics" / "evaluate.json", report)
-        occlusion = pd.DataFrame(occlusion_rows)
-        for name, rows in occlusion.groupby("model", sort=False):
-            path = root / "plots" / "evaluate" / "occlusion" / f"{name.replace('/', '-')}.csv"
-            atomic.write_text(path, rows.drop(columns="model").to_csv(index=False))
-        atomic.write_text(root / "plots" / "evaluate" / "cost.csv", pd.DataFrame(cost_rows).to_csv(index=False))
+        write_outputs(root, report, meter.occlusion_rows)
     return report
+
+
+def tome_baselines(
+    init: str, root: Path, params: Params, results: dict[str, Any], meter: ModelMeter, log=print  # noqa: ANN001
+) -> dict[str, Any]:
+    """ToMe on models/finetune/<init> at the r matching each pruned model from that init."""
+    model, meta = load_model(root / "models" / "finetune" / init, meter.runtime.device)
+    pruned = [PruneVariant(m, init, k).name for m in METHODS for k in params.prune.keep_rates]
+    targets = {name: results[f"prune/{name}"]["gmacs"] for name in pruned}
+    spec = ModelSpec.model_validate(meta["model"])
+    example = torch.randn(1, meta["in_chans"], spec.img_size, spec.img_size, device=meter.runtime.device)
+    found = {}
+    for r, matched in tome_matches(model, targets, example).items():
+        name = f"tome/{init}-r{r}"
+        found[name] = {**meter.measure(name, apply_tome(copy.deepcopy(model), r), meta), "tome_r": r,
+                       "init": init, "matched_to": matched}  # fmt: skip
+        log(f"evaluate: {name} top1 {found[name]['top1']:.4f} {found[name]['gmacs']:.4f} GMACs "
+            f"(matched to {', '.join(matched)})")  # fmt: skip
+    return found
+
+
+def write_outputs(root: Path, report: dict[str, Any], occlusion_rows: list[dict[str, Any]]) -> None:
+    """metrics/evaluate.json, one occlusion CSV per model, the cost CSV, one pruning CSV per method."""
+    atomic.write_json(root / "metrics" / "evaluate.json", report)
+    plots = root / "plots" / "evaluate"
+    for name, rows in pd.DataFrame(occlusion_rows).groupby("model", sort=False):
+        atomic.write_text(plots / "occlusion" / f"{name.replace('/', '-')}.csv",
+                          rows.drop(columns="model").to_csv(index=False))  # fmt: skip
+    cost = [{"model": name, **{k: entry[k] for k in ("top1", "gmacs", "img_per_s", "throughput_ratio")}}
+            for name, entry in report["models"].items()]  # fmt: skip
+    atomic.write_text(plots / "cost.csv", pd.DataFrame(cost).to_csv(index=False))
+    atomic.write_text(plots / "task_agnostic.csv", pd.DataFrame(report["task_agnostic"]).to_csv(index=False))
+    for method, rows in pd.DataFrame(report["pruning"]).groupby("method", sort=False):
+        atomic.write_text(plots / "pruning" / f"{method}.csv", rows.drop(columns="method").to_csv(index=False))
 
 
 def _area(curve: list[dict[str, float]]) -> float:

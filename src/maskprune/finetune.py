@@ -19,9 +19,9 @@ import torch
 from maskprune import atomic
 from maskprune.checkpoint import (WEIGHTS_FILE, config_hash, load_model, load_tensors, model_meta, read_meta,
                                   save_model)  # fmt: skip
+from maskprune.config import FINETUNE_VARIANTS as VARIANTS
 from maskprune.config import ModelSpec, Params
-from maskprune.data.loader import PreparedData, Split, load_prepared
-from maskprune.data.prepare import subset_indices
+from maskprune.data.loader import PreparedData, load_prepared
 from maskprune.distill import MaskedDistillation, TeacherView
 from maskprune.errors import MaskpruneError
 from maskprune.masking import HybridRatios
@@ -30,7 +30,6 @@ from maskprune.models.vit import TokenViT, build_model
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.train import fit
 
-VARIANTS = ("full", "masked", "masked_kd")
 TEACHER_DIR = Path("models") / "teacher"
 
 
@@ -128,11 +127,7 @@ def train_finetune(params: Params, variant: str, root: Path, out_dir: Path, runt
     started = time.perf_counter()
     seed_everything(params.seed)
     cfg = params.finetune
-    data = load_prepared(root / "data" / "prepared" / params.data.name)
-    if cfg.train.train_limit:
-        train = data.splits["train"]
-        keep = torch.from_numpy(subset_indices(len(train), cfg.train.train_limit, params.seed))
-        data.splits["train"] = Split(train.images[keep], train.labels[keep])
+    data = load_prepared(root / "data" / "prepared" / params.data.name).limit_train(cfg.train.train_limit, params.seed)
     student, init = init_student(params, data, root)
     uses_teacher = variant != "full" or cfg.full.kd
     teacher, teacher_hash = load_teacher(params, data, root, runtime.device) if uses_teacher else (None, "")

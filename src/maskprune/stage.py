@@ -2,8 +2,9 @@
 
     python -m stages.<name> [VARIANT] [--log-only]
 
-A stage with variants (a DVC `foreach`) takes the variant as its one argument and passes it to
-its compute and record functions as `variant=`. `--log-only` skips the computation and logs the stage's existing outputs to MLflow again (after
+A stage with variants (a DVC `foreach` or `matrix`) takes the variant as its one argument and
+passes it to its compute and record functions as `variant=`; `variants` lists the valid names or
+is a parser that raises a MaskpruneError for an invalid one. `--log-only` skips the computation and logs the stage's existing outputs to MLflow again (after
 a tracking outage). Errors in the user's input end the process with one line, exit code 2.
 """
 
@@ -23,6 +24,7 @@ from maskprune.tracking import StageRecord, log_stage
 
 Compute = Callable[[Params, Path, Runtime], None]
 Record = Callable[[Params, Path], StageRecord]
+Variants = Sequence[str] | Callable[[str], object]
 
 
 def run_stage(
@@ -30,18 +32,20 @@ def run_stage(
     compute: Compute,
     record: Record,
     argv: list[str] | None = None,
-    variants: Sequence[str] = (),
+    variants: Variants = (),
 ) -> None:
     exit_on_user_error(_run)(name, compute, record, argv, variants)
 
 
-def _run(name: str, compute: Compute, record: Record, argv: list[str] | None, variants: Sequence[str]) -> None:
+def _run(name: str, compute: Compute, record: Record, argv: list[str] | None, variants: Variants) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
     if variants:
-        parser.add_argument("variant", choices=variants)
+        parser.add_argument("variant", choices=None if callable(variants) else variants)
     parser.add_argument("--log-only", action="store_true",
                         help="log the existing outputs to MLflow without recomputing them")  # fmt: skip
     args = parser.parse_args(argv)
+    if callable(variants):
+        variants(args.variant)
     if variants:
         name = f"{name}@{args.variant}"
         compute, record = partial(compute, variant=args.variant), partial(record, variant=args.variant)

@@ -88,9 +88,9 @@ def dvc_lock_tags(stage: str, root: Path) -> dict[str, str]:
         for item in [*entry.get("deps", []), *entry.get("outs", [])]:
             if "md5" in item:
                 hashes[item["path"]] = item["md5"]
-    name, _, _ = stage.partition("@")  # NOTE: 'finetune@masked' is an item of the foreach 'finetune'
-    definition = stages.get(stage) or stages.get(name, {}).get("do", {})
-    deps = definition.get("deps", [])
+    name, _, _ = stage.partition("@")  # NOTE: 'finetune@masked' is an item of a foreach or matrix
+    definition = stages.get(stage) or stages.get(name, {})
+    deps = definition.get("do", definition).get("deps", [])  # templated '${item...}' deps match no hash
     return {f"dvc.dep.{dep}.md5": hashes[dep] for dep in deps if isinstance(dep, str) and dep in hashes}
 
 

@@ -31,7 +31,9 @@ class Objective(Protocol):
     """The scalar loss of one batch (images normalised, on the device).
 
     An objective may also define `epoch_summary() -> dict[str, float]`: extra fields for the
-    epoch's history record (e.g. its training FLOPs), called once at the end of every epoch.
+    epoch's history record (e.g. its training FLOPs), called once at the end of every epoch; and
+    `set_progress(epochs: float)`, called before every step with the epochs done so far (e.g.
+    for a keep-rate schedule; a resumed run replays the same values).
     """
 
     def __call__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
@@ -59,21 +61,55 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
     return factor
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, tokens and position embeddings (1-d or token params)."""
-    decay, no_decay = [], []
+@dataclass(frozen=True)
+class BackboneLR:
+    """Pre-trained weights learn slower than newly added modules (DynamicViT's recipe).
+
+    Parameters whose names start with one of `new_modules` get the full learning rate; all others
+    get `scale` times it, and none at all during the first `freeze_epochs`.
+    """
+
+    new_modules: tuple[str, ...]
+    scale: float = 1.0
+    freeze_epochs: float = 0.0
+
+    def is_backbone(self, name: str) -> bool:
+        return not name.startswith(self.new_modules)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, backbone: BackboneLR | None = None) -> list[dict]:
+    """No weight decay on biases, norms, tokens and position embeddings (1-d or token params).
+
+    With `backbone`, each group also says whether it holds backbone parameters.
+    """
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         skip = param.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "reg_token"))
-        (no_decay if skip else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((not skip, backbone is not None and backbone.is_backbone(name)), []).append(param)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "backbone": is_backbone}
+            for (decay, is_backbone), params in sorted(groups.items(), reverse=True)]  # fmt: skip
+
+
+def group_schedules(
+    groups: list[dict], base: Callable[[int], float], steps_per_epoch: int, backbone: BackboneLR | None
+) -> list[Callable[[int], float]]:
+    """One LR multiplier per parameter group: `base`, scaled (and frozen) for backbone groups."""
+    if backbone is None:
+        return [base] * len(groups)
+    frozen = int(backbone.freeze_epochs * steps_per_epoch)
+
+    def backbone_factor(step: int) -> float:
+        return 0.0 if step < frozen else backbone.scale * base(step)
+
+    return [backbone_factor if group["backbone"] else base for group in groups]
 
 
 def _log_line(prefix: str, record: dict[str, float]) -> str:
-    return (f"{prefix} epoch {int(record['epoch'])} train_loss {record['train_loss']:.4f} "
-            f"val_top1 {record['val_top1']:.4f} lr {record['lr']:.2e} "
-            f"{record['img_per_s']:.0f} img/s {record['seconds']:.1f}s")  # fmt: skip
+    val = f"val_top1 {record['val_top1']:.4f} " if "val_top1" in record else ""
+    return (f"{prefix} epoch {int(record['epoch'])} train_loss {record['train_loss']:.4f} {val}"
+            f"lr {record['lr']:.2e} {record['img_per_s']:.0f} img/s {record['seconds']:.1f}s")  # fmt: skip
 
 
 def fit(
@@ -89,12 +125,15 @@ def fit(
     img_size: int | None = None,
     log: Callable[[str], None] = print,
     section: str | None = None,
+    backbone_lr: BackboneLR | None = None,
+    validate: bool = True,
 ) -> list[dict[str, float]]:
     """Train `model` in place for `cfg.epochs`, resuming from `state_dir`; returns the history.
 
     `name` labels logs; `section` (default `name`) is the params key that error messages cite.
-    The history has one record per epoch: epoch, train_loss, val_top1, lr, img_per_s, seconds,
-    and the objective's `epoch_summary()` fields if it has one.
+    The history has one record per epoch: epoch, train_loss, val_top1 (unless `validate` is
+    off, for models without a trained classifier), lr, img_per_s, seconds, and the objective's
+    `epoch_summary()` fields if it has one.
     """
     section = section or name
     model.to(runtime.device)
@@ -105,10 +144,10 @@ def fit(
     if steps == 0:
         raise MaskpruneError(f"{section}.batch_size {cfg.batch_size} exceeds the {len(train_split)} "
                              "training images; lower it or raise data.train_limit")  # fmt: skip
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(steps * cfg.epochs, int(cfg.warmup_epochs * steps), cfg.min_lr / cfg.lr)
-    )
+    groups = param_groups(model, cfg.weight_decay, backbone_lr)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    base = warmup_cosine(steps * cfg.epochs, int(cfg.warmup_epochs * steps), cfg.min_lr / cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, group_schedules(groups, base, steps, backbone_lr))
     start_epoch, history = load_train_state(state_dir, config_hash, model, optimizer, scheduler)
     if start_epoch:
         log(f"{name}: resuming after epoch {start_epoch} from {state_dir}")
@@ -126,7 +165,10 @@ def fit(
         loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
         batches = train_batches(len(train_split), cfg.batch_size, seed, epoch, runtime.rank, runtime.world_size)
         bar = _progress(runtime, steps, f"{name} {epoch + 1}/{cfg.epochs}")
+        set_progress = getattr(objective, "set_progress", None)
         for step, (idx, shifts, flips) in enumerate(batches, start=1):
+            if set_progress is not None:
+                set_progress(epoch + (step - 1) / steps)
             idx = idx.to(runtime.device)
             images = train_split.images[idx]
             if cfg.augment:
@@ -150,14 +192,11 @@ def fit(
         runtime.synchronize()
         seconds = time.perf_counter() - started
         train_loss = all_reduce_sum(loss_sum, runtime).item() / (steps * runtime.world_size)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_top1": top1(net, val_split, normalize, runtime, max(256, cfg.batch_size)),
-            "lr": optimizer.param_groups[0]["lr"],
-            "img_per_s": steps * cfg.batch_size / seconds,
-            "seconds": seconds,
-        }
+        record = {"epoch": epoch + 1, "train_loss": train_loss}
+        if validate:
+            record["val_top1"] = top1(net, val_split, normalize, runtime, max(256, cfg.batch_size))
+        record.update(lr=max(group["lr"] for group in optimizer.param_groups),
+                      img_per_s=steps * cfg.batch_size / seconds, seconds=seconds)  # fmt: skip
         summary = getattr(objective, "epoch_summary", None)
         if summary is not None:
             record.update(summary())

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskprune.data.prepare import SPLITS
+from maskprune.data.prepare import SPLITS, subset_indices
 from maskprune.errors import MaskpruneError
 
 CROP_PADDING = 2
@@ -54,6 +54,14 @@ class PreparedData:
     @property
     def image_size(self) -> int:
         return int(self.meta["image_shape"][1])
+
+    def limit_train(self, limit: int, seed: int) -> PreparedData:
+        """Keep a seeded subset of `limit` training images (0 keeps all); returns self."""
+        if limit:
+            train = self.splits["train"]
+            keep = torch.from_numpy(subset_indices(len(train), limit, seed))
+            self.splits["train"] = Split(train.images[keep], train.labels[keep])
+        return self
 
 
 def load_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> PreparedData:

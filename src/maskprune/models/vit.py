@@ -10,6 +10,9 @@ Modifications over timm's forward:
     (taken from the block's own qkv projection by a forward hook), so the fused
     scaled-dot-product attention kernel stays in use.
   - per-block token features.
+  - `forward_block`, the one per-block step that the token-pruning subclasses (EViT,
+    DynamicViT, ToMe) override; `attention_residual` / `mlp_residual` split a timm `Block` at
+    the point where those methods act, between attention and MLP.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import difflib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, ClassVar, Iterable
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -38,9 +41,13 @@ _TIMM_MODULES = ("vision_transformer", "deit")
 
 @dataclass
 class TokenViTOutput:
-    tokens: torch.Tensor  # [batch, prefix + kept, channels], after the final norm
-    cls_attn: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> [batch, kept]
-    block_tokens: list[torch.Tensor] = field(default_factory=list)  # per block [batch, t, c]
+    """What `forward_tokens` returns; token-pruning subclasses fill the pruning fields too."""
+
+    tokens: torch.Tensor  # [batch, prefix + t, channels]; after the final norm once returned
+    patch_idx: torch.Tensor  # [batch, t] input patch index of each non-prefix token (-1: a fused token)
+    cls_attn: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> [batch, t]
+    block_tokens: list[torch.Tensor] = field(default_factory=list)  # per block [batch, prefix + t, c]
+    kept_patches: dict[int, torch.Tensor] = field(default_factory=dict)  # pruning block -> patch_idx after it
 
 
 def cls_attention(qkv: torch.Tensor, attn: torch.nn.Module, num_prefix_tokens: int) -> torch.Tensor:
@@ -70,8 +77,32 @@ def gather_tokens(tokens: torch.Tensor, keep_idx: torch.Tensor, num_prefix_token
     return torch.cat([prefix, patches.gather(1, index)], dim=1)
 
 
+def attention_residual(
+    blk: torch.nn.Module, tokens: torch.Tensor, attn_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first half of a timm `Block`: tokens + attention, and the qkv projection it used.
+
+    Returns `([batch, t, channels], [batch, t, 3 * channels])`; `attn_mask` is an additive bias
+    broadcastable to `[batch, heads, t, t]`.
+    """
+    captured: list[torch.Tensor] = []
+    handle = blk.attn.qkv.register_forward_hook(lambda m, a, o: captured.append(o))
+    try:
+        out = tokens + blk.drop_path1(blk.ls1(blk.attn(blk.norm1(tokens), attn_mask=attn_mask)))
+    finally:
+        handle.remove()
+    return out, captured[0]
+
+
+def mlp_residual(blk: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The second half of a timm `Block`: tokens + MLP."""
+    return tokens + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(tokens))))
+
+
 class TokenViT(VisionTransformer):
     """timm VisionTransformer whose forward can run on a subset of patch tokens."""
+
+    output_type: ClassVar[type[TokenViTOutput]] = TokenViTOutput
 
     @property
     def num_patches(self) -> int:
@@ -93,24 +124,27 @@ class TokenViT(VisionTransformer):
         cls_attn_blocks: Iterable[int] = (),
         collect_block_tokens: bool = False,
     ) -> TokenViTOutput:
+        """Run every block on the tokens `embed` keeps; `forward_block` is the per-block step."""
         wanted = {b % len(self.blocks) for b in cls_attn_blocks}
-        out = TokenViTOutput(tokens=self.embed(x, keep_idx))
-        h = out.tokens
+        tokens = self.embed(x, keep_idx)
+        if keep_idx is None:
+            keep_idx = torch.arange(tokens.shape[1] - self.num_prefix_tokens, device=tokens.device)
+            keep_idx = keep_idx.expand(tokens.shape[0], -1)
+        out = self.output_type(tokens=tokens, patch_idx=keep_idx)
         for i, blk in enumerate(self.blocks):
-            if i in wanted:
-                captured: list[torch.Tensor] = []
-                handle = blk.attn.qkv.register_forward_hook(lambda m, a, o: captured.append(o))
-                try:
-                    h = blk(h)
-                finally:
-                    handle.remove()
-                out.cls_attn[i] = cls_attention(captured[0], blk.attn, self.num_prefix_tokens)
-            else:
-                h = blk(h)
+            out.tokens = self.forward_block(i, blk, out, i in wanted)
             if collect_block_tokens:
-                out.block_tokens.append(h)
-        out.tokens = self.norm(h)
+                out.block_tokens.append(out.tokens)
+        out.tokens = self.norm(out.tokens)
         return out
+
+    def forward_block(self, index: int, blk: torch.nn.Module, out: TokenViTOutput, want_cls_attn: bool) -> torch.Tensor:
+        """Block `index` on `out.tokens`; records its [CLS] row in `out.cls_attn` if wanted."""
+        if not want_cls_attn:
+            return blk(out.tokens)
+        tokens, qkv = attention_residual(blk, out.tokens)
+        out.cls_attn[index] = cls_attention(qkv, blk.attn, self.num_prefix_tokens)
+        return mlp_residual(blk, tokens)
 
     def forward_features(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_tokens(x, keep_idx).tokens
