@@ -117,6 +117,13 @@ class FinetuneTrain(TrainSection):
     train_limit: int = Field(0, ge=0, description="train on a seeded subset of this many images; 0 = all")
 
 
+def short_recipe(**overrides: Any) -> FinetuneTrain:
+    """The one-epoch cpu recipe that the later stages start from, with `overrides`."""
+    base = dict(epochs=1, batch_size=64, lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_epochs=0.1,
+                label_smoothing=0.1, grad_clip=1.0, augment=False, train_limit=0)  # fmt: skip
+    return FinetuneTrain(**{**base, **overrides})
+
+
 class HybridMasking(Section):
     """The student's keep ratio per batch: drawn from `keep_ratios` with `probs`."""
 
@@ -159,10 +166,7 @@ class FinetuneSection(Section):
     """The finetune stage: a shared recipe and init, then one section per variant."""
 
     init: str = Field("scratch", description="scratch | pretrained_file | path to a maskprune model folder")
-    train: FinetuneTrain = FinetuneTrain(
-        epochs=1, batch_size=64, lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_epochs=0.1,
-        label_smoothing=0.1, grad_clip=1.0, augment=False, train_limit=0,
-    )  # fmt: skip
+    train: FinetuneTrain = short_recipe()
     kd: KDSection = KDSection()
     full: FullVariant = FullVariant()
     masked: MaskedVariant = MaskedVariant()
@@ -196,10 +200,7 @@ class PruneSection(Section):
                                          description="finetune variants to start from")  # fmt: skip
     keep_rates: list[float] = Field(default_factory=lambda: [0.7, 0.5], min_length=1)
     locations: list[int] = Field(default_factory=list, description="0-indexed pruning blocks; [] = at 1/4, 1/2, 3/4 of depth")
-    train: FinetuneTrain = FinetuneTrain(
-        epochs=1, batch_size=64, lr=5e-4, min_lr=1e-5, weight_decay=0.05, warmup_epochs=0.1,
-        label_smoothing=0.1, grad_clip=1.0, augment=False, train_limit=12000,
-    )  # fmt: skip
+    train: FinetuneTrain = short_recipe(lr=5e-4, train_limit=12000)
     kd: KDSection = KDSection()
     evit: EViTSection = EViTSection()
     dynamicvit: DynamicViTSection = DynamicViTSection()
@@ -237,15 +238,9 @@ class DistillSection(Section):
     targets: list[Literal["cls", "cls_tokens"]] = Field(default_factory=lambda: ["cls", "cls_tokens"], min_length=1)
     keep_rate: float = Field(0.5, description="the EViT student's keep rate")
     loss: Literal["mse", "cosine"] = "mse"
-    train: FinetuneTrain = FinetuneTrain(
-        epochs=1, batch_size=64, lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_epochs=0.1,
-        label_smoothing=0.0, grad_clip=1.0, augment=False, train_limit=12000,
-    )  # fmt: skip
+    train: FinetuneTrain = short_recipe(label_smoothing=0.0, train_limit=12000)
     probe: ProbeSection = ProbeSection()
-    finetune: FinetuneTrain = FinetuneTrain(
-        epochs=1, batch_size=64, lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_epochs=0.1,
-        label_smoothing=0.1, grad_clip=1.0, augment=False, train_limit=6000,
-    )  # fmt: skip
+    finetune: FinetuneTrain = short_recipe(train_limit=6000)
 
     _keep = field_validator("keep_rate")(check_keep_ratio)
 
