@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
-import torch.nn.functional as F
 
 from maskprune.checkpoint import unwrap
 from maskprune.config import KDSection
@@ -146,9 +145,7 @@ class MaskedDistillation:
         self.student_images[keep] += images.shape[0]
         out = model(images, keep_idx=student_idx, return_cls_attn=self.wants_attention)
         logits, attn = out if self.wants_attention else (out, None)
-        if self.teacher is None:
-            return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        teacher_logits = self.teacher(images, student_idx, attn)
+        teacher_logits = self.teacher(images, student_idx, attn) if self.teacher is not None else None
         return distillation_loss(logits, teacher_logits, labels, self.kd.alpha, self.kd.temperature,
                                  self.kd.kind, self.label_smoothing)  # fmt: skip
 

@@ -30,15 +30,17 @@ def hard_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch
 
 def distillation_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
     labels: torch.Tensor,
     alpha: float,
     temperature: float,
     kind: KDKind = "soft",
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """(1 - alpha) * CE(labels, label smoothing) + alpha * KD."""
+    """(1 - alpha) * CE(labels, label smoothing) + alpha * KD; plain CE without a teacher."""
     base = F.cross_entropy(student_logits.float(), labels, label_smoothing=label_smoothing)
+    if teacher_logits is None:
+        return base
     kd = soft_kd(student_logits, teacher_logits, temperature) if kind == "soft" else hard_kd(
         student_logits, teacher_logits)  # fmt: skip
     return (1.0 - alpha) * base + alpha * kd

@@ -61,9 +61,8 @@ class EViTDistillation:
 
     def __call__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = model(images)
-        if self.teacher is None:
-            return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
-        return distillation_loss(logits, self.teacher(images), labels, self.kd.alpha, self.kd.temperature,
+        teacher_logits = self.teacher(images) if self.teacher is not None else None
+        return distillation_loss(logits, teacher_logits, labels, self.kd.alpha, self.kd.temperature,
                                  self.kd.kind, self.label_smoothing)  # fmt: skip
 
     def epoch_summary(self) -> dict[str, float]:

@@ -78,7 +78,8 @@ def train_task_agnostic(params: Params, variant: DistillVariant, root: Path, out
     started = time.perf_counter()
     seed_everything(params.seed)
     cfg = params.distill
-    data = load_prepared(root / "data" / "prepared" / params.data.name).limit_train(cfg.train.train_limit, params.seed)
+    prepared = load_prepared(root / "data" / "prepared" / params.data.name)
+    data = prepared.limit_train(cfg.train.train_limit, params.seed)
     teacher, teacher_meta = load_distill_teacher(params, data, root, runtime.device)
     backbone = build_model(params.models.student, num_classes=data.num_classes, in_chans=data.in_chans)
     spec = student_spec(variant, cfg, len(backbone.blocks))
@@ -102,7 +103,7 @@ def train_task_agnostic(params: Params, variant: DistillVariant, root: Path, out
 
     tuned = copy.deepcopy(backbone).to(runtime.device)
     tuned.reset_classifier(data.num_classes)
-    tuned_data = load_prepared(data.root).limit_train(cfg.finetune.train_limit, params.seed)
+    tuned_data = prepared.limit_train(cfg.finetune.train_limit, params.seed)
     tuned_history = fit(tuned, tuned_data, cfg.finetune, ClassificationObjective(cfg.finetune.label_smoothing),
                         runtime, params.seed, root / "checkpoints" / "distill" / f"{variant.name}-finetune",
                         config_hash(digest, cfg.finetune), name=f"distill@{variant.name} finetune", img_size=size,

@@ -8,7 +8,7 @@ same images with the same augmentations.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -56,12 +56,12 @@ class PreparedData:
         return int(self.meta["image_shape"][1])
 
     def limit_train(self, limit: int, seed: int) -> PreparedData:
-        """Keep a seeded subset of `limit` training images (0 keeps all); returns self."""
-        if limit:
-            train = self.splits["train"]
-            keep = torch.from_numpy(subset_indices(len(train), limit, seed))
-            self.splits["train"] = Split(train.images[keep], train.labels[keep])
-        return self
+        """The same data with a seeded subset of `limit` training images (0 keeps all)."""
+        if not limit:
+            return self
+        train = self.splits["train"]
+        keep = torch.from_numpy(subset_indices(len(train), limit, seed))
+        return replace(self, splits={**self.splits, "train": Split(train.images[keep], train.labels[keep])})
 
 
 def load_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> PreparedData:
