@@ -9,7 +9,8 @@ from timm.models.vision_transformer import VisionTransformer
 from maskprune.config import ModelSpec
 from maskprune.errors import MaskpruneError
 from maskprune.measure import gmacs
-from maskprune.models.vit import TokenViT, build_model, cls_attention, gather_tokens
+from maskprune.models.vit import (TokenViT, attention_residual, build_model, cls_attention, gather_tokens,
+                                  mlp_residual)  # fmt: skip
 
 TINY = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=3, num_heads=4)
 
@@ -138,11 +139,11 @@ def test_local_timm_weights_load_offline(tmp_path) -> None:
                                source.state_dict()["blocks.0.attn.qkv.weight"])  # fmt: skip
 
 
-def test_cls_attention_rows_are_probabilities() -> None:
+def test_cls_attention_rows_are_probabilities_and_the_block_matches_timm() -> None:
     _, model = tiny_pair()
-    captured = []
-    handle = model.blocks[1].attn.qkv.register_forward_hook(lambda m, a, o: captured.append(o))
-    model(torch.randn(2, 1, 28, 28))
-    handle.remove()
-    row = cls_attention(captured[0], model.blocks[1].attn, num_prefix_tokens=0)
+    tokens = model.embed(torch.randn(2, 1, 28, 28))
+    blk = model.blocks[1]
+    after_attention, q, k = attention_residual(blk, tokens)
+    row = cls_attention(q, k, blk.attn.scale, num_prefix_tokens=0)
     torch.testing.assert_close(row.sum(-1), torch.ones(2))
+    torch.testing.assert_close(mlp_residual(blk, after_attention), blk(tokens))  # timm's own Block.forward

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch.utils import flop_counter
@@ -131,21 +131,36 @@ def gmacs(model: torch.nn.Module, example: torch.Tensor, **forward_kwargs: objec
     return flops / 2 / 1e9 / example.shape[0]
 
 
+def median_seconds(
+    fns: Sequence[Callable[[], object]], runtime: Runtime, warmup: int, repeats: int, inference: bool = True
+) -> list[float]:
+    """Median seconds per call of each of `fns`, timed in turns.
+
+    Every function is warmed up, then each round times one call of every function (in an order
+    rotated each round), so drift in machine load or clocks hits them all alike. With `inference`
+    the calls run under inference mode (and the runtime's autocast either way).
+    """
+    times: list[list[float]] = [[] for _ in fns]
+    with torch.inference_mode(inference), runtime.autocast():
+        for fn in fns:
+            for _ in range(warmup):
+                fn()
+        runtime.synchronize()
+        for round_ in range(repeats):
+            for offset in range(len(fns)):
+                i = (round_ + offset) % len(fns)
+                start = time.perf_counter()
+                fns[i]()
+                runtime.synchronize()
+                times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def time_calls(
     fn: Callable[[], object], batch: int, runtime: Runtime, warmup: int, repeats: int
 ) -> dict[str, float]:
     """Images per second of `fn` (which processes `batch` images): median of timed runs."""
-    with torch.inference_mode(), runtime.autocast():
-        for _ in range(warmup):
-            fn()
-        runtime.synchronize()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            runtime.synchronize()
-            times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+    (median,) = median_seconds([fn], runtime, warmup, repeats)
     return {"img_per_s": batch / median, "median_s": median, "repeats": repeats}
 
 
@@ -157,15 +172,9 @@ def paired_throughput(
     warmup: int,
     repeats: int,
 ) -> tuple[float, float]:
-    """Images per second of `fn` and of `reference_fn`, timed in one process (models in eval mode).
-
-    The reference is timed before and after `fn` and averaged, so drift in machine load hits
-    both alike.
-    """
-    before = time_calls(reference_fn, batch, runtime, warmup, repeats)
-    own = time_calls(fn, batch, runtime, warmup, repeats)
-    after = time_calls(reference_fn, batch, runtime, 0, repeats)
-    return own["img_per_s"], (before["img_per_s"] + after["img_per_s"]) / 2
+    """Images per second of `fn` and of `reference_fn`, timed in turns in one process (eval mode)."""
+    own, reference = median_seconds([fn, reference_fn], runtime, warmup, repeats)
+    return batch / own, batch / reference
 
 
 def throughput(

@@ -107,7 +107,7 @@ def group_schedules(
 
 
 def _log_line(prefix: str, record: dict[str, float]) -> str:
-    val = f"val_top1 {record['val_top1']:.4f} " if "val_top1" in record else ""
+    val = "".join(f"{key} {record[key]:.4f} " for key in ("val_top1", "probe_top1") if key in record)
     return (f"{prefix} epoch {int(record['epoch'])} train_loss {record['train_loss']:.4f} {val}"
             f"lr {record['lr']:.2e} {record['img_per_s']:.0f} img/s {record['seconds']:.1f}s")  # fmt: skip
 
@@ -127,13 +127,15 @@ def fit(
     section: str | None = None,
     backbone_lr: BackboneLR | None = None,
     validate: bool = True,
+    epoch_end: Callable[[torch.nn.Module], dict[str, float]] | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` in place for `cfg.epochs`, resuming from `state_dir`; returns the history.
 
     `name` labels logs; `section` (default `name`) is the params key that error messages cite.
     The history has one record per epoch: epoch, train_loss, val_top1 (unless `validate` is
-    off, for models without a trained classifier), lr, img_per_s, seconds, and the objective's
-    `epoch_summary()` fields if it has one.
+    off, for models without a trained classifier), lr, img_per_s, seconds, the objective's
+    `epoch_summary()` fields if it has one, and what `epoch_end(model)` measures after the
+    epoch (e.g. a linear probe), if given.
     """
     section = section or name
     model.to(runtime.device)
@@ -145,7 +147,7 @@ def fit(
         raise MaskpruneError(f"{section}.batch_size {cfg.batch_size} exceeds the {len(train_split)} "
                              "training images; lower it or raise data.train_limit")  # fmt: skip
     groups = param_groups(model, cfg.weight_decay, backbone_lr)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=runtime.device.type == "cuda")
     base = warmup_cosine(steps * cfg.epochs, int(cfg.warmup_epochs * steps), cfg.min_lr / cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, group_schedules(groups, base, steps, backbone_lr))
     start_epoch, history = load_train_state(state_dir, config_hash, model, optimizer, scheduler)
@@ -163,13 +165,13 @@ def fit(
         net.train()
         started = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
-        batches = train_batches(len(train_split), cfg.batch_size, seed, epoch, runtime.rank, runtime.world_size)
+        batches = train_batches(len(train_split), cfg.batch_size, seed, epoch, runtime.rank, runtime.world_size,
+                                runtime.device)  # fmt: skip
         bar = _progress(runtime, steps, f"{name} {epoch + 1}/{cfg.epochs}")
         set_progress = getattr(objective, "set_progress", None)
         for step, (idx, shifts, flips) in enumerate(batches, start=1):
             if set_progress is not None:
                 set_progress(epoch + (step - 1) / steps)
-            idx = idx.to(runtime.device)
             images = train_split.images[idx]
             if cfg.augment:
                 images = shift_and_flip(images, shifts, flips)
@@ -200,6 +202,8 @@ def fit(
         summary = getattr(objective, "epoch_summary", None)
         if summary is not None:
             record.update(summary())
+        if epoch_end is not None:
+            record.update(epoch_end(model))
         history.append(record)
         if runtime.is_main:
             save_train_state(state_dir, model, optimizer, scheduler, epoch + 1, config_hash, history)

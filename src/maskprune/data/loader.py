@@ -94,32 +94,39 @@ def train_batches(
     epoch: int,
     rank: int = 0,
     world_size: int = 1,
+    device: torch.device | str = "cpu",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (indices, shifts `[b, 2]`, flips `[b]`) of this rank's share of each global batch.
 
-    The last incomplete global batch is dropped, so every step has the same size on every rank.
+    The epoch's order and augmentation draws are made at once (seeded by `seed` and `epoch`) and
+    moved to `device` once, so a step costs no host-to-device copy. The last incomplete global
+    batch is dropped, so every step has the same size on every rank.
     """
     if global_batch % world_size:
         raise MaskpruneError(f"batch_size {global_batch} is not divisible by {world_size} processes")
     gen = epoch_generator(seed, epoch)
-    order = torch.randperm(num_items, generator=gen)
+    steps = num_items // global_batch
+    order = torch.randperm(num_items, generator=gen)[: steps * global_batch].view(steps, global_batch)
+    shifts = torch.randint(-CROP_PADDING, CROP_PADDING + 1, (steps, global_batch, 2), generator=gen)
+    flips = torch.rand(steps, global_batch, generator=gen) < 0.5
     per_rank = global_batch // world_size
-    for step in range(num_items // global_batch):
-        idx = order[step * global_batch : (step + 1) * global_batch]
-        shifts = torch.randint(-CROP_PADDING, CROP_PADDING + 1, (global_batch, 2), generator=gen)
-        flips = torch.rand(global_batch, generator=gen) < 0.5
-        mine = slice(rank * per_rank, (rank + 1) * per_rank)
-        yield idx[mine], shifts[mine], flips[mine]
+    mine = slice(rank * per_rank, (rank + 1) * per_rank)
+    order, shifts, flips = (t[:, mine].to(device) for t in (order, shifts, flips))
+    for step in range(steps):
+        yield order[step], shifts[step], flips[step]
 
 
 def steps_per_epoch(num_items: int, global_batch: int) -> int:
     return num_items // global_batch
 
 
-def shift_and_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Translate each image `[b, c, h, w]` by its (dy, dx) with zero fill, then mirror where flagged."""
+def shift_and_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor,
+                   pad: int = CROP_PADDING) -> torch.Tensor:  # fmt: skip
+    """Translate each image `[b, c, h, w]` by its (dy, dx) with zero fill, then mirror where flagged.
+
+    Shifts must lie within +-`pad` (a constant, so no value is read back from the device).
+    """
     b, _, h, w = images.shape
-    pad = int(shifts.abs().max()) if shifts.numel() else 0
     if pad:
         padded = F.pad(images, (pad, pad, pad, pad))
         rows = torch.arange(h, device=images.device) + pad - shifts[:, 0:1].to(images.device)

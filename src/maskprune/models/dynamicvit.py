@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskprune.models.vit import TokenViT, TokenViTOutput, gather_tokens, mlp_residual
+from maskprune.models.vit import (TokenViT, TokenViTOutput, attention_heads, attention_output, gather_tokens,
+                                  mlp_residual)  # fmt: skip
 
 POLICY_EPS = 1e-6
 
@@ -60,13 +61,9 @@ def policy_softmax(logits: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
 def policy_block(blk: nn.Module, tokens: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
     """A timm `Block` whose attention only reads the keys that `policy` `[batch, t, 1]` keeps."""
     attn = blk.attn
-    b, t, _ = tokens.shape
-    qkv = attn.qkv(blk.norm1(tokens)).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = attention_heads(attn, blk.norm1(tokens))
     weights = attn.attn_drop(policy_softmax((q * attn.scale) @ k.transpose(-2, -1), policy))
-    mixed = (weights.to(v.dtype) @ v).transpose(1, 2).reshape(b, t, attn.attn_dim)
-    mixed = attn.proj_drop(attn.proj(attn.norm(mixed)))
+    mixed = attention_output(attn, weights.to(v.dtype) @ v)
     return mlp_residual(blk, tokens + blk.drop_path1(blk.ls1(mixed)))
 
 

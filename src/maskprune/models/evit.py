@@ -49,7 +49,7 @@ def evit_prune(
     parts, kept_idx = [prefix, kept], patch_idx.gather(1, top)
     if fuse_token:
         weights = cls_attn.scatter(1, top, 0.0).to(patches.dtype)  # attention of the dropped tokens
-        parts.append((weights.unsqueeze(-1) * patches).sum(dim=1, keepdim=True))
+        parts.append(torch.bmm(weights.unsqueeze(1), patches))  # [batch, 1, channels]
         kept_idx = torch.cat([kept_idx, kept_idx.new_full((len(kept_idx), 1), -1)], dim=1)
     return torch.cat(parts, dim=1), kept_idx
 
@@ -70,8 +70,8 @@ class EViT(TokenViT):
         rate = self.train_keep_rate if self.training and self.train_keep_rate is not None else self.keep_rate
         if index not in self.prune_blocks or rate >= 1.0:
             return super().forward_block(index, blk, out, want_cls_attn)
-        tokens, qkv = attention_residual(blk, out.tokens)
-        attn = cls_attention(qkv, blk.attn, self.num_prefix_tokens)
+        tokens, q, k = attention_residual(blk, out.tokens)
+        attn = cls_attention(q, k, blk.attn.scale, self.num_prefix_tokens)
         if want_cls_attn:
             out.cls_attn[index] = attn
         tokens, out.patch_idx = evit_prune(tokens, attn, out.patch_idx, rate, self.num_prefix_tokens,

@@ -104,10 +104,9 @@ class ToMeViT(TokenViT):
             return super().forward_block(index, blk, out, want_cls_attn)
         size = out.size if out.size is not None else out.tokens.new_ones(out.tokens.shape[0], t, 1)
         bias = size.squeeze(-1).log()[:, None, None, :].to(_attention_dtype(out.tokens))
-        tokens, qkv = attention_residual(blk, out.tokens, attn_mask=bias)
-        b, _, _ = qkv.shape
-        keys = qkv.reshape(b, t, 3, blk.attn.num_heads, blk.attn.head_dim)[:, :, 1].mean(dim=2)
-        merge = bipartite_soft_matching(keys.float(), r)
+        tokens, _, k = attention_residual(blk, out.tokens, attn_mask=bias)
+        b = tokens.shape[0]
+        merge = bipartite_soft_matching(k.mean(dim=1).float(), r)  # keys averaged over heads: [b, t, head_dim]
         tokens, out.size = merge_weighted(merge, tokens, size.to(tokens.dtype))
         labels = torch.cat([out.patch_idx.new_full((b, 1), -1), out.patch_idx], dim=1)  # [CLS] = -1
         out.patch_idx = merge(labels.unsqueeze(-1), "amax")[:, 1:, 0]  # a merged token keeps one label

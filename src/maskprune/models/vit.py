@@ -6,9 +6,11 @@ loads into it unchanged; a timm-built model becomes one by a `__class__` swap (a
 Modifications over timm's forward:
   - `keep_idx` `[batch, kept]` gathers patch tokens after the positional embedding is added;
     prefix tokens ([CLS], registers) are always kept, so compute really shrinks.
+  - `input_mask` replaces the masked patch embeddings by a mask token before the positional
+    embedding is added (SimMIM's encoder input).
   - the head-averaged [CLS]->patch attention row of any block, computed in fp32 from q_cls and K
-    (taken from the block's own qkv projection by a forward hook), so the fused
-    scaled-dot-product attention kernel stays in use.
+    (the block's own queries and keys), so the fused scaled-dot-product attention kernel stays
+    in use.
   - per-block token features.
   - `forward_block`, the one per-block step that the token-pruning subclasses (EViT,
     DynamicViT, ToMe) override; `attention_residual` / `mlp_residual` split a timm `Block` at
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Iterable
 
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from maskprune.errors import MaskpruneError
@@ -44,29 +47,33 @@ class TokenViTOutput:
     """What `forward_tokens` returns; token-pruning subclasses fill the pruning fields too."""
 
     tokens: torch.Tensor  # [batch, prefix + t, channels]; after the final norm once returned
+    embedded: torch.Tensor  # [batch, prefix + t, channels]: the blocks' input
     patch_idx: torch.Tensor  # [batch, t] input patch index of each non-prefix token (-1: a fused token)
     cls_attn: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> [batch, t]
     block_tokens: list[torch.Tensor] = field(default_factory=list)  # per block [batch, prefix + t, c]
     kept_patches: dict[int, torch.Tensor] = field(default_factory=dict)  # pruning block -> patch_idx after it
 
 
-def cls_attention(qkv: torch.Tensor, attn: torch.nn.Module, num_prefix_tokens: int) -> torch.Tensor:
+@dataclass
+class InputMask:
+    """Patches to replace by a mask token before the positional embedding (SimMIM)."""
+
+    masked: torch.Tensor  # [batch, patches] bool
+    token: torch.Tensor  # [1, 1, channels]
+
+
+def cls_attention(q: torch.Tensor, k: torch.Tensor, scale: float, num_prefix_tokens: int) -> torch.Tensor:
     """Head-averaged softmax row of the first token over the patch tokens, in fp32.
 
     Args:
-        qkv: output of the block's qkv projection, `[batch, tokens, 3 * channels]`.
-        attn: the timm `Attention` module that produced it (heads, scale, q/k norms).
+        q, k: a block's queries and keys after their norms, `[batch, heads, tokens, head_dim]`.
+        scale: the attention's logit scale (head_dim ** -0.5).
         num_prefix_tokens: tokens before the patches ([CLS], registers).
     Returns:
         `[batch, tokens - num_prefix_tokens]`; rows sum to at most 1 (prefix keys excluded).
     """
-    b, n, _ = qkv.shape
-    with torch.autocast(qkv.device.type, enabled=False):
-        parts = qkv.float().reshape(b, n, 3, attn.num_heads, attn.head_dim)
-        q = parts[:, :1, 0].transpose(1, 2)  # [b, heads, 1, head_dim]
-        k = parts[:, :, 1].transpose(1, 2)  # [b, heads, n, head_dim]
-        q, k = attn.q_norm.float()(q), attn.k_norm.float()(k)
-        logits = (q * attn.scale) @ k.transpose(-2, -1)  # [b, heads, 1, n]
+    with torch.autocast(q.device.type, enabled=False):
+        logits = (q[:, :, :1].float() * scale) @ k.float().transpose(-2, -1)  # [batch, heads, 1, tokens]
         return logits.softmax(dim=-1).mean(dim=1)[:, 0, num_prefix_tokens:]
 
 
@@ -77,21 +84,34 @@ def gather_tokens(tokens: torch.Tensor, keep_idx: torch.Tensor, num_prefix_token
     return torch.cat([prefix, patches.gather(1, index)], dim=1)
 
 
+def attention_heads(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v `[batch, heads, t, head_dim]` of a timm `Attention` on `x` `[batch, t, channels]` (q/k normed)."""
+    b, t, _ = x.shape
+    q, k, v = attn.qkv(x).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    return attn.q_norm(q), attn.k_norm(k), v
+
+
+def attention_output(attn: torch.nn.Module, mixed: torch.Tensor) -> torch.Tensor:
+    """A timm `Attention`'s output projection of the mixed values `[batch, heads, t, head_dim]`."""
+    b, _, t, _ = mixed.shape
+    return attn.proj_drop(attn.proj(attn.norm(mixed.transpose(1, 2).reshape(b, t, attn.attn_dim))))
+
+
 def attention_residual(
     blk: torch.nn.Module, tokens: torch.Tensor, attn_mask: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first half of a timm `Block`: tokens + attention, and the qkv projection it used.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first half of a timm `Block`: tokens + attention; also the queries and keys it used.
 
-    Returns `([batch, t, channels], [batch, t, 3 * channels])`; `attn_mask` is an additive bias
-    broadcastable to `[batch, heads, t, t]`.
+    The attention is timm's `Attention.forward` on its fused path (the same modules and
+    `scaled_dot_product_attention`), written out so that q and k come back without a hook.
+    Returns `[batch, t, channels]` and q, k `[batch, heads, t, head_dim]`; `attn_mask` is an
+    additive bias broadcastable to `[batch, heads, t, t]`.
     """
-    captured: list[torch.Tensor] = []
-    handle = blk.attn.qkv.register_forward_hook(lambda m, a, o: captured.append(o))
-    try:
-        out = tokens + blk.drop_path1(blk.ls1(blk.attn(blk.norm1(tokens), attn_mask=attn_mask)))
-    finally:
-        handle.remove()
-    return out, captured[0]
+    attn = blk.attn
+    q, k, v = attention_heads(attn, blk.norm1(tokens))
+    mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=attn.attn_drop.p if attn.training else 0.0)  # fmt: skip
+    return tokens + blk.drop_path1(blk.ls1(attention_output(attn, mixed))), q, k
 
 
 def mlp_residual(blk: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -108,9 +128,14 @@ class TokenViT(VisionTransformer):
     def num_patches(self) -> int:
         return self.patch_embed.num_patches
 
-    def embed(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self, x: torch.Tensor, keep_idx: torch.Tensor | None = None, input_mask: InputMask | None = None
+    ) -> torch.Tensor:
         """Images `[batch, chans, h, w]` -> tokens `[batch, prefix + kept, channels]`."""
-        x = self._pos_embed(self.patch_embed(x))
+        x = self.patch_embed(x)
+        if input_mask is not None:
+            x = torch.where(input_mask.masked.unsqueeze(-1), input_mask.token.to(x.dtype), x)
+        x = self._pos_embed(x)
         if keep_idx is not None:
             x = gather_tokens(x, keep_idx, self.num_prefix_tokens)
         else:
@@ -123,14 +148,15 @@ class TokenViT(VisionTransformer):
         keep_idx: torch.Tensor | None = None,
         cls_attn_blocks: Iterable[int] = (),
         collect_block_tokens: bool = False,
+        input_mask: InputMask | None = None,
     ) -> TokenViTOutput:
         """Run every block on the tokens `embed` keeps; `forward_block` is the per-block step."""
         wanted = {b % len(self.blocks) for b in cls_attn_blocks}
-        tokens = self.embed(x, keep_idx)
+        tokens = self.embed(x, keep_idx, input_mask)
         if keep_idx is None:
             keep_idx = torch.arange(tokens.shape[1] - self.num_prefix_tokens, device=tokens.device)
             keep_idx = keep_idx.expand(tokens.shape[0], -1)
-        out = self.output_type(tokens=tokens, patch_idx=keep_idx)
+        out = self.output_type(tokens=tokens, embedded=tokens, patch_idx=keep_idx)
         for i, blk in enumerate(self.blocks):
             out.tokens = self.forward_block(i, blk, out, i in wanted)
             if collect_block_tokens:
@@ -142,8 +168,8 @@ class TokenViT(VisionTransformer):
         """Block `index` on `out.tokens`; records its [CLS] row in `out.cls_attn` if wanted."""
         if not want_cls_attn:
             return blk(out.tokens)
-        tokens, qkv = attention_residual(blk, out.tokens)
-        out.cls_attn[index] = cls_attention(qkv, blk.attn, self.num_prefix_tokens)
+        tokens, q, k = attention_residual(blk, out.tokens)
+        out.cls_attn[index] = cls_attention(q, k, blk.attn.scale, self.num_prefix_tokens)
         return mlp_residual(blk, tokens)
 
     def forward_features(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
