@@ -7,7 +7,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test flow sweep ui dag profile-smoke profile-cpu profile-gpu
+.PHONY: setup run test flow sweep seeds mto-ablation report bench server deploy worker ui dag profile-smoke \
+	profile-cpu profile-gpu
 
 setup:
 	@bash scripts/setup.sh
@@ -16,8 +17,9 @@ setup:
 run: setup
 	dvc repro
 
-## The test suite.
-test: setup
+## The test suite (it also installs the services its tests start: PostgreSQL).
+test:
+	@bash scripts/setup.sh test
 	python -m pytest -q
 
 ## The same pipeline as a Prefect flow (ephemeral mode).
@@ -27,6 +29,37 @@ flow: setup
 ## The MaskedKD sweep (teacher keep ratio x criterion) as DVC experiments; extra flags via ARGS="..."
 sweep: setup
 	python -m flows.sweep $(ARGS)
+
+## More seeds of the pipeline as DVC experiments, collected for the report; ARGS="--seeds 1 2 3 --jobs 2"
+seeds: setup
+	python -m flows.seeds $(ARGS)
+
+## MTO's loss ablation (each loss alone, pairs, all three) as DVC experiments; ARGS="--objective simmim"
+mto-ablation: setup
+	python -m flows.mto_ablation $(ARGS)
+
+## The report alone (reports/report.html, reports/report.md), after the stages it reads
+report: setup
+	dvc repro report
+
+## The speed and cost benchmark suite -> results/benchmarks/<device>.{json,md}; ARGS="--parts pruning teacher"
+bench: setup
+	python -m benchmarks $(ARGS)
+
+## A Prefect server on 127.0.0.1:4200 (API and UI); others use it with PREFECT_API_URL=http://127.0.0.1:4200/api
+server: setup
+	prefect server start --host 127.0.0.1 --port 4200
+
+## With PREFECT_API_URL set: a process work pool, the gpu concurrency limit (GPUS slots), every deployment in prefect.yaml
+GPUS ?= 1
+deploy: setup
+	prefect work-pool create maskprune --type process --overwrite
+	prefect concurrency-limit create gpu $(GPUS)
+	prefect --no-prompt deploy --all
+
+## A process worker on the pool: it runs the deployments' flow runs in this repository
+worker: setup
+	prefect worker start --pool maskprune
 
 ## The MLflow UI on the default store, at http://127.0.0.1:5000
 ui: setup

@@ -6,7 +6,9 @@
 
 Each task runs `dvc repro --single-item <stage>` in topological order, so the repository lock is
 never contended and DVC's own change detection is the only cache (Prefect caching is off). The
-flow opens the MLflow parent run and hands its id to every stage through the environment.
+flow opens the MLflow parent run and hands its id to every stage through the environment. Tasks of
+stages that train or measure on the accelerator carry the tag `gpu`, so a Prefect concurrency
+limit on that tag (one slot per GPU) keeps two runs off one GPU; prepare and report do not.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.dvc import DVC, run_dvc
+from flows import GPU_TAG, check_prefect_api
+from flows.dvc_runner import DVC, run_dvc
 from maskprune.config import find_repo_root, load_params
 from maskprune.errors import exit_on_user_error
 from maskprune.tracking import FLOW_RUN_ENV, PARENT_ENV, pipeline_run
 
+CPU_STAGES = ("prepare", "report")
 _EDGE = re.compile(r'^"(?P<src>[^"]+)" -> "(?P<dst>[^"]+)";$')
 _NODE = re.compile(r'^"(?P<name>[^"]+)";$')
 
@@ -42,6 +46,10 @@ def stage_order(root: Path, target: str | None = None) -> list[str]:
         elif node := _NODE.match(line):
             graph.setdefault(node["name"], set())
     return list(graphlib.TopologicalSorter(graph).static_order())
+
+
+def uses_gpu(stage: str) -> bool:
+    return stage.partition("@")[0] not in CPU_STAGES
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, task_run_name="dvc repro {stage}")
@@ -63,7 +71,8 @@ def pipeline(stage: str | None = None, force: bool = False) -> dict[str, str]:
         if parent is not None:
             env[PARENT_ENV] = parent[1]
         for name in stage_order(root, stage):
-            outcome[name] = repro_stage(name, str(root), env, force)
+            step = repro_stage.with_options(tags={GPU_TAG}) if uses_gpu(name) else repro_stage
+            outcome[name] = step(name, str(root), env, force)
     print(f"pipeline done: {outcome}")
     return outcome
 
@@ -77,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--serve", action="store_true", help="serve as a deployment (needs a server)")
     parser.add_argument("--cron", default="0 3 * * *", help="schedule for --serve (default nightly)")
     args = parser.parse_args(argv)
+    check_prefect_api()
     if args.serve:
         if not os.environ.get("PREFECT_API_URL"):
             raise SystemExit("maskprune: error: --serve needs a Prefect server: run `prefect server "

@@ -16,23 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import time
 from itertools import product
 from pathlib import Path
 
 import pandas as pd
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect import flow
 
-from flows.dvc import run_dvc
-from maskprune import atomic
-from maskprune.config import find_repo_root, load_params
+from flows.experiments import add_experiment_options, experiment_file, experiment_refs, run_sweep
+from flows import check_prefect_api
 from maskprune.errors import MaskpruneError, exit_on_user_error
 from maskprune.masking import CRITERIA
-from maskprune.tracking import FLOW_RUN_ENV, PARENT_ENV, pipeline_run
 
 STAGE = "finetune@masked_kd"
 METRICS = "models/finetune/masked_kd/metrics.json"
@@ -53,8 +46,12 @@ def combinations(keep_ratios: list[float], criteria: list[str]) -> list[tuple[fl
     return pairs + [(k, c) for k, c in product(keep_ratios, criteria) if k != 1.0]
 
 
+def experiment_suffix(keep: float, criterion: str) -> str:
+    return f"{criterion.replace('_', '')}-k{round(keep * 100):03d}"
+
+
 def experiment_name(sweep: str, keep: float, criterion: str) -> str:
-    return f"{sweep}-{criterion.replace('_', '')}-k{round(keep * 100):03d}"
+    return f"{sweep}-{experiment_suffix(keep, criterion)}"
 
 
 def experiment_sets(keep: float, criterion: str, extra: list[str]) -> list[str]:
@@ -64,38 +61,12 @@ def experiment_sets(keep: float, criterion: str, extra: list[str]) -> list[str]:
     return sets + list(extra)
 
 
-@task(retries=0, cache_policy=NO_CACHE, task_run_name="experiment {name}")
-def run_experiment(name: str, sets: list[str], root: str, env: dict[str, str], queue: bool = False) -> None:
-    """One DVC experiment of the masked_kd stage (queued instead of run with `queue`)."""
-    flags = ["--queue"] if queue else ["--temp"]
-    args = ["exp", "run", *flags, "-n", name, STAGE]
-    for item in sets:
-        args += ["-S", item]
-    run_dvc(args, root, env)
-
-
-@task(cache_policy=NO_CACHE, task_run_name="dvc queue ({jobs} jobs)")
-def run_queue(root: str, env: dict[str, str], jobs: int) -> None:
-    run_dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], root, env)
-
-
-def experiment_metrics(root: Path, refs: list[str], name: str) -> dict[str, float]:
-    """The masked_kd metrics committed in experiment `name` (its git ref among `refs`)."""
-    ref = next((r for r in refs if r.endswith(f"/{name}")), None)
-    if ref is None:
-        raise MaskpruneError(f"experiment {name} left no result; see `dvc exp show` and `dvc queue logs`")
-    text = subprocess.run(["git", "show", f"{ref}:{METRICS}"], cwd=root, capture_output=True, text=True,
-                          check=True).stdout  # fmt: skip
-    return json.loads(text)
-
-
 def sweep_table(root: Path, sweep: str, pairs: list[tuple[float, str]]) -> pd.DataFrame:
-    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=root,
-                          capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    refs = experiment_refs(root)
     rows = []
     for keep, criterion in pairs:
         name = experiment_name(sweep, keep, criterion)
-        metrics = experiment_metrics(root, refs, name)
+        metrics = json.loads(experiment_file(root, refs, name, METRICS))
         rows.append({"experiment": name, "teacher_keep": keep, "criterion": criterion,
                      **{c: metrics.get(c) for c in COLUMNS}})  # fmt: skip
     return pd.DataFrame(rows)
@@ -109,29 +80,10 @@ def maskedkd_sweep(
     jobs: int = 1,
 ) -> list[dict[str, object]]:
     """Run the sweep; returns one row per experiment (also in reports/sweeps/<sweep>.csv)."""
-    root = find_repo_root()
-    params = load_params(root / "params.yaml")
     pairs = combinations(keep_ratios, criteria)
-    sweep = time.strftime("mkd%Y%m%d-%H%M%S")
-    env = {**os.environ, FLOW_RUN_ENV: str(flow_run.get_id() or "")}
-    with pipeline_run(params.tracking, root, "prefect sweep", env[FLOW_RUN_ENV]) as parent:
-        if parent is not None:
-            # NOTE: experiments run in temporary copies of the repository: point them at this store.
-            env["MLFLOW_TRACKING_URI"] = parent[0].uri
-            env[PARENT_ENV] = parent[1]
-        for keep, criterion in pairs:
-            run_experiment(experiment_name(sweep, keep, criterion), experiment_sets(keep, criterion, sets or []),
-                           str(root), env, queue=jobs > 1)  # fmt: skip
-        if jobs > 1:
-            run_queue(str(root), env, jobs)
-        table = sweep_table(root, sweep, pairs)
-        out = root / "reports" / "sweeps" / f"{sweep}.csv"
-        atomic.write_text(out, table.to_csv(index=False))
-        if parent is not None:
-            tracker, run_id = parent
-            tracker.client.log_artifact(run_id, str(out))
-            tracker.client.set_tag(run_id, "maskprune.sweep", sweep)
-    print(f"MaskedKD sweep {sweep} -> {out.relative_to(root)}\n{table.to_string(index=False)}")
+    runs = [(experiment_suffix(keep, c), STAGE, experiment_sets(keep, c, sets or [])) for keep, c in pairs]
+    sweep, out, table = run_sweep("mkd", "prefect sweep", runs, jobs, lambda root, s: sweep_table(root, s, pairs))
+    print(f"MaskedKD sweep {sweep} -> {out}\n{table.to_string(index=False)}")
     return table.to_dict("records")
 
 
@@ -142,13 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", type=float, nargs="+", default=list(KEEP_RATIOS), help="teacher keep ratios")
     parser.add_argument("--criteria", nargs="+", default=list(MAIN_CRITERIA), choices=CRITERIA)
     parser.add_argument("--ablation", action="store_true", help="add the teacher_attn and bottom_k criteria")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra params for every experiment (as `dvc exp run -S`)")  # fmt: skip
-    parser.add_argument("--jobs", type=int, default=1, help="experiments at a time (>1 uses DVC's queue)")
+    add_experiment_options(parser, "extra params for every experiment (as `dvc exp run -S`)")
     args = parser.parse_args(argv)
+    check_prefect_api()
     criteria = list(dict.fromkeys([*args.criteria, *(("teacher_attn", "bottom_k") if args.ablation else ())]))
-    if args.jobs < 1:
-        raise MaskpruneError("--jobs must be at least 1")
     maskedkd_sweep(keep_ratios=args.keep, criteria=criteria, sets=args.sets, jobs=args.jobs)
 
 

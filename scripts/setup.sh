@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: a venv in .venv with maskprune and its pipeline tools, and the default
-# dataset (Fashion-MNIST from Debian's dataset-fashion-mnist). Safe to run again at any time.
+# dataset (Fashion-MNIST from Debian's dataset-fashion-mnist); with the argument `test`, also the
+# services the tests start (PostgreSQL). Safe to run again at any time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,15 @@ if [ "$root" = "/usr/share/datasets/fashion-mnist" ] && [ ! -f "$root/train-imag
   else
     echo "setup: Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set data.root in params.yaml to a folder with its four IDX .gz files" >&2
     exit 1
+  fi
+fi
+# `setup.sh test`: the services the test suite starts (on 127.0.0.1) from Debian's packages.
+if [ "${1:-}" = "test" ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing PostgreSQL for the tracking-server tests (apt-get install postgresql)"
+    apt-get update -qq >/dev/null && apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "setup: PostgreSQL is missing, so the tracking-server tests will fail: run 'sudo apt-get install postgresql'" >&2
   fi
 fi
 echo "setup: ready ($("$VENV/bin/python" --version), $root)"

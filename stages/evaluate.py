@@ -24,20 +24,23 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
         print(f"evaluate: pruned test top-1 by init\n{table.to_string(float_format='{:.4f}'.format)}")
         table = pd.DataFrame(report["task_agnostic"]).set_index(["student", "target"])
         print(f"evaluate: task-agnostic KD students\n{table.to_string(float_format='{:.4f}'.format)}")
+        table = pd.DataFrame(report["mto"]).drop(columns=["baseline_h", "mto_h"]).set_index("objective")
+        print(f"evaluate: pre-training with vs without MTO\n{table.T.to_string(float_format='{:.4f}'.format)}")
 
 
-def pruning_metrics(rows: list[dict]) -> dict[str, float]:
-    """'pruning.<method>.keep<rate>.<column>' for every number of the pruning table."""
-    return {f"pruning.{row['method']}.keep{row['keep_rate']:g}.{key}": value for row in rows
-            for key, value in row.items() if key not in ("method", "keep_rate")}  # fmt: skip
+def table_metrics(prefix: str, rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
+    """'<prefix>.<key values...>.<column>' for every number of a table (None and lists skipped)."""
+    return {".".join([prefix, *(str(row[k]) for k in keys), column]): value for row in rows
+            for column, value in row.items() if column not in keys and isinstance(value, (int, float))}  # fmt: skip
 
 
 def record(params: Params, root: Path) -> StageRecord:
     report = json.loads((root / METRICS).read_text())
     metrics = {k: v for k, v in flatten(report["models"]).items() if isinstance(v, (int, float))}
-    metrics.update(pruning_metrics(report["pruning"]))
-    metrics.update({f"task_agnostic.{row['student']}.{row['target']}.{key}": value for row in report["task_agnostic"]
-                    for key, value in row.items() if key not in ("student", "target")})  # fmt: skip
+    pruning = [{**row, "keep_rate": f"keep{row['keep_rate']:g}"} for row in report["pruning"]]
+    metrics.update(table_metrics("pruning", pruning, ("method", "keep_rate")))
+    metrics.update(table_metrics("task_agnostic", report["task_agnostic"], ("student", "target")))
+    metrics.update(table_metrics("mto", report["mto"], ("objective",)))
     return StageRecord(
         stage="evaluate",
         params={"seed": params.seed, "evaluate": params.evaluate.model_dump()},

@@ -13,7 +13,7 @@ from maskprune.tracking import StageRecord
 
 
 def compute(params: Params, root: Path, runtime: Runtime) -> None:
-    meta = prepare_dataset(params.data, params.seed, root / "data" / "prepared")
+    meta = prepare_dataset(params.data, params.data.seed, root / "data" / "prepared")
     print(f"prepare: {meta['name']} {meta['counts']} -> data/prepared/{meta['name']}")
 
 
@@ -22,7 +22,7 @@ def record(params: Params, root: Path) -> StageRecord:
     meta = json.loads(meta_path.read_text())
     return StageRecord(
         stage="prepare",
-        params={"seed": params.seed, "data": params.data.model_dump()},
+        params={"data": params.data.model_dump()},
         metrics={f"count_{split}": n for split, n in meta["counts"].items()},
         artifacts=[meta_path],
     )

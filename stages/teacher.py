@@ -26,7 +26,7 @@ def record(params: Params, root: Path) -> StageRecord:
     out = root / OUT
     return StageRecord(
         stage="teacher",
-        params={"seed": params.seed, "data": {"name": params.data.name},
+        params={"data": {"name": params.data.name},
                 "models": {"teacher": params.models.teacher.model_dump()},
                 "teacher": params.teacher.model_dump(), "runtime": params.runtime.model_dump()},
         metrics=json.loads((out / "metrics.json").read_text()),

@@ -14,13 +14,19 @@ from typing import Iterator
 import numpy as np
 import pytest
 import torch
+import yaml
+
+from maskprune.workspace import copy_workspace
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
 PRUNED = tuple(f"{m}-{i}-0.5" for m in ("evit", "dynamicvit") for i in ("full", "masked"))  # smoke: keep 0.5
-DISTILLED = ("vit-cls", "vit-cls_tokens", "evit-cls", "evit-cls_tokens")
-STAGES = ("prepare", "teacher", "finetune@full", "finetune@masked", "finetune@masked_kd",
-          *(f"prune@{name}" for name in PRUNED), *(f"distill@{name}" for name in DISTILLED), "evaluate")  # fmt: skip
+DISTILLED = ("vit-cls_tokens", "evit-cls_tokens")  # smoke: the cls_tokens target only
+PRETRAINED = ("mae-baseline", "mae-mto")  # smoke: MAE (SimMIM runs through DVC in tests/test_sweep.py)
+STAGES = ("prepare", "teacher", *(f"pretrain@{name}" for name in PRETRAINED),
+          "finetune@full", "finetune@masked", "finetune@masked_kd",
+          *(f"prune@{name}" for name in PRUNED), *(f"distill@{name}" for name in DISTILLED), "evaluate",
+          "report")  # fmt: skip
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -68,28 +74,43 @@ def run(cmd: list[str], cwd: Path, **extra_env: str) -> subprocess.CompletedProc
 
 
 def copy_repo(dest: Path, profile: str = "smoke") -> Path:
-    """Copy the repository's files (tracked and untracked-but-not-ignored) into a fresh git repo."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    for rel in listed:
-        src = REPO / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    run([sys.executable, "-m", "maskprune.profile", profile], dest)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "smoke"]):  # fmt: skip
-        run(cmd, dest)
+    """A fresh git copy of the repository's working tree, switched to `profile`."""
+    return copy_workspace(REPO, dest, profile)
+
+
+NARROW = {"pretrain.objectives": ["mae"], "prune.inits": ["masked"], "distill.students": ["evit"],
+          "distill.targets": ["cls"]}  # fmt: skip
+
+
+def narrow(repo: Path) -> None:
+    """A narrower matrix than the smoke profile's (one objective, init and student): fewer stages to run."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in NARROW.items():
+        section, name = key.split(".")
+        params[section][name] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def copy_run(smoke_repo: Path, dest: Path) -> Path:
+    """A private copy of the reproduced smoke run (its git state, outputs and DVC cache), without its
+    MLflow store or training checkpoints, for tests that change it."""
+    shutil.copytree(smoke_repo, dest, symlinks=True,
+                    ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "checkpoints"))  # fmt: skip
+    run(["git", "reset", "-q", "--hard"], dest)  # NOTE: undo what earlier tests changed in the shared run
     return dest
 
 
 @pytest.fixture(scope="session")
 def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the repository set to the smoke profile, after one `dvc repro`."""
+    """A copy of the repository set to the smoke profile, after one `dvc repro`, committed.
+
+    NOTE: committed as a user commits after `dvc repro`: `dvc exp run --temp` starts from git, so
+    uncommitted outputs (dvc.lock, metrics, histories) would make experiments rerun their stages.
+    """
     repo = copy_repo(tmp_path_factory.mktemp("smoke-repo"))
     run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "dvc repro"], repo)
     return repo
 
 

@@ -75,7 +75,7 @@ BAD = [
     (full(finetune={"kd": {"alpha": 1.5}}), "finetune.kd.alpha: Input should be less than or equal to 1"),
     (full(finetune={"init": "pretrained_file"}), "finetune.init is 'pretrained_file' but models.student.pretrained_file is empty"),
     (full(models={"student": {"name": "vit_tiny_patch16_224", "pretrained_file": "w.safetensors"}}),
-     "models.student.pretrained_file is set but finetune.init is 'scratch'"),
+     "models.student.pretrained_file is set but finetune.init is 'models/pretrain/mae-mto'"),
 ]
 
 

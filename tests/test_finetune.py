@@ -44,10 +44,11 @@ def test_init_from_a_model_folder_loads_the_backbone_but_not_the_head(tmp_path: 
 
 
 def test_init_from_scratch_is_seeded(tmp_path: Path) -> None:
+    scratch = params(finetune={"init": "scratch"})
     torch.manual_seed(0)
-    a, info = init_student(Params(), DATA, tmp_path)
+    a, info = init_student(scratch, DATA, tmp_path)
     torch.manual_seed(0)
-    b, _ = init_student(Params(), DATA, tmp_path)
+    b, _ = init_student(scratch, DATA, tmp_path)
     assert info == {"init": "scratch", "init_file": ""}
     torch.testing.assert_close(a.head.weight, b.head.weight)
 

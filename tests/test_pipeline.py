@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import DISTILLED, PRUNED, STAGES, run, subprocess_env
+from tests.conftest import DISTILLED, PRETRAINED, PRUNED, STAGES, run, subprocess_env
 
 pytestmark = pytest.mark.integration
 VARIANTS = ("full", "masked", "masked_kd")
@@ -36,20 +36,58 @@ def test_repro_writes_every_output(smoke_repo: Path) -> None:
     assert not list(smoke_repo.rglob("*.tmp")), "temporary files left behind"
 
 
+@pytest.mark.parametrize("name", PRETRAINED)
+def test_every_pretrain_variant_records_its_curves_and_is_measured_as_a_probe(smoke_repo: Path, name: str) -> None:
+    folder = smoke_repo / "models" / "pretrain" / name
+    objective, loss = name.split("-")
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["objective"] == objective and meta["loss"] == loss and meta["global_pool"] == "avg"
+    assert (folder / "mim.safetensors").is_file()
+    history = pd.read_csv(folder / "history.csv")
+    layers = 3 if objective == "mae" else 7  # MAE: decoder input + 2 blocks; SimMIM: encoder input + 6 blocks
+    expected = {"rec_loss", "mto_spa", "mto_e", "mto_r", "probe_top1", *(f"h_{i}" for i in range(layers))}
+    assert expected <= set(history.columns) and f"h_{layers}" not in history.columns
+    assert list(history["epoch"]) == [1, 2] and history[list(expected)].notna().all().all()
+    if loss == "baseline":  # without MTO the objective is the reconstruction loss alone
+        assert history["train_loss"].tolist() == pytest.approx(history["rec_loss"].tolist())
+    else:
+        assert (history["train_loss"] > history["rec_loss"]).all()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    ratio = 13 / 50 if objective == "mae" else 1.0  # MAE's encoder runs on [CLS] + 12 of 49 patches
+    assert metrics["encoder_gmacs_ratio"] == pytest.approx(ratio, rel=0.15)
+    report = json.loads((smoke_repo / "metrics" / "evaluate.json").read_text())
+    # evaluate measures the saved encoder + probe head on the same test split the probe was scored on
+    assert report["models"][f"pretrain/{name}"]["top1"] == pytest.approx(metrics["probe_top1"], abs=0.005)
+
+
+def test_mto_comparison_per_objective(smoke_repo: Path) -> None:
+    report = json.loads((smoke_repo / "metrics" / "evaluate.json").read_text())
+    rows = {row["objective"]: row for row in report["mto"]}
+    assert sorted(rows) == ["mae"]
+    for objective, row in rows.items():
+        assert "rauc_1_2" in row and row["epochs"] == 2
+        assert len(row["baseline_h"]) == len(row["mto_h"]) == 3  # MAE: decoder input + 2 blocks
+        assert row["mto_minus_baseline_final"] == pytest.approx(row["mto_final_top1"] - row["baseline_final_top1"])
+        curves = pd.read_csv(smoke_repo / "plots" / "evaluate" / "pretrain" / f"{objective}.csv")
+        assert list(curves.columns) == ["epoch", "baseline_probe_top1", "mto_probe_top1"]
+        assert curves["mto_probe_top1"].iloc[-1] == pytest.approx(row["mto_final_top1"])
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_finetune_variant_trains_reports_cost_and_gets_an_occlusion_curve(
     smoke_repo: Path, variant: str
 ) -> None:
     folder = smoke_repo / "models" / "finetune" / variant
     meta = json.loads((folder / "meta.json").read_text())
-    assert meta["stage"] == f"finetune@{variant}" and meta["role"] == "student" and meta["init"] == "scratch"
+    assert meta["stage"] == f"finetune@{variant}" and meta["role"] == "student"
+    assert meta["init"] == "models/pretrain/mae-mto"  # the default init: the MTO-pre-trained encoder
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["train_images"] == 1080 and metrics["epochs"] == 1
     history = pd.read_csv(folder / "history.csv")
     assert metrics["train_tflops"] == pytest.approx(history["train_gflops"].sum() / 1e3)
     full_teacher = 0.1386  # vit_teacher on all 49 patches, as evaluate measures it
     expected = {  # variant -> (mean fraction of patches the student saw, teacher GMACs per image)
-        "full": (1.0, None),
+        "full": (1.0, full_teacher),  # KD from the full-image teacher (finetune.full.kd)
         "masked": (None, full_teacher),  # drawn per batch from {1, .75, .5, .25}
         "masked_kd": (1.0, full_teacher * 25 / 50),  # teacher on [CLS] + 24 of 49 patches
     }[variant]
@@ -57,12 +95,9 @@ def test_every_finetune_variant_trains_reports_cost_and_gets_an_occlusion_curve(
         assert metrics["student_keep_mean"] == pytest.approx(expected[0])
     else:
         assert 0.25 < metrics["student_keep_mean"] < 1.0
-    if expected[1] is None:
-        assert "teacher_gmacs_per_image" not in metrics
-    else:
-        assert metrics["teacher_gmacs_per_image"] == pytest.approx(expected[1], rel=0.1)
-        assert metrics["teacher_gmacs_full"] == pytest.approx(full_teacher, rel=0.01)
-        assert metrics["teacher_throughput_ratio"] > 0
+    assert metrics["teacher_gmacs_per_image"] == pytest.approx(expected[1], rel=0.1)
+    assert metrics["teacher_gmacs_full"] == pytest.approx(full_teacher, rel=0.01)
+    assert metrics["teacher_throughput_ratio"] > 0
     report = json.loads((smoke_repo / "metrics" / "evaluate.json").read_text())
     assert f"finetune/{variant}" in report["models"]
     curve = pd.read_csv(smoke_repo / "plots" / "evaluate" / "occlusion" / f"finetune-{variant}.csv")
@@ -101,8 +136,8 @@ def test_task_agnostic_students_are_probed_and_fine_tuned(smoke_repo: Path) -> N
         assert metrics["distill_images"] == 1080 and 0.0 <= metrics["probe_val_top1"] <= 1.0
         probe = json.loads((smoke_repo / "models" / "distill" / name / "probe" / "meta.json").read_text())
         assert probe["eval"] == "probe" and ("pruning" in probe) == name.startswith("evit")
-    assert rows[("evit", "cls")]["gmacs"] < 0.6 * rows[("vit", "cls")]["gmacs"]
-    assert rows[("vit", "cls")]["params_m"] == pytest.approx(rows[("evit", "cls")]["params_m"])
+    assert rows[("evit", "cls_tokens")]["gmacs"] < 0.6 * rows[("vit", "cls_tokens")]["gmacs"]
+    assert rows[("vit", "cls_tokens")]["params_m"] == pytest.approx(rows[("evit", "cls_tokens")]["params_m"])
 
 
 def test_second_repro_skips_every_stage(smoke_repo: Path) -> None:
@@ -120,8 +155,9 @@ def test_dvc_views_work(smoke_repo: Path) -> None:
     assert "metrics/evaluate.json" in workspace and "models/teacher/metrics.json" in workspace
     run(["dvc", "plots", "show", "-o", "dvc_plots"], smoke_repo)
     html = (smoke_repo / "dvc_plots" / "index.html").read_text()
-    assert all(f"vegaEmbed('#{plot}'" in html for plot in ("Teacher_training", "Fine-tuning", "Occlusion_robustness",
-                                                          "Pruned_top-1_by_init", "Cost_vs_accuracy"))  # fmt: skip
+    plots = ("Pre-training_probe_accuracy", "Masked-token_heterogeneity", "Teacher_training", "Fine-tuning",
+             "Occlusion_robustness", "Pruned_top-1_by_init", "Cost_vs_accuracy")  # fmt: skip
+    assert all(f"vegaEmbed('#{plot}'" in html for plot in plots)
 
 
 def test_mlflow_has_one_parent_with_a_nested_run_per_stage(smoke_repo: Path) -> None:
@@ -149,6 +185,12 @@ def test_mlflow_has_one_parent_with_a_nested_run_per_stage(smoke_repo: Path) -> 
     assert pruned.data.tags["dvc.dep.models/teacher/model.safetensors.md5"]
     assert "pruning.evit.keep0.5.masked_minus_full" in by_stage["evaluate"].data.metrics
     assert "task_agnostic.evit.cls_tokens.probe_top1" in by_stage["evaluate"].data.metrics
+    assert "mto.mae.mto_final_top1" in by_stage["evaluate"].data.metrics
+    pretrained = by_stage["pretrain@mae-mto"]
+    assert pretrained.data.tags["objective"] == "mae" and pretrained.data.tags["loss"] == "mto"
+    assert pretrained.data.params["pretrain.mto.spa_weight"] == "0.001"
+    assert len(client.get_metric_history(pretrained.info.run_id, "probe_top1")) == 2
+    assert len(client.get_metric_history(pretrained.info.run_id, "h_2")) == 2
 
 
 def test_bad_params_stop_repro_with_one_line_and_keep_outputs(smoke_repo: Path, tmp_path: Path) -> None:
@@ -169,16 +211,15 @@ def test_bad_params_stop_repro_with_one_line_and_keep_outputs(smoke_repo: Path, 
 
 
 def test_params_diff_and_experiment_rerun_only_what_changed(smoke_repo: Path) -> None:
-    # NOTE: evaluate.batch_size is evaluate's alone (finetune also reads the throughput_* keys)
-    out = run(["dvc", "exp", "run", "-S", "evaluate.batch_size=125", "-n", "smaller-batches"], smoke_repo).stdout
-    assert "Stage 'teacher' didn't change, skipping" in out
-    assert "Stage 'finetune@masked' didn't change, skipping" in out
-    assert "Stage 'prune@evit-masked-0.5' didn't change, skipping" in out
-    assert "Running stage 'evaluate'" in out
+    # NOTE: report.margin is the report's alone, so only the report reruns
+    out = run(["dvc", "exp", "run", "-S", "report.margin=0.02", "-n", "wider-margin"], smoke_repo).stdout
+    for stage in ("teacher", "pretrain@mae-mto", "finetune@masked", "prune@evit-masked-0.5", "evaluate"):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    assert "Running stage 'report'" in out
     diff = run(["dvc", "params", "diff"], smoke_repo).stdout
-    assert "evaluate.batch_size" in diff and "250" in diff and "125" in diff
+    assert "report.margin" in diff and "0.01" in diff and "0.02" in diff
     shown = run(["dvc", "exp", "show", "--csv"], smoke_repo).stdout
-    assert "smaller-batches" in shown and "teacher.top1" in shown
+    assert "wider-margin" in shown and "teacher.top1" in shown
 
 
 def test_stage_log_only_relogs_existing_outputs(smoke_repo: Path) -> None:

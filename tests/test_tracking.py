@@ -2,62 +2,30 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
 from maskprune.config import TrackingSection
 from maskprune.errors import MaskpruneError
 from maskprune.tracking import PARENT_ENV, StageRecord, Tracker, flatten, log_stage
 from tests.conftest import subprocess_env
+from tests.services import free_port, http_ok, service
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--default-artifact-root", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(),
-    )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-            try:
-                if requests.get(f"{uri}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"mlflow server did not answer within 90 s: {(root / 'server.log').read_text()[-2000:]}")
+    cmd = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--default-artifact-root", str(root / "artifacts")]  # fmt: skip
+    with service("mlflow server", cmd, http_ok(f"{uri}/health"), root / "server.log", env=subprocess_env()):
         yield uri
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def record(stage: str, tmp_path: Path) -> StageRecord:

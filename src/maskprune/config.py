@@ -35,6 +35,7 @@ class DataSection(Section):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     train_limit: int = Field(0, ge=0, description="0 keeps every training image")
     test_limit: int = Field(0, ge=0, description="0 keeps every test image")
+    seed: int = Field(0, ge=0, description="the train/val split and the subsets (fixed across a seed sweep)")
 
 
 class ModelSpec(Section):
@@ -91,6 +92,9 @@ class TrackingSection(Section):
     uri: str = Field("", description="'' = sqlite:///<repo>/mlflow.db; MLFLOW_TRACKING_URI wins")
     experiment: str = Field("maskprune", min_length=1)
     required: bool = Field(True, description="fail the stage if tracking is unreachable")
+    registered_model: str = Field("maskprune-pruned", min_length=1,
+                                  description="registry name of the best pruned model (the report stage)")  # fmt: skip
+    model_alias: str = Field("champion", pattern=r"^[A-Za-z0-9_-]+$", description="alias of its newest version")
 
 
 class TrainSection(Section):
@@ -111,6 +115,12 @@ class TrainSection(Section):
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
         return self
+
+
+class TeacherSection(TrainSection):
+    """The teacher's recipe and its own seed: a seed sweep varies the students, not the teacher."""
+
+    seed: int = Field(0, ge=0)
 
 
 class FinetuneTrain(TrainSection):
@@ -147,7 +157,7 @@ FINETUNE_VARIANTS: tuple[str, ...] = get_args(FinetuneVariant)
 
 
 class FullVariant(Section):
-    kd: bool = Field(False, description="distil from the teacher (on full images) as well")
+    kd: bool = Field(True, description="distil from the teacher on full images (MaskedKD's keep-1.0 arm)")
 
 
 class MaskedVariant(HybridMasking):
@@ -165,7 +175,8 @@ class MaskedKDVariant(HybridMasking):
 class FinetuneSection(Section):
     """The finetune stage: a shared recipe and init, then one section per variant."""
 
-    init: str = Field("scratch", description="scratch | pretrained_file | path to a maskprune model folder")
+    init: str = Field("models/pretrain/mae-mto",
+                      description="scratch | pretrained_file | path to a maskprune model folder")  # fmt: skip
     train: FinetuneTrain = short_recipe()
     kd: KDSection = KDSection()
     full: FullVariant = FullVariant()
@@ -229,11 +240,83 @@ class ProbeSection(Section):
     weight_decay: float = Field(0.0, ge=0.0)
 
 
+MIMObjective = Literal["mae", "simmim"]
+MIM_OBJECTIVES: tuple[str, ...] = get_args(MIMObjective)
+PRETRAIN_LOSSES: tuple[str, ...] = ("baseline", "mto")
+
+
+def check_mask_ratio(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise ValueError("mask ratio must lie strictly between 0 and 1")
+    return value
+
+
+class MAESection(Section):
+    """MAE: the encoder sees the visible patches only; a light decoder predicts the masked ones."""
+
+    mask_ratio: float = Field(0.75, description="fraction of patches masked (removed from the encoder)")
+    decoder_dim: int = Field(64, ge=4, description="decoder width; at most the encoder's")
+    decoder_depth: int = Field(2, ge=1)
+    decoder_heads: int = Field(4, ge=1)
+    norm_pix_loss: bool = Field(True, description="targets: each patch standardised by its own mean and std")
+
+    _ratio = field_validator("mask_ratio")(check_mask_ratio)
+
+
+class SimMIMSection(Section):
+    """SimMIM: masked patches replaced by a mask token in the encoder; a linear pixel head."""
+
+    mask_ratio: float = Field(0.6, description="fraction of patches replaced by the mask token")
+
+    _ratio = field_validator("mask_ratio")(check_mask_ratio)
+
+
+class BaselineSection(Section):
+    """The objective alone, without MTO: nothing to set (the MTO terms are still measured)."""
+
+
+class MTOSection(Section):
+    """MTO's loss weights (not published; all three together is the paper's best ablation)."""
+
+    spa_weight: float = Field(0.001, ge=0.0, description="weight of L_spa (summed entropy over visible rows)")
+    e_weight: float = Field(0.1, ge=0.0, description="weight of L_e = 1 / (H_0 + eps)")
+    r_weight: float = Field(0.1, ge=0.0, description="weight of L_r = sum softplus(H_{l-1} - H_l)")
+    eps: float = Field(1e-6, gt=0.0)
+
+
+class PretrainProbe(ProbeSection):
+    """The per-epoch linear probe on frozen encoder features (train subset -> test split)."""
+
+    pool: Literal["mean", "cls"] = Field("mean", description="mean of the patch tokens, or [CLS]")
+    train_limit: int = Field(10000, ge=0, description="training images the probe fits on (seeded); 0 = all")
+    test_limit: int = Field(0, ge=0, description="test images it is scored on (seeded); 0 = all")
+
+
+class PretrainSection(Section):
+    """The pretrain stage: a matrix objective x {baseline, mto}; its encoder initialises finetune."""
+
+    objectives: list[MIMObjective] = Field(default_factory=lambda: ["mae"], min_length=1,
+                                           description="add simmim to pre-train with SimMIM too")  # fmt: skip
+    train: FinetuneTrain = short_recipe(epochs=6, batch_size=128, lr=1.5e-3, warmup_epochs=1.0, label_smoothing=0.0)
+    mae: MAESection = MAESection()
+    simmim: SimMIMSection = SimMIMSection()
+    baseline: BaselineSection = BaselineSection()
+    mto: MTOSection = MTOSection()
+    probe: PretrainProbe = PretrainProbe(epochs=20)
+
+    @field_validator("objectives")
+    @classmethod
+    def _unique(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"objectives must not repeat, got {values}")
+        return values
+
+
 class DistillSection(Section):
     """Task-agnostic KD: a teacher's features into ViT and EViT students, without labels."""
 
-    teacher: str = Field("models/teacher", min_length=1,
-                         description="teacher model folder; the pretrain stage's model once it exists")  # fmt: skip
+    teacher: str = Field("models/pretrain/mae-mto", min_length=1,
+                         description="teacher model folder (self-supervised: a pretrain variant)")  # fmt: skip
     students: list[Literal["vit", "evit"]] = Field(default_factory=lambda: ["vit", "evit"], min_length=1)
     targets: list[Literal["cls", "cls_tokens"]] = Field(default_factory=lambda: ["cls", "cls_tokens"], min_length=1)
     keep_rate: float = Field(0.5, description="the EViT student's keep rate")
@@ -256,6 +339,17 @@ class EvaluateSection(Section):
     throughput_batch: int = Field(64, ge=1, description="64 on CPU, 256 on GPU")
     throughput_warmup: int = Field(3, ge=0)
     throughput_repeats: int = Field(10, ge=1)
+    token_images: int = Field(6, ge=1, le=64, description="test images whose kept patches the report draws")
+    rauc_epochs: list[list[int]] = Field(default_factory=lambda: [[1, 0]], min_length=1,
+                                         description="[E1, E2] pairs for pretrain RAUC; E2 = 0 means the last epoch")  # fmt: skip
+
+    @field_validator("rauc_epochs")
+    @classmethod
+    def _rauc_ranges(cls, values: list[list[int]]) -> list[list[int]]:
+        for pair in values:
+            if len(pair) != 2 or pair[0] < 1 or (pair[1] != 0 and pair[1] <= pair[0]):
+                raise ValueError(f"each range is [E1, E2] with 1 <= E1 < E2 (or E2 = 0 for the last epoch), got {pair}")
+        return values
 
     @field_validator("occlusion_drop")
     @classmethod
@@ -268,14 +362,21 @@ class EvaluateSection(Section):
         return values
 
 
+class ReportSection(Section):
+    """How the report aggregates seeds and decides its verdicts."""
+
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="of the Student-t intervals over seeds")
+    margin: float = Field(0.01, ge=0.0, lt=1.0, description="non-inferiority margin on top-1 (0.01 = 1 point)")
+
+
 class Params(Section):
     profile: Literal["smoke", "cpu", "gpu"] = "cpu"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="the students' seed (pretrain, finetune, prune, distill, evaluate)")
     data: DataSection = DataSection()
     models: ModelsSection = ModelsSection()
     runtime: RuntimeSection = RuntimeSection()
     tracking: TrackingSection = TrackingSection()
-    teacher: TrainSection = TrainSection(
+    teacher: TeacherSection = TeacherSection(
         epochs=3,
         batch_size=64,
         lr=1e-3,
@@ -286,10 +387,12 @@ class Params(Section):
         grad_clip=1.0,
         augment=False,  # NOTE: schedules this short learn faster without augmentation (measured)
     )
+    pretrain: PretrainSection = PretrainSection()
     finetune: FinetuneSection = FinetuneSection()
     prune: PruneSection = PruneSection()
     distill: DistillSection = DistillSection()
     evaluate: EvaluateSection = EvaluateSection()
+    report: ReportSection = ReportSection()
 
     @model_validator(mode="after")
     def _finetune_init(self) -> "Params":

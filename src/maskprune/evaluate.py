@@ -1,9 +1,11 @@
 """Evaluate every model of the pipeline: accuracy, occlusion, params, GMACs, throughput.
 
-The models are the ones params.yaml defines (teacher, finetune variants, the prune matrix), plus
+The models are the ones params.yaml defines (teacher, pre-trained encoders with their linear
+probes, finetune variants, the prune and distill matrices), plus
 ToMe applied to each finetune variant the prune matrix starts from, at the merge rate r whose
 GMACs come closest to each pruned model's (a training-free baseline at a matched budget). The
-pruning table lines up init=full against init=masked at every method and keep rate.
+pruning table lines up init=full against init=masked at every method and keep rate; the MTO
+table compares each objective's pre-training with and without MTO by their per-epoch probe curves.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ import torch
 
 from maskprune import atomic
 from maskprune.checkpoint import load_model
-from maskprune.config import FINETUNE_VARIANTS, ModelSpec, Params
+from maskprune.config import FINETUNE_VARIANTS, PRETRAIN_LOSSES, ModelSpec, Params
 from maskprune.data.loader import Normalizer, Split, load_prepared
+from maskprune.distill import TeacherView
 from maskprune.data.prepare import subset_indices
 from maskprune.errors import MaskpruneError
 from maskprune.measure import count_params, gmacs, occlusion_curve, paired_throughput, top1
 from maskprune.models.pruned import METHODS
 from maskprune.models.tome import apply_tome, max_tome_r
 from maskprune.models.vit import TokenViT, build_model
+from maskprune.pretrain import PretrainVariant
 from maskprune.prune import PruneVariant
+from maskprune.rauc import epochs_to_reach, rauc
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.task_agnostic import DistillVariant
 
@@ -34,7 +39,9 @@ def pipeline_models(params: Params) -> list[str]:
     """Folders under models/ that the pipeline in params.yaml produces, in pipeline order."""
     prune = [PruneVariant(m, i, k).name for m in METHODS for i in params.prune.inits for k in params.prune.keep_rates]
     distill = [DistillVariant(s, t).name for s in params.distill.students for t in params.distill.targets]
-    return ["teacher", *(f"finetune/{v}" for v in FINETUNE_VARIANTS), *(f"prune/{name}" for name in prune),
+    pretrain = [PretrainVariant(o, loss).name for o in params.pretrain.objectives for loss in PRETRAIN_LOSSES]
+    return ["teacher", *(f"pretrain/{name}" for name in pretrain), *(f"finetune/{v}" for v in FINETUNE_VARIANTS),
+            *(f"prune/{name}" for name in prune),
             *(f"distill/{name}/{how}" for name in distill for how in ("finetune", "probe"))]  # fmt: skip
 
 
@@ -87,6 +94,72 @@ def pruning_table(results: dict[str, dict[str, Any]], params: Params) -> list[di
     return rows
 
 
+def pretrain_history(root: Path, objective: str, loss: str) -> pd.DataFrame:
+    path = root / "models" / "pretrain" / PretrainVariant(objective, loss).name / "history.csv"
+    if not path.is_file():
+        raise MaskpruneError(f"{path} is missing: run `dvc repro pretrain@{objective}-{loss}`")
+    return pd.read_csv(path)
+
+
+def mto_row(objective: str, baseline: pd.DataFrame, mto: pd.DataFrame, ranges: list[list[int]]) -> dict[str, Any]:
+    """Baseline vs MTO pre-training of one objective, from their per-epoch probe accuracy.
+
+    RAUC for each [E1, E2] range (E2 = 0: the last epoch; None where the baseline gains nothing
+    over the range), the epoch at which MTO reaches the baseline's final accuracy (None if it
+    never does), and both runs' last-epoch heterogeneity per mask-carrying layer.
+    """
+    if list(baseline["epoch"]) != list(mto["epoch"]):
+        raise MaskpruneError(f"pretrain@{objective}-baseline and -mto were trained for different epochs; "
+                             "rerun both with the same pretrain.train")  # fmt: skip
+    epochs = [float(e) for e in baseline["epoch"]]
+    s1, s2 = list(baseline["probe_top1"]), list(mto["probe_top1"])
+    row: dict[str, Any] = {"objective": objective, "epochs": len(epochs), "baseline_final_top1": s1[-1],
+                           "mto_final_top1": s2[-1], "mto_minus_baseline_final": s2[-1] - s1[-1]}  # fmt: skip
+    for e1, e2 in ranges:
+        end = e2 or int(epochs[-1])
+        if end > epochs[-1]:
+            raise MaskpruneError(f"evaluate.rauc_epochs [{e1}, {e2}] goes beyond the {len(epochs)} pre-training "
+                                 "epochs; lower E2 or use 0 for the last epoch")  # fmt: skip
+        try:
+            row[f"rauc_{e1}_{end}"] = rauc(epochs, s1, s2, e1, end)
+        except ValueError:
+            row[f"rauc_{e1}_{end}"] = None
+    reached = epochs_to_reach(epochs, s2, s1[-1])
+    row["mto_epochs_to_baseline_final"] = reached
+    row["mto_epoch_fraction_to_baseline_final"] = None if reached is None else reached / epochs[-1]
+    layers = sorted(int(c[2:]) for c in baseline.columns if c.startswith("h_"))
+    row["baseline_h"] = [float(baseline[f"h_{i}"].iloc[-1]) for i in layers]
+    row["mto_h"] = [float(mto[f"h_{i}"].iloc[-1]) for i in layers]
+    return row
+
+
+def mto_table(root: Path, params: Params) -> list[dict[str, Any]]:
+    return [mto_row(o, pretrain_history(root, o, "baseline"), pretrain_history(root, o, "mto"),
+                    params.evaluate.rauc_epochs) for o in params.pretrain.objectives]  # fmt: skip
+
+
+@torch.inference_mode()
+def kept_patches(model: TokenViT, images: torch.Tensor, normalize: Normalizer) -> dict[str, list[list[int]]]:
+    """For each pruning block, the input patches each image's tokens come from after it (-1: a fused token)."""
+    model.eval()
+    out = model.forward_tokens(normalize(images))
+    return {str(block): idx.tolist() for block, idx in sorted(out.kept_patches.items())}
+
+
+@torch.inference_mode()
+def teacher_patches(params: Params, root: Path, images: torch.Tensor, runtime: Runtime) -> dict[str, Any]:
+    """The patches the MaskedKD teacher sees for `images`, chosen as finetune@masked_kd chooses them."""
+    cfg = params.finetune.masked_kd
+    student, meta = load_model(root / "models" / "finetune" / "masked_kd", runtime.device)
+    teacher, _ = load_model(root / "models" / "teacher", runtime.device)
+    spec = ModelSpec.model_validate(meta["model"])
+    x = Normalizer(meta["mean"], meta["std"], spec.img_size, runtime.device)(images)
+    _, attn = student.eval()(x, return_cls_attn=True)
+    chosen = TeacherView(teacher, cfg.teacher_keep, cfg.criterion).select(x, None, attn)
+    patches = torch.arange(student.num_patches, device=x.device).expand(len(x), -1) if chosen is None else chosen
+    return {"keep": cfg.teacher_keep, "criterion": cfg.criterion, "patches": patches.tolist()}
+
+
 def task_agnostic_table(results: dict[str, dict[str, Any]], params: Params) -> list[dict[str, Any]]:
     """One row per distilled student x target: fine-tune and linear-probe test top-1, cost."""
     rows = []
@@ -132,6 +205,8 @@ def evaluate_models(params: Params, root: Path, runtime: Runtime, log=print) -> 
     seed_everything(params.seed)
     data = load_prepared(root / "data" / "prepared" / params.data.name, splits=("test",))
     meter = ModelMeter(params, data.splits["test"].to(runtime.device), runtime)
+    picture_images = meter.test.images[: params.evaluate.token_images]
+    tokens: dict[str, Any] = {"images": list(range(len(picture_images))), "models": {}}
     results: dict[str, Any] = {}
     for name in pipeline_models(params):
         folder = root / "models" / name
@@ -142,6 +217,10 @@ def evaluate_models(params: Params, root: Path, runtime: Runtime, log=print) -> 
             raise MaskpruneError(f"{folder} was trained on {meta['data']!r}, not on the prepared "
                                  f"{data.meta['name']!r}; rerun its stage or fix data.name")  # fmt: skip
         results[name] = meter.measure(name, model, meta)
+        if meta.get("pruning") and name.startswith("prune/"):
+            spec = ModelSpec.model_validate(meta["model"])
+            normalize = Normalizer(meta["mean"], meta["std"], spec.img_size, runtime.device)
+            tokens["models"][name] = kept_patches(model, picture_images, normalize)
         log(f"evaluate: {name} top1 {results[name]['top1']:.4f} {results[name]['gmacs']:.4f} GMACs")
         del model
     for init in params.prune.inits:
@@ -150,6 +229,9 @@ def evaluate_models(params: Params, root: Path, runtime: Runtime, log=print) -> 
         "models": results,
         "pruning": pruning_table(results, params),
         "task_agnostic": task_agnostic_table(results, params),
+        "mto": mto_table(root, params),
+        "tokens": {**tokens, "grid": params.models.student.img_size // params.models.student.patch_size,
+                   "maskedkd_teacher": teacher_patches(params, root, picture_images, runtime)},
         "setup": {"device": str(runtime.device), "threads": torch.get_num_threads(),
                   "throughput_batch": params.evaluate.throughput_batch, "test_images": len(meter.test),
                   "occlusion_images": len(meter.occluded)},  # fmt: skip
@@ -191,6 +273,15 @@ def write_outputs(root: Path, report: dict[str, Any], occlusion_rows: list[dict[
     atomic.write_text(plots / "task_agnostic.csv", pd.DataFrame(report["task_agnostic"]).to_csv(index=False))
     for method, rows in pd.DataFrame(report["pruning"]).groupby("method", sort=False):
         atomic.write_text(plots / "pruning" / f"{method}.csv", rows.drop(columns="method").to_csv(index=False))
+    for row in report["mto"]:
+        objective = row["objective"]
+        baseline, mto = (pretrain_history(root, objective, loss) for loss in PRETRAIN_LOSSES)
+        curves = pd.DataFrame({"epoch": baseline["epoch"], "baseline_probe_top1": baseline["probe_top1"],
+                               "mto_probe_top1": mto["probe_top1"]})  # fmt: skip
+        atomic.write_text(plots / "pretrain" / f"{objective}.csv", curves.to_csv(index=False))
+        layers = pd.DataFrame({"layer": range(len(row["baseline_h"])), "baseline_h": row["baseline_h"],
+                               "mto_h": row["mto_h"]})  # fmt: skip
+        atomic.write_text(plots / "heterogeneity" / f"{objective}.csv", layers.to_csv(index=False))
 
 
 def _area(curve: list[dict[str, float]]) -> float:

@@ -1,6 +1,8 @@
-"""Linear probing: a linear classifier on a frozen backbone's [CLS] features.
+"""Linear probing: a linear classifier on a frozen backbone's pooled features.
 
-Features are standardised with the training set's mean and standard deviation while the probe
+Features are the final (normed) [CLS] token, or the mean of the final patch tokens (what timm's
+`global_pool='avg'` feeds its head, so the probe can become the model's head either way). They are
+standardised with the training set's mean and standard deviation while the probe
 trains; the standardisation is then folded into the linear layer, so the returned layer works on
 raw features and can serve as the model's head.
 """
@@ -10,22 +12,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from typing import Literal
+
 from maskprune.config import ProbeSection
 from maskprune.data.loader import Normalizer, Split, eval_batches
 from maskprune.runtime import Runtime
 
 
+Pool = Literal["cls", "mean"]
+TIMM_POOL: dict[str, str] = {"cls": "token", "mean": "avg"}  # the timm `global_pool` that feeds a head the same
+
+
 @torch.inference_mode()
-def cls_features(model: torch.nn.Module, split: Split, normalizer: Normalizer, runtime: Runtime,
-                 batch_size: int) -> torch.Tensor:  # fmt: skip
-    """`[n, channels]` pre-logit features (the normed [CLS] token) of every image in `split`."""
+def pooled_features(model: torch.nn.Module, split: Split, normalizer: Normalizer, runtime: Runtime,
+                    batch_size: int, pool: Pool = "cls") -> torch.Tensor:  # fmt: skip
+    """`[n, channels]` features of every image in `split`: the final [CLS] token or mean patch token."""
     was_training = model.training
     model.eval()
     parts = []
     for idx in eval_batches(len(split), batch_size):
         images = normalizer(split.images[idx.to(split.images.device)].to(runtime.device))
         with runtime.autocast():
-            parts.append(model.forward_head(model.forward_features(images), pre_logits=True).float())
+            tokens = model.forward_features(images)
+        pooled = tokens[:, 0] if pool == "cls" else tokens[:, model.num_prefix_tokens:].mean(dim=1)
+        parts.append(pooled.float())
     model.train(was_training)
     return torch.cat(parts)
 
@@ -53,3 +63,9 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
         layer.bias -= weight @ mean
         layer.weight.copy_(weight)
     return layer
+
+
+@torch.no_grad()
+def probe_top1(layer: torch.nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 of a probe on precomputed features `[n, channels]`."""
+    return (layer(features).argmax(dim=-1) == labels).float().mean().item()

@@ -18,13 +18,22 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from maskprune.config import Params, find_repo_root, load_params
-from maskprune.errors import exit_on_user_error
+from maskprune.errors import MaskpruneError, exit_on_user_error
 from maskprune.runtime import Runtime, setup_runtime
 from maskprune.tracking import StageRecord, log_stage
 
 Compute = Callable[[Params, Path, Runtime], None]
 Record = Callable[[Params, Path], StageRecord]
 Variants = Sequence[str] | Callable[[str], object]
+
+
+def matrix_item(text: str, stage: str, names: tuple[str, str], choices: tuple[Sequence[str], Sequence[str]]) -> tuple[str, str]:
+    """The two parts of a DVC matrix item '<a>-<b>' (e.g. 'mae-mto'), each checked against its choices."""
+    first, _, second = text.partition("-")
+    if first not in choices[0] or second not in choices[1]:
+        raise MaskpruneError(f"{stage} variant {text!r} is not <{names[0]}>-<{names[1]}> with {names[0]} in "
+                             f"{tuple(choices[0])} and {names[1]} in {tuple(choices[1])}")  # fmt: skip
+    return first, second
 
 
 def run_stage(
@@ -55,5 +64,8 @@ def _run(name: str, compute: Compute, record: Record, argv: list[str] | None, va
     if not args.log_only:
         compute(params, root, setup_runtime(params.runtime))
     if os.environ.get("RANK", "0") == "0":
-        log_stage(record(params, root), params.tracking, root)
+        logged = record(params, root)
+        # NOTE: every stage run carries these, so the MLflow compare view lines runs up by them
+        logged.tags = {"seed": str(params.seed), **({"variant": args.variant} if variants else {}), **logged.tags}
+        log_stage(logged, params.tracking, root)
         print(f"{name}: done in {time.perf_counter() - started:.1f}s")

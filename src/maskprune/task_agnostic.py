@@ -27,8 +27,9 @@ from maskprune.feature_kd import FeatureDistillation, ProjectedStudent
 from maskprune.measure import gmacs, top1
 from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
 from maskprune.models.vit import TokenViT, build_model
-from maskprune.probe import cls_features, fit_linear_probe
+from maskprune.probe import fit_linear_probe, pooled_features
 from maskprune.runtime import Runtime, seed_everything
+from maskprune.stage import matrix_item
 from maskprune.train import ClassificationObjective, fit
 
 STUDENTS = ("vit", "evit")
@@ -47,11 +48,7 @@ class DistillVariant:
     @classmethod
     def parse(cls, text: str) -> DistillVariant:
         """'<student>-<target>' as DVC's matrix names it, e.g. 'evit-cls_tokens'."""
-        student, _, target = text.partition("-")
-        if student not in STUDENTS or target not in TARGETS:
-            raise MaskpruneError(f"distill variant {text!r} is not <student>-<target> with student in "
-                                 f"{STUDENTS} and target in {TARGETS}")  # fmt: skip
-        return cls(student, target)
+        return cls(*matrix_item(text, "distill", ("student", "target"), (STUDENTS, TARGETS)))
 
 
 def student_spec(variant: DistillVariant, cfg: DistillSection, depth: int) -> PruningSpec | None:
@@ -82,6 +79,7 @@ def train_task_agnostic(params: Params, variant: DistillVariant, root: Path, out
     data = prepared.limit_train(cfg.train.train_limit, params.seed)
     teacher, teacher_meta = load_distill_teacher(params, data, root, runtime.device)
     backbone = build_model(params.models.student, num_classes=data.num_classes, in_chans=data.in_chans)
+    backbone.reset_classifier(0)  # NOTE: distillation trains no head (DDP refuses unused parameters)
     spec = student_spec(variant, cfg, len(backbone.blocks))
     if spec is not None:
         backbone = make_pruned(backbone, spec)
@@ -97,7 +95,8 @@ def train_task_agnostic(params: Params, variant: DistillVariant, root: Path, out
     train, val = data.splits["train"].to(runtime.device), data.splits["val"].to(runtime.device)
 
     probe = copy.deepcopy(backbone).to(runtime.device)
-    features = cls_features(probe, train, normalize, runtime, 256)
+    features = pooled_features(probe, train, normalize, runtime, 256)
+    probe.reset_classifier(data.num_classes)
     probe.head = fit_linear_probe(features, train.labels, data.num_classes, cfg.probe, params.seed)
     probe_top1 = top1(probe, val, normalize, runtime, 256)
 

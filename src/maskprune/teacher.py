@@ -19,14 +19,15 @@ from maskprune.train import ClassificationObjective, fit
 def train_teacher(params: Params, root: Path, out_dir: Path, runtime: Runtime) -> dict[str, float]:
     """Train the teacher; write weights, meta, history CSV and metrics JSON into `out_dir`."""
     started = time.perf_counter()
-    seed_everything(params.seed)
+    seed = params.teacher.seed
+    seed_everything(seed)
     data = load_prepared(root / "data" / "prepared" / params.data.name)
     spec = params.models.teacher
     model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans)
-    digest = config_hash(params.data, spec, params.teacher, params.seed, data.meta["sources"], data.meta["counts"])
+    digest = config_hash(params.data, spec, params.teacher, data.meta["sources"], data.meta["counts"])
     history = fit(
         model, data, params.teacher, ClassificationObjective(params.teacher.label_smoothing),
-        runtime, params.seed, root / "checkpoints" / "teacher", digest, name="teacher",
+        runtime, seed, root / "checkpoints" / "teacher", digest, name="teacher",
         img_size=spec.img_size,
     )  # fmt: skip
     last = history[-1]
@@ -39,7 +40,7 @@ def train_teacher(params: Params, root: Path, out_dir: Path, runtime: Runtime) -
         "wall_seconds": time.perf_counter() - started,  # this invocation
     }
     if runtime.is_main:
-        save_model(out_dir, model, {**model_meta(params, data, "teacher"), "stage": "teacher",
+        save_model(out_dir, model, {**model_meta(params, data, "teacher"), "seed": seed, "stage": "teacher",
                                     "config_hash": digest, "val_top1": last["val_top1"]})  # fmt: skip
         atomic.write_text(out_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
         atomic.write_json(out_dir / "metrics.json", metrics)

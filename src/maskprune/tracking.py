@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -29,15 +30,31 @@ FLOW_RUN_ENV = "MASKPRUNE_PREFECT_FLOW_RUN_ID"
 INVOCATION_TAG = "maskprune.invocation"
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+DATABASE_SCHEMES = ("postgresql", "mysql")  # SQLAlchemy stores that take a connect_timeout
 
 for _name, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1"),
                       ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
     os.environ.setdefault(_name, _value)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class ModelToRegister:
+    """A maskprune model folder to log as an MLflow model and register under `name` with `alias`."""
+
+    folder: Path
+    name: str
+    alias: str
+    input_shape: tuple[int, ...]  # [channels, height, width] of the images predict() takes
+    num_classes: int
+
+
 @dataclass
 class StageRecord:
-    """What a stage logs: flat params, final metrics, per-epoch history and artifact files."""
+    """What a stage logs: flat params, final metrics, per-epoch history and artifact files.
+
+    `parent_artifacts` are logged to the pipeline's parent run as well (e.g. the report), and
+    `register` names a model to log with the stage's run and register.
+    """
 
     stage: str
     params: dict[str, Any]
@@ -45,12 +62,26 @@ class StageRecord:
     history: list[dict[str, float]] = field(default_factory=list)
     artifacts: list[Path] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
+    parent_artifacts: list[Path] = field(default_factory=list)
+    register: ModelToRegister | None = None
 
 
 def tracking_uri(cfg: TrackingSection, root: Path) -> str:
     """MLFLOW_TRACKING_URI, else `tracking.uri`, else an absolute SQLite file in the repo."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
     return uri or f"sqlite:///{(root / DEFAULT_DB).resolve()}"
+
+
+def uri_source(cfg: TrackingSection) -> str:
+    """Where the tracking URI came from: the setting to fix when it is wrong."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return "the MLFLOW_TRACKING_URI environment variable"
+    return "tracking.uri in params.yaml" if cfg.uri else "the default SQLite store"
+
+
+def redact(text: str) -> str:
+    """`text` with the password of any URI in it (scheme://user:password@host) replaced by ***."""
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -125,14 +156,26 @@ class Tracker:
         self.experiment_id = self._experiment(cfg.experiment)
 
     def _check_reachable(self) -> None:
-        if not self.uri.startswith(("http://", "https://")):
-            return
-        import requests
+        """One quick try of a server or database store (MLflow itself retries a database for ~100 s)."""
+        if self.uri.startswith(("http://", "https://")):
+            import requests
 
-        try:
-            requests.get(self.uri.rstrip("/") + "/health", timeout=5).raise_for_status()
-        except requests.RequestException as err:
-            raise ConnectionError(f"MLflow server at {self.uri} is unreachable ({type(err).__name__})")
+            try:
+                requests.get(self.uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+            except requests.RequestException as err:
+                raise ConnectionError(f"MLflow server at {self.uri} is unreachable ({type(err).__name__})")
+        elif self.uri.startswith(DATABASE_SCHEMES):
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(self.uri, connect_args={"connect_timeout": 5})
+            try:
+                with engine.connect():
+                    pass
+            except sqlalchemy.exc.SQLAlchemyError as err:
+                reason = str(getattr(err, "orig", err) or err).strip().splitlines()[0]
+                raise ConnectionError(f"database unreachable: {reason}") from None
+            finally:
+                engine.dispose()
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -196,13 +239,47 @@ class Tracker:
             self.client.log_batch(run_id, params=params[i : i + 100])
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
-        for path in record.artifacts:
+        self.log_files(run_id, record.artifacts)
+        self.log_files(parent_id, record.parent_artifacts)
+        if record.register is not None:
+            self.register(run_id, record.register)
+        self.finish(run_id)
+        return run_id
+
+    def log_files(self, run_id: str, paths: list[Path]) -> None:
+        for path in paths:
             if path.is_dir():
                 self.client.log_artifacts(run_id, str(path), artifact_path=path.name)
             elif path.exists():
                 self.client.log_artifact(run_id, str(path))
-        self.finish(run_id)
-        return run_id
+
+    def register(self, run_id: str, model: ModelToRegister) -> str:
+        """Log `model` with run `run_id` as a pyfunc model from code, register it, alias the new version."""
+        import mlflow
+        import numpy as np
+        import timm
+        import torch
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        package = Path(__file__).resolve().parent
+        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *model.input_shape))]),
+                                   outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model.num_classes))]))  # fmt: skip
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}", "safetensors",
+                        "numpy", "pydantic>=2", "pyyaml"]  # fmt: skip
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(self.uri)  # NOTE: MLflow exports it as MLFLOW_TRACKING_URI: restored below
+        try:
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(name="model", python_model=str(package / "registry_model.py"),
+                                               artifacts={"checkpoint": str(model.folder)}, code_paths=[str(package)],
+                                               pip_requirements=requirements, signature=signature,
+                                               registered_model_name=model.name)  # fmt: skip
+        finally:
+            mlflow.set_tracking_uri(previous)
+        version = str(info.registered_model_version)
+        self.client.set_registered_model_alias(model.name, model.alias, version)
+        return version
 
 
 @contextlib.contextmanager
@@ -244,11 +321,11 @@ def log_stage(record: StageRecord, cfg: TrackingSection, root: Path) -> str | No
     except ImportError:
         problem = "mlflow is not installed"
     except Exception as err:  # noqa: BLE001 - any tracking failure must not lose the outputs
-        problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    message = (
-        f"tracking to {tracking_uri(cfg, root)} failed ({problem}); the {record.stage} stage's "
-        f"outputs are complete on disk; re-log them with `python -m stages.{record.stage.replace('@', ' ')} "
-        "--log-only` once tracking works, or set tracking.required=false to continue without it"
+        problem = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    message = redact(
+        f"tracking to {tracking_uri(cfg, root)} (from {uri_source(cfg)}) failed ({problem}); the {record.stage} "
+        f"stage's outputs are complete on disk; fix that setting, then re-log them with `python -m "
+        f"stages.{record.stage.replace('@', ' ')} --log-only`, or set tracking.required=false to continue without it"
     )
     if cfg.required:
         raise MaskpruneError(message)

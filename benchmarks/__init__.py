@@ -1,0 +1,1 @@
+"""Speed and cost measurements of maskprune (`python -m benchmarks`); not run as timed tests."""

@@ -1,0 +1,57 @@
+"""Inference speed of the token-pruned models against the unpruned student, beside their GMACs.
+
+For EViT and DynamicViT at each of the profile's keep rates, and ToMe at the merge rate whose
+GMACs come closest to EViT's at that keep rate: the measured speed-up (img/s over the unpruned
+model's, timed in turns in one process), the theoretical speed-up (the unpruned model's GMACs over
+the pruned one's) and their ratio, the efficiency (1.0 = every MAC saved is time saved).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from benchmarks.common import BenchSetup
+from maskprune.measure import gmacs, median_seconds
+from maskprune.models.pruned import METHODS, PruningSpec, make_pruned, pruning_blocks
+from maskprune.models.tome import apply_tome
+from maskprune.evaluate import tome_matches
+
+
+def pruned_variants(setup: BenchSetup, base: torch.nn.Module, example: torch.Tensor) -> list[dict[str, Any]]:
+    """Every pruned model of the comparison, as {method, keep_rate, tome_r, model}."""
+    blocks = pruning_blocks(len(base.blocks), setup.params.prune.locations)
+    variants = []
+    for method in METHODS:
+        for keep in setup.params.prune.keep_rates:
+            spec = PruningSpec(method, keep, blocks, fuse_token=setup.params.prune.evit.fuse_token)
+            variants.append({"method": method, "keep_rate": keep, "tome_r": None,
+                             "model": make_pruned(copy.deepcopy(base), spec).eval()})  # fmt: skip
+    evit = {f"evit-{v['keep_rate']:g}": gmacs(v["model"], example) for v in variants if v["method"] == "evit"}
+    for r, matched in tome_matches(base, evit, example).items():
+        for name in matched:
+            keep = float(name.split("-")[1])
+            variants.append({"method": "tome", "keep_rate": keep, "tome_r": r,
+                             "model": apply_tome(copy.deepcopy(base), r).eval()})  # fmt: skip
+    return variants
+
+
+def run(setup: BenchSetup) -> list[dict[str, Any]]:
+    base = setup.student()
+    x, one = setup.images(), setup.images(1)
+    base_macs = gmacs(base, one)
+    reference = setup.maybe_compile(base)
+    rows = []
+    for variant in pruned_variants(setup, base, one):
+        model = variant.pop("model")
+        macs = gmacs(model, one)
+        fast = setup.maybe_compile(model)
+        own_s, ref_s = median_seconds([lambda: fast(x), lambda: reference(x)], setup.runtime, setup.warmup,
+                                      setup.repeats)  # fmt: skip
+        theoretical, measured = base_macs / macs, ref_s / own_s
+        rows.append({**variant, "gmacs": macs, "gmacs_unpruned": base_macs, "gmacs_ratio": macs / base_macs,
+                     "img_per_s": len(x) / own_s, "img_per_s_unpruned": len(x) / ref_s,
+                     "theoretical_speedup": theoretical, "speedup": measured, "efficiency": measured / theoretical})  # fmt: skip
+    return rows

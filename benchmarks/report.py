@@ -1,0 +1,102 @@
+"""The benchmark results: targets checked against the measurements, and the markdown summary."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pandas as pd
+
+# (name, device type or None for any, how to read the value from the results, comparison, threshold)
+Target = tuple[str, str | None, Callable[[dict[str, Any]], float | None], str, float]
+
+
+def _evit_half(results: dict[str, Any]) -> float | None:
+    rows = [r for r in results.get("pruning", []) if r["method"] == "evit" and r["keep_rate"] == 0.5]
+    return rows[0]["efficiency"] if rows else None
+
+
+def _teacher_half(results: dict[str, Any]) -> float | None:
+    rows = [r for r in results.get("teacher", []) if r["keep_ratio"] == 0.5]
+    return rows[0]["time_ratio"] if rows else None
+
+
+def _engine(results: dict[str, Any]) -> float | None:
+    return results.get("engine", {}).get("engine_over_plain")
+
+
+def _orchestration(results: dict[str, Any]) -> float | None:
+    return results.get("orchestration", {}).get("overhead_fraction")
+
+
+TARGETS: list[Target] = [
+    ("EViT keep 0.5: efficiency (measured / theoretical speed-up)", "cpu", _evit_half, ">=", 0.9),
+    ("EViT keep 0.5: efficiency (measured / theoretical speed-up)", "cuda", _evit_half, ">=", 0.95),
+    ("MaskedKD teacher at keep 0.5: time / keep-1.0 time", None, _teacher_half, "<=", 0.55),
+    ("training engine img/s / plain loop img/s", None, _engine, ">=", 1.0),
+    ("orchestration overhead / pipeline wall time", None, _orchestration, "<=", 0.05),
+]
+
+
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target that applies to this device and was measured: its value and whether it is met."""
+    device = results["device"]["type"]
+    checked = []
+    for name, applies_to, read, op, threshold in TARGETS:
+        if applies_to not in (None, device):
+            continue
+        value = read(results)
+        if value is None:
+            continue
+        met = value >= threshold if op == ">=" else value <= threshold
+        checked.append({"target": name, "required": f"{op} {threshold}", "value": value, "met": met})
+    return checked
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    frame = pd.DataFrame(rows)
+    return frame[[c for c in columns if c in frame]].to_markdown(index=False, floatfmt=".4g")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    setup, device = results["setup"], results["device"]
+    lines = [f"# Benchmarks: {device['name']}", "",
+             f"torch {device['torch']}, timm {device['timm']}, profile `{setup['profile']}`, batch {setup['batch']}, "
+             f"{setup['dtype']}, {setup['threads']} threads, warm-up {setup['warmup']}, {setup['repeats']} repeats, "
+             f"compile {setup['compile']}. {setup['timing']}.", ""]  # fmt: skip
+    if results.get("targets"):
+        lines += ["## Targets", "", _table(results["targets"], ["target", "required", "value", "met"]), ""]
+    if "pruning" in results:
+        lines += ["## 1. Pruned inference vs the unpruned student", "",
+                  _table(results["pruning"], ["method", "keep_rate", "tome_r", "gmacs", "gmacs_ratio", "img_per_s",
+                                              "img_per_s_unpruned", "theoretical_speedup", "speedup", "efficiency"]),
+                  ""]  # fmt: skip
+    if "teacher" in results:
+        lines += ["## 2. MaskedKD teacher forward by keep ratio", "",
+                  _table(results["teacher"], ["keep_ratio", "patches", "gmacs", "gmacs_ratio", "img_per_s",
+                                              "time_ratio", "speedup"]), ""]  # fmt: skip
+    if "engine" in results:
+        e = results["engine"]
+        lines += ["## 3. Training engine vs a plain loop", "",
+                  f"{e['engine_img_per_s']:.1f} vs {e['plain_img_per_s']:.1f} img/s: **{e['engine_over_plain']:.3f}x** "
+                  f"(medians of {e['rounds']} alternating rounds of {e['steps_per_round']} steps at batch {e['batch']})",
+                  ""]  # fmt: skip
+    if "mae" in results:
+        m = results["mae"]
+        lines += ["## 4. MAE training step: mask ratio {:g} vs no masking".format(m["mask_ratio"]), "",
+                  _table([{"part": "encoder", "time_ratio": m["encoder_time_ratio"], "flops_ratio": m["encoder_flops_ratio"],
+                           "step_s": m["encoder_step_s"], "step_s_unmasked": m["encoder_step_s_unmasked"]},
+                          {"part": "MAE (encoder + decoder + loss)", "time_ratio": m["mae_time_ratio"],
+                           "flops_ratio": m["mae_flops_ratio"], "step_s": m["mae_step_s"],
+                           "step_s_unmasked": m["mae_step_s_unmasked"]}],
+                         ["part", "step_s", "step_s_unmasked", "time_ratio", "flops_ratio"]), ""]  # fmt: skip
+    if "orchestration" in results:
+        o = results["orchestration"]
+        if "skipped" in o:
+            lines += ["## 5. Orchestration overhead", "", f"Skipped: {o['skipped']}.", ""]
+        else:
+            lines += [f"## 5. Orchestration overhead ({o['profile']} profile)", "",
+                      _table(o["stages"], ["stage", "bare_s", "dvc_mlflow_s", "overhead_s"]), "",
+                      f"Bare {o['bare_total_s']:.1f} s; DVC + MLflow {o['dvc_mlflow_total_s']:.1f} s; Prefect flow "
+                      f"{o['prefect_total_s']:.1f} s; overhead {o['overhead_fraction']:.1%} of the flow's wall time. "
+                      f"{o['note']}.", ""]  # fmt: skip
+    return "\n".join(lines)

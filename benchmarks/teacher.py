@@ -1,0 +1,36 @@
+"""The teacher's forward cost under MaskedKD: keep ratio 1.0 / 0.75 / 0.5 / 0.25 of the patches.
+
+The teacher runs as the finetune stage runs it (`TeacherView`: eval mode, inference mode, patches
+chosen by the top-k of a student attention row, the choice included in the time), on the same
+batch; every keep ratio is timed in turns with the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from benchmarks.common import BenchSetup
+from maskprune.distill import TeacherView
+from maskprune.measure import gmacs, median_seconds
+
+KEEP_RATIOS = (1.0, 0.75, 0.5, 0.25)
+
+
+def run(setup: BenchSetup) -> list[dict[str, Any]]:
+    teacher = setup.teacher()
+    spec = setup.params.models.teacher
+    x, one = setup.images(spec=spec), setup.images(1, spec=spec)
+    scores = torch.rand(len(x), teacher.num_patches, generator=torch.Generator().manual_seed(0)).to(x.device)
+    views = [TeacherView(teacher, keep, "student_attn") for keep in KEEP_RATIOS]
+
+    def forward(view: TeacherView):  # noqa: ANN202 - the patch choice and the teacher, compiled together
+        return setup.maybe_compile(lambda images, attn: teacher(images, keep_idx=view.select(images, None, attn)))
+
+    calls = [forward(v) for v in views]
+    seconds = median_seconds([lambda f=f: f(x, scores) for f in calls], setup.runtime, setup.warmup, setup.repeats)
+    macs = [gmacs(teacher, one, keep_idx=v.select(one, None, scores[:1])) for v in views]
+    return [{"keep_ratio": keep, "patches": view.keep, "gmacs": m, "gmacs_ratio": m / macs[0],
+             "img_per_s": len(x) / s, "time_ratio": s / seconds[0], "speedup": seconds[0] / s}
+            for keep, view, m, s in zip(KEEP_RATIOS, views, macs, seconds)]  # fmt: skip

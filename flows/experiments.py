@@ -1,0 +1,129 @@
+"""Sweeps as DVC experiments: shared tasks and result collection for the sweep flows.
+
+Each combination of a sweep is one `dvc exp run` of one stage with `-S` overrides: `--temp` runs it
+in a temporary copy (the workspace is left alone, one at a time), `--queue` + `--run-all --jobs N`
+lets DVC's queue run N at a time. Experiments hold the `gpu` tag (see flows.pipeline). Every experiment commits its stage's outputs under an exp ref,
+from which the sweep reads the files it tabulates. All runs nest under one MLflow parent run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from flows import GPU_TAG
+from flows.dvc_runner import run_dvc
+from maskprune import atomic
+from maskprune.config import find_repo_root, load_params
+from maskprune.errors import MaskpruneError
+from maskprune.tracking import FLOW_RUN_ENV, PARENT_ENV, Tracker, pipeline_run
+
+
+@task(retries=0, cache_policy=NO_CACHE, task_run_name="experiment {name}", tags=[GPU_TAG])
+def run_experiment(name: str, stage: str, sets: list[str], root: str, env: dict[str, str], queue: bool = False) -> None:
+    """One DVC experiment of `stage` with `sets` (`-S key=value`), queued instead of run with `queue`."""
+    args = ["exp", "run", "--queue" if queue else "--temp", "-n", name, stage]
+    for item in sets:
+        args += ["-S", item]
+    run_dvc(args, root, env)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="dvc queue ({jobs} jobs)", tags=[GPU_TAG])
+def run_queue(root: str, env: dict[str, str], jobs: int) -> None:
+    run_dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], root, env)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="dvc repro {stage}")
+def repro(stage: str, root: str, env: dict[str, str]) -> None:
+    """Bring one stage of the workspace up to date (DVC skips it if nothing changed)."""
+    run_dvc(["repro", stage], root, env)
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_experiment_options(parser: argparse.ArgumentParser, sets_help: str | None = None) -> None:
+    """The options every sweep CLI has: `--jobs N` and (with `sets_help`) `--set KEY=VALUE`."""
+    if sets_help:
+        parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=sets_help)
+    parser.add_argument("--jobs", type=positive, default=1, help="experiments at a time (>1 uses DVC's queue)")
+
+
+def experiment_refs(root: Path) -> list[str]:
+    return subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=root,
+                          capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+
+
+def experiment_file(root: Path, refs: list[str], name: str, path: str) -> str:
+    """The text of `path` as experiment `name` (its git ref among `refs`) committed it."""
+    ref = next((r for r in refs if r.endswith(f"/{name}")), None)
+    if ref is None:
+        raise MaskpruneError(f"experiment {name} left no result; see `dvc exp show` and `dvc queue logs`")
+    return subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
+
+
+@contextlib.contextmanager
+def sweep_run(prefix: str, source: str) -> Iterator[tuple[Path, str, dict[str, str], tuple[Tracker, str] | None]]:
+    """(repo root, sweep id, environment for DVC, MLflow parent) for one sweep.
+
+    The environment points every experiment (each in its own copy of the repository) at this
+    store and at the sweep's parent run.
+    """
+    root = find_repo_root()
+    params = load_params(root / "params.yaml")
+    sweep = time.strftime(f"{prefix}%Y%m%d-%H%M%S")
+    env = {**os.environ, FLOW_RUN_ENV: str(flow_run.get_id() or "")}
+    with pipeline_run(params.tracking, root, source, env[FLOW_RUN_ENV]) as parent:
+        if parent is not None:
+            env["MLFLOW_TRACKING_URI"] = parent[0].uri
+            env[PARENT_ENV] = parent[1]
+        yield root, sweep, env, parent
+        if parent is not None:
+            parent[0].client.set_tag(parent[1], "maskprune.sweep", sweep)
+
+
+def run_sweep(
+    prefix: str,
+    source: str,
+    runs: list[tuple[str, str, list[str]]],
+    jobs: int,
+    tabulate: Callable[[Path, str], pd.DataFrame],
+) -> tuple[str, Path, pd.DataFrame]:
+    """Run each (name suffix, stage, `-S` overrides) as an experiment `<sweep>-<suffix>` under one parent run.
+
+    With `jobs` > 1 the experiments are queued and DVC runs that many at a time. `tabulate(root,
+    sweep)` builds the results table, written to reports/sweeps/<sweep>.csv. Returns the sweep id,
+    the table's path relative to the repository, and the table.
+    """
+    with sweep_run(prefix, source) as (root, sweep, env, parent):
+        for suffix, stage, overrides in runs:
+            run_experiment(f"{sweep}-{suffix}", stage, overrides, str(root), env, queue=jobs > 1)
+        if jobs > 1:
+            run_queue(str(root), env, jobs)
+        table = tabulate(root, sweep)
+        out = write_table(root, sweep, table, parent)
+    return sweep, out.relative_to(root), table
+
+
+def write_table(root: Path, sweep: str, table: pd.DataFrame, parent: tuple[Tracker, str] | None) -> Path:
+    """reports/sweeps/<sweep>.csv, also logged to the parent run."""
+    out = root / "reports" / "sweeps" / f"{sweep}.csv"
+    atomic.write_text(out, table.to_csv(index=False))
+    if parent is not None:
+        parent[0].client.log_artifact(parent[1], str(out))
+    return out

@@ -1,0 +1,89 @@
+"""Aggregation over seeds: means with Student-t confidence intervals, paired differences, verdicts.
+
+An interval is mean +- t_{(1+c)/2, n-1} * s / sqrt(n) over the n seeds (s: the sample standard
+deviation); with one seed it has no width and every verdict on it is inconclusive. A comparison of
+two arms is paired by seed: the interval of the per-seed differences.
+
+Verdicts, at the interval's confidence:
+  - directional claim (the effect is an increase): reproduced if the interval of the difference
+    lies above 0, not reproduced if it lies below 0, inconclusive if it contains 0;
+  - non-inferiority claim (no loss beyond a margin): reproduced if the interval lies above
+    -margin, not reproduced if it lies below -margin, inconclusive otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from scipy import stats as scipy_stats
+
+REPRODUCED = "effect reproduced"
+NOT_REPRODUCED = "not reproduced"
+
+
+def inconclusive(confidence: float) -> str:
+    return f"inconclusive at {confidence:.0%}"
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    low: float | None  # None with fewer than two values
+    high: float | None
+    n: int
+    confidence: float
+
+    @property
+    def decided(self) -> bool:
+        return self.low is not None and self.high is not None
+
+    def text(self, scale: float = 1.0, digits: int = 2, signed: bool = False) -> str:
+        """'81.20 [80.10, 82.30] (n=3)', values multiplied by `scale` (e.g. 100 for points)."""
+        sign = "+" if signed else ""
+        mean = f"{self.mean * scale:{sign}.{digits}f}"
+        if not self.decided:
+            return f"{mean} (n={self.n})"
+        return f"{mean} [{self.low * scale:{sign}.{digits}f}, {self.high * scale:{sign}.{digits}f}] (n={self.n})"
+
+
+def t_interval(values: Iterable[float], confidence: float = 0.95) -> Interval:
+    """Mean and Student-t interval of `values` (NaN and None skipped)."""
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not xs:
+        raise ValueError("no values to aggregate")
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return Interval(mean, None, None, len(xs), confidence)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+    half = scipy_stats.t.ppf((1 + confidence) / 2, len(xs) - 1) * sd / math.sqrt(len(xs))
+    return Interval(mean, mean - half, mean + half, len(xs), confidence)
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float], confidence: float = 0.95) -> Interval:
+    """Interval of b - a over the seeds both arms have."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        raise ValueError("the two arms share no seed")
+    return t_interval([b[s] - a[s] for s in seeds], confidence)
+
+
+def directional_verdict(diff: Interval) -> str:
+    if not diff.decided:
+        return inconclusive(diff.confidence)
+    if diff.low > 0:
+        return REPRODUCED
+    if diff.high < 0:
+        return NOT_REPRODUCED
+    return inconclusive(diff.confidence)
+
+
+def non_inferiority_verdict(diff: Interval, margin: float) -> str:
+    if not diff.decided:
+        return inconclusive(diff.confidence)
+    if diff.low > -margin:
+        return REPRODUCED
+    if diff.high < -margin:
+        return NOT_REPRODUCED
+    return inconclusive(diff.confidence)

@@ -1,0 +1,47 @@
+"""DVC stage `report`: the seeds' results -> reports/report.{md,html}, reports/figures/, reports/summary.json.
+
+Its MLflow run holds the report and its figures (the pipeline's parent run gets them too), one tag
+per section verdict, and the best pruned model, registered with an alias.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from maskprune.checkpoint import read_meta
+from maskprune.config import Params
+from maskprune.report import REPORT_DIR, write_report
+from maskprune.runtime import Runtime
+from maskprune.stage import run_stage
+from maskprune.tracking import ModelToRegister, StageRecord
+
+
+def compute(params: Params, root: Path, runtime: Runtime) -> None:
+    report = write_report(root, params)
+    print(f"report: seeds {report.seeds} -> {REPORT_DIR / 'report.html'}, {REPORT_DIR / 'report.md'}")
+    for section in report.sections:
+        print(f"report: {section.key}. {section.verdict}")
+
+
+def record(params: Params, root: Path) -> StageRecord:
+    out = root / REPORT_DIR
+    summary = json.loads((out / "summary.json").read_text())
+    files = [out / "report.html", out / "report.md", out / "summary.json", out / "figures"]
+    folder = root / "models" / summary["best_pruned"]
+    meta = read_meta(folder)
+    size = meta["model"]["img_size"]
+    register = ModelToRegister(folder, params.tracking.registered_model, params.tracking.model_alias,
+                               (meta["in_chans"], size, size), meta["num_classes"])  # fmt: skip
+    return StageRecord(
+        stage="report",
+        params={"seed": params.seed, "report": params.report.model_dump()},
+        metrics={"seeds": len(summary["seeds"]), "excluded_seeds": len(summary["excluded"])},
+        artifacts=files, parent_artifacts=files, register=register,
+        tags={f"verdict.{key}": text[:4000] for key, text in summary["verdicts"].items()}
+        | {"seeds": ",".join(map(str, summary["seeds"])), "best_pruned": summary["best_pruned"]},
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    run_stage("report", compute, record)

@@ -1,0 +1,102 @@
+"""The benchmark suite's pieces on tiny settings: every field present, ratios consistent with the
+same-process measurements they come from. No test asserts a time."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import engine, mae, orchestration, pruning, teacher
+from benchmarks.__main__ import main
+from benchmarks.common import BenchSetup, device_info
+from benchmarks.report import check_targets, markdown
+from maskprune.profile import profile_params
+from maskprune.runtime import Runtime
+from tests.conftest import REPO
+
+CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, compile=False, progress=False)
+
+
+@pytest.fixture(scope="module")
+def setup() -> BenchSetup:
+    return BenchSetup(CPU, profile_params("smoke", REPO), batch=4, warmup=1, repeats=2)
+
+
+def test_pruning_rows_compare_each_pruned_model_with_the_unpruned_one(setup: BenchSetup) -> None:
+    rows = pruning.run(setup)
+    assert [(r["method"], r["keep_rate"]) for r in rows] == [("evit", 0.5), ("dynamicvit", 0.5), ("tome", 0.5)]
+    tome = rows[2]
+    assert tome["tome_r"] >= 1 and tome["gmacs"] == pytest.approx(rows[0]["gmacs"], rel=0.25)
+    for row in rows:
+        assert row["gmacs_ratio"] == pytest.approx(row["gmacs"] / row["gmacs_unpruned"])
+        assert row["theoretical_speedup"] == pytest.approx(1 / row["gmacs_ratio"])
+        assert row["speedup"] == pytest.approx(row["img_per_s"] / row["img_per_s_unpruned"])
+        assert row["efficiency"] == pytest.approx(row["speedup"] / row["theoretical_speedup"])
+        assert 0.4 < row["gmacs_ratio"] < 0.7
+
+
+def test_teacher_rows_scale_gmacs_with_the_keep_ratio(setup: BenchSetup) -> None:
+    rows = teacher.run(setup)
+    assert [r["keep_ratio"] for r in rows] == [1.0, 0.75, 0.5, 0.25]
+    assert [r["patches"] for r in rows] == [49, 36, 24, 12]
+    assert rows[0]["time_ratio"] == 1.0 and rows[0]["gmacs_ratio"] == 1.0
+    assert rows[2]["gmacs_ratio"] == pytest.approx(25 / 50, rel=0.1)  # [CLS] + 24 of 49 patches
+    for row in rows:
+        assert row["speedup"] == pytest.approx(1 / row["time_ratio"])
+
+
+def test_engine_and_plain_loop_train_the_same_number_of_images(setup: BenchSetup) -> None:
+    out = engine.run(setup, steps=2, rounds=2)
+    assert out["rounds"] == 2 and len(out["engine_rounds"]) == len(out["plain_rounds"]) == 2
+    assert out["engine_over_plain"] == pytest.approx(out["engine_img_per_s"] / out["plain_img_per_s"])
+    assert all(v > 0 for v in out["engine_rounds"] + out["plain_rounds"])
+
+
+def test_mae_step_costs_follow_the_visible_fraction(setup: BenchSetup) -> None:
+    out = mae.run(setup)
+    assert out["visible_patches"] == 12 and out["patches"] == 49
+    assert out["encoder_flops_ratio"] == pytest.approx(13 / 50, rel=0.15)
+    assert out["mae_flops_ratio"] < 1.0 and out["encoder_time_ratio"] > 0
+    assert out["encoder_time_ratio"] == pytest.approx(out["encoder_step_s"] / out["encoder_step_s_unmasked"])
+
+
+def test_orchestration_summary_by_hand_and_its_helpers(tmp_path: Path) -> None:
+    rows = [{"stage": "a", "bare_s": 10.0, "dvc_mlflow_s": 12.0}, {"stage": "b", "bare_s": 20.0, "dvc_mlflow_s": 23.0}]
+    summary = orchestration.overhead_summary(rows, prefect_total=40.0)
+    assert summary == {"bare_total_s": 30.0, "dvc_mlflow_total_s": 35.0, "prefect_total_s": 40.0,
+                       "dvc_mlflow_overhead_s": 5.0, "prefect_overhead_s": 5.0, "overhead_fraction": 0.25}  # fmt: skip
+    assert orchestration.stage_command("prune@evit-full-0.5")[-2:] == ["stages.prune", "evit-full-0.5"]
+    assert orchestration.stage_command("teacher")[-1] == "stages.teacher"
+    assert orchestration.timed([sys.executable, "-c", "pass"], tmp_path, {}) > 0
+    with pytest.raises(RuntimeError, match="failed"):
+        orchestration.timed([sys.executable, "-c", "raise SystemExit(3)"], tmp_path, {})
+    assert orchestration.missing_tools() == []  # the test environment has the orchestration layer
+
+
+def test_targets_apply_per_device_and_read_the_measurements() -> None:
+    results = {"device": {"type": "cpu"}, "pruning": [{"method": "evit", "keep_rate": 0.5, "efficiency": 0.92}],
+               "teacher": [{"keep_ratio": 0.5, "time_ratio": 0.6}], "engine": {"engine_over_plain": 1.01}}  # fmt: skip
+    checked = {t["target"]: t for t in check_targets(results)}
+    assert len(checked) == 3  # the CUDA EViT target and the unmeasured orchestration target do not apply
+    evit = checked["EViT keep 0.5: efficiency (measured / theoretical speed-up)"]
+    assert evit["met"] and evit["required"] == ">= 0.9"
+    assert not checked["MaskedKD teacher at keep 0.5: time / keep-1.0 time"]["met"]
+    assert checked["training engine img/s / plain loop img/s"]["met"]
+
+
+def test_cli_writes_json_and_markdown_with_every_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    main(["--parts", "teacher", "--device", "cpu", "--profile", "smoke", "--batch", "2", "--warmup", "1",
+          "--repeats", "1", "--out", str(tmp_path)])  # fmt: skip
+    slug = device_info(CPU)["slug"]
+    results = json.loads((tmp_path / f"{slug}.json").read_text())
+    assert {"device", "setup", "measured_at", "teacher", "targets"} <= set(results)
+    assert {"batch", "dtype", "threads", "warmup", "repeats", "compile", "timing"} <= set(results["setup"])
+    assert results["setup"]["batch"] == 2 and results["device"]["type"] == "cpu"
+    text = (tmp_path / f"{slug}.md").read_text()
+    assert "## 2. MaskedKD teacher forward by keep ratio" in text and "## Targets" in text
+    assert markdown(results).startswith("# Benchmarks: ")
