@@ -8,7 +8,8 @@
 The baseline and each non-empty subset of the three losses run as DVC experiments (in temporary
 copies; the workspace is left alone) with the same `--set` overrides: the baseline as
 `pretrain@<objective>-baseline`, each subset as `pretrain@<objective>-mto` with the weights of the
-losses left out set to 0. The table compares every subset with the baseline by its per-epoch probe
+losses left out set to 0 (an objective that params.yaml's pretrain.objectives leaves out is added to it
+for the experiments). The table compares every subset with the baseline by its per-epoch probe
 curve: final probe top-1, RAUC over all epochs, the epoch at which it reaches the baseline's final
 accuracy, and its last-epoch H per mask-carrying layer. It is printed, written to
 reports/sweeps/<sweep>.csv and logged to the sweep's MLflow parent run.
@@ -95,10 +96,14 @@ def mto_ablation(objective: str = "mae", sets: list[str] | None = None, jobs: in
     """Run the ablation; returns one row per experiment (also in reports/sweeps/<sweep>.csv)."""
     if objective not in MIM_OBJECTIVES:
         raise MaskpruneError(f"unknown objective {objective!r}; choose from {', '.join(MIM_OBJECTIVES)}")
-    weights = load_params(find_repo_root() / "params.yaml").pretrain.mto
+    pretrain = load_params(find_repo_root() / "params.yaml").pretrain
+    weights = pretrain.mto
     subsets = loss_subsets(losses)
-    runs = [(experiment_suffix(None), f"pretrain@{objective}-baseline", list(sets or []))]
-    runs += [(experiment_suffix(s), f"pretrain@{objective}-mto", subset_sets(s, weights, sets or [])) for s in subsets]
+    extra = list(sets or [])
+    if objective not in pretrain.objectives:  # NOTE: dvc.yaml's matrix only has the stages of listed objectives
+        extra.insert(0, f"pretrain.objectives=[{','.join([*pretrain.objectives, objective])}]")
+    runs = [(experiment_suffix(None), f"pretrain@{objective}-baseline", extra)]
+    runs += [(experiment_suffix(s), f"pretrain@{objective}-mto", subset_sets(s, weights, extra)) for s in subsets]
     sweep, out, table = run_sweep("mto", "prefect mto ablation", runs, jobs,
                                   lambda root, s: ablation_table(root, s, objective, weights, subsets))  # fmt: skip
     print(f"MTO ablation {sweep} ({objective}) -> {out}\n{table.to_string(index=False)}")
