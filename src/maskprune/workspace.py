@@ -1,8 +1,9 @@
 """A fresh copy of the repository's working tree as its own git repository (for DVC runs apart).
 
 Copies the tracked files and the untracked ones git does not ignore (so uncommitted work is
-included and no pipeline output, store or venv is), optionally switches the profile, and commits
-everything, which DVC's experiment commands need.
+included and no store or venv is), optionally switches the profile, and commits everything, which
+DVC's experiment commands need. Results collected from the source's experiments (other seeds,
+sweeps) are left out: they describe the source's runs, not the copy's.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
+
+# NOTE: where flows.seeds and the sweep flows write (results.SEEDS_DIR, report.SWEEPS_DIR)
+COLLECTED_RESULTS = ("reports/seeds/seed-*", "reports/sweeps/*.csv")
 
 
 def _git(args: list[str], cwd: Path) -> str:
@@ -25,7 +30,7 @@ def copy_workspace(source: Path, dest: Path, profile: str | None = None) -> Path
     listed = _git(["ls-files", "--cached", "--others", "--exclude-standard"], source).splitlines()
     for rel in listed:
         src = source / rel
-        if src.is_file():
+        if src.is_file() and not any(fnmatch(rel, pattern) for pattern in COLLECTED_RESULTS):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     if profile:
