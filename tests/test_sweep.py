@@ -33,6 +33,15 @@ def test_combinations_run_keep_one_once_and_refuse_bad_input() -> None:
         combinations([1.5], ["random"])
 
 
+def test_queued_experiments_share_the_cpu_threads() -> None:
+    from flows.experiments import threads_per_job
+
+    assert threads_per_job({}, jobs=2, cpus=2)["OMP_NUM_THREADS"] == "1"
+    assert threads_per_job({}, jobs=3, cpus=16)["OMP_NUM_THREADS"] == "5"
+    assert threads_per_job({}, jobs=4, cpus=2)["OMP_NUM_THREADS"] == "1"  # never 0
+    assert threads_per_job({"OMP_NUM_THREADS": "3", "A": "b"}, jobs=2, cpus=2) == {"OMP_NUM_THREADS": "3", "A": "b"}
+
+
 def test_sweep_runs_experiments_and_lines_them_up(
     prefect_harness: None, smoke_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
