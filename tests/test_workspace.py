@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from maskprune.workspace import copy_workspace
+from tests.conftest import run
 
 
 def git(args: list[str], cwd: Path) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+    return run(["git", *args], cwd).stdout
 
 
 def test_copy_has_code_and_uncommitted_work_but_no_ignored_files_or_collected_results(tmp_path: Path) -> None:
