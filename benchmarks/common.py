@@ -1,18 +1,27 @@
-"""What every benchmark shares: the device, the profile's models, batch, precision and timing settings.
+"""What every benchmark shares: the device, the models, batch, precision, timing and execution mode.
 
-Models come from a profile (`cpu` on a CPU, `gpu` on a CUDA device, by default) with fresh weights:
-speed does not depend on the weights, and the suite then runs from a fresh clone with no pipeline
-outputs. Inputs are random images of the profile's size, already on the device (data loading is
-excluded, as DESIGN.md's measurement rules ask).
+Models come from a profile (`cpu` on a CPU, `gpu` on a CUDA device, by default) or from a preset
+(`paper`: the papers' scale), with fresh weights: speed does not depend on the weights, and the
+suite then runs from a fresh clone with no pipeline outputs. Inputs are random images of the
+models' size, already on the device (data loading is excluded, as the measurement rules ask).
+
+A mode says how a model's forward is executed:
+  - `eager`: PyTorch eager, one kernel launch per operation;
+  - `graph`: the eager kernels captured once in a CUDA graph and replayed (no launch overhead);
+  - `compile`: `torch.compile` in its default mode (Inductor's fused kernels), static shapes;
+  - `compile-graph`: that compiled forward captured in a CUDA graph (what the `reduce-overhead`
+    mode does, without compiling a second time).
+The two graph modes exist on CUDA only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import timm
 import torch
@@ -23,6 +32,38 @@ from maskprune.runtime import Runtime
 
 NUM_CLASSES = 10  # Fashion-MNIST, the embedded default
 IN_CHANS = 1
+MODES = ("eager", "graph", "compile", "compile-graph")
+GRAPH_MODES = ("graph", "compile-graph")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A benchmark scale that does not come from a pipeline profile."""
+
+    description: str
+    sets: list[str]  # params overrides, as `--set` items
+    in_chans: int
+    num_classes: int
+    batch: int
+    amp: str  # runtime.amp
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        description="the papers' scale: DeiT-S/16 student and DeiT-B/16 teacher at 224 px (196 patches + [CLS]), "
+        "RGB, 1000 classes, batch 256, bf16 autocast, fused attention",
+        sets=[
+            "models.student={name: deit_small_patch16_224, img_size: 224, patch_size: 16, drop_path_rate: 0.0, pretrained_file: ''}",
+            "models.teacher={name: deit_base_patch16_224, img_size: 224, patch_size: 16, drop_path_rate: 0.0, pretrained_file: ''}",
+            "prune.keep_rates=[0.7, 0.5]",
+            "prune.locations=[]",
+        ],
+        in_chans=3,
+        num_classes=1000,
+        batch=256,
+        amp="bf16",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -34,15 +75,23 @@ class BenchSetup:
     batch: int
     warmup: int
     repeats: int
-    compile_mode: str | None = None  # torch.compile mode for the timed models; None = eager
+    mode: str = "eager"  # one of MODES
+    preset: str | None = None
+    in_chans: int = IN_CHANS
+    num_classes: int = NUM_CLASSES
+    modes: list[str] = field(default_factory=lambda: ["eager"])  # every mode of the run
 
     @property
     def dtype(self) -> str:
-        return "bf16 autocast" if self.runtime.amp_dtype == torch.bfloat16 else "fp32"
+        def name(dtype: torch.dtype | None) -> str:
+            return "bf16 autocast" if dtype == torch.bfloat16 else "fp32"
+
+        train, infer = name(self.runtime.amp_dtype), name(self.runtime.inference_amp_dtype)
+        return train if train == infer else f"inference {infer}, training {train}"
 
     def model(self, spec: ModelSpec) -> TokenViT:
         torch.manual_seed(0)
-        return build_model(spec, NUM_CLASSES, IN_CHANS).to(self.runtime.device).eval()
+        return build_model(spec, self.num_classes, self.in_chans).to(self.runtime.device).eval()
 
     def student(self) -> TokenViT:
         return self.model(self.params.models.student)
@@ -53,29 +102,59 @@ class BenchSetup:
     def images(self, batch: int | None = None, spec: ModelSpec | None = None) -> torch.Tensor:
         size = (spec or self.params.models.student).img_size
         gen = torch.Generator(device="cpu").manual_seed(0)
-        return torch.randn(batch or self.batch, IN_CHANS, size, size, generator=gen).to(self.runtime.device)
+        return torch.randn(batch or self.batch, self.in_chans, size, size, generator=gen).to(self.runtime.device)
 
     @property
     def compile(self) -> bool:
-        return self.compile_mode is not None
+        return self.mode.startswith("compile")
 
-    def maybe_compile(self, fn):  # noqa: ANN001, ANN201 - a module or function, compiled or as is
-        return torch.compile(fn, mode=self.compile_mode) if self.compile else fn
+    def executable(self, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+        """`fn(*args)` as a call with no arguments, executed in this setup's mode."""
+        compiled = torch.compile(fn, dynamic=False) if self.compile else fn
+        call = lambda: compiled(*args)  # noqa: E731
+        return cuda_graphed(call, self.runtime) if self.mode in GRAPH_MODES else call
 
     def describe(self) -> dict[str, Any]:
         return {
             "profile": self.params.profile,
+            "preset": self.preset,
             "batch": self.batch,
             "dtype": self.dtype,
             "threads": torch.get_num_threads(),
             "warmup": self.warmup,
             "repeats": self.repeats,
-            "compile": self.compile_mode or False,
+            "modes": self.modes,
             "student": self.params.models.student.model_dump(),
             "teacher": self.params.models.teacher.model_dump(),
+            "in_chans": self.in_chans,
+            "num_classes": self.num_classes,
             "timing": "median seconds per call over `repeats` rounds after `warmup` calls; the variants of one "
-                      "comparison are timed in turns in one process, with device sync",  # fmt: skip
+            "comparison are timed in turns in one process, with device sync; the A/A control times the "
+            "reference twice in the same turns",
         }
+
+
+def cuda_graphed(call: Callable[[], Any], runtime: Runtime, warmup: int = 3) -> Callable[[], Any]:
+    """`call` captured once in a CUDA graph; the returned function replays it.
+
+    Warm-up runs on a side stream first (lazy initialisation, compilation), as CUDA graph capture
+    requires. Inference mode and the runtime's inference autocast are on during capture, with the
+    autocast weight cache off (a cached cast would be captured as a stale tensor).
+    """
+    if runtime.device.type != "cuda":
+        raise ValueError("CUDA graphs need a CUDA device")
+    dtype = runtime.inference_amp_dtype
+    autocast = torch.autocast("cuda", dtype=dtype, cache_enabled=False) if dtype else contextlib.nullcontext()
+    stream = torch.cuda.Stream(runtime.device)
+    stream.wait_stream(torch.cuda.current_stream(runtime.device))
+    with torch.cuda.stream(stream), torch.inference_mode(), autocast:
+        for _ in range(warmup):
+            call()
+    torch.cuda.current_stream(runtime.device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), autocast, torch.cuda.graph(graph):
+        call()
+    return graph.replay
 
 
 def cpu_name() -> str:

@@ -6,26 +6,28 @@ from typing import Any, Callable
 
 import pandas as pd
 
-# (name, device type or None for any, how to read the value from the results, comparison, threshold)
-Target = tuple[str, str | None, Callable[[dict[str, Any]], float | None], str, float]
+# (name, device type or None for any, how to read the values from the results, comparison, threshold);
+# a reader returns (mode or None, value) pairs: the per-mode parts give one value per mode
+Target = tuple[str, str | None, Callable[[dict[str, Any]], list[tuple[str | None, float]]], str, float]
 
 
-def _evit_half(results: dict[str, Any]) -> float | None:
-    rows = [r for r in results.get("pruning", []) if r["method"] == "evit" and r["keep_rate"] == 0.5]
-    return rows[0]["efficiency"] if rows else None
+def _evit_half(results: dict[str, Any]) -> list[tuple[str | None, float]]:
+    rows = results.get("pruning", [])
+    return [(r.get("mode"), r["efficiency"]) for r in rows if r["method"] == "evit" and r["keep_rate"] == 0.5]
 
 
-def _teacher_half(results: dict[str, Any]) -> float | None:
-    rows = [r for r in results.get("teacher", []) if r["keep_ratio"] == 0.5]
-    return rows[0]["time_ratio"] if rows else None
+def _teacher_half(results: dict[str, Any]) -> list[tuple[str | None, float]]:
+    return [(r.get("mode"), r["time_ratio"]) for r in results.get("teacher", []) if r["keep_ratio"] == 0.5]
 
 
-def _engine(results: dict[str, Any]) -> float | None:
-    return results.get("engine", {}).get("engine_over_plain")
+def _engine(results: dict[str, Any]) -> list[tuple[str | None, float]]:
+    value = results.get("engine", {}).get("engine_over_plain")
+    return [] if value is None else [(None, value)]
 
 
-def _orchestration(results: dict[str, Any]) -> float | None:
-    return results.get("orchestration", {}).get("overhead_fraction")
+def _orchestration(results: dict[str, Any]) -> list[tuple[str | None, float]]:
+    value = results.get("orchestration", {}).get("overhead_fraction")
+    return [] if value is None else [(None, value)]
 
 
 TARGETS: list[Target] = [
@@ -38,17 +40,16 @@ TARGETS: list[Target] = [
 
 
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target that applies to this device and was measured: its value and whether it is met."""
+    """Each target that applies to this device and was measured (per mode): its value and whether it is met."""
     device = results["device"]["type"]
     checked = []
     for name, applies_to, read, op, threshold in TARGETS:
         if applies_to not in (None, device):
             continue
-        value = read(results)
-        if value is None:
-            continue
-        met = value >= threshold if op == ">=" else value <= threshold
-        checked.append({"target": name, "required": f"{op} {threshold}", "value": value, "met": met})
+        for mode, value in read(results):
+            met = value >= threshold if op == ">=" else value <= threshold
+            target = f"{name} [{mode}]" if mode else name
+            checked.append({"target": target, "required": f"{op} {threshold}", "value": value, "met": met})
     return checked
 
 
@@ -62,18 +63,24 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"# Benchmarks: {device['name']}", "",
              f"torch {device['torch']}, timm {device['timm']}, profile `{setup['profile']}`, batch {setup['batch']}, "
              f"{setup['dtype']}, {setup['threads']} threads, warm-up {setup['warmup']}, {setup['repeats']} repeats, "
-             f"compile {setup['compile']}. {setup['timing']}.", ""]  # fmt: skip
+             f"modes {', '.join(setup.get('modes', ['eager']))}. {setup['timing']}.", ""]  # fmt: skip
+    if setup.get("preset"):
+        lines[2] = f"Preset `{setup['preset']}`: {setup['student']['name']} / {setup['teacher']['name']} at " \
+                   f"{setup['student']['img_size']} px. " + lines[2]
     if results.get("targets"):
         lines += ["## Targets", "", _table(results["targets"], ["target", "required", "value", "met"]), ""]
     if "pruning" in results:
         lines += ["## 1. Pruned inference vs the unpruned student", "",
-                  _table(results["pruning"], ["method", "keep_rate", "tome_r", "gmacs", "gmacs_ratio", "img_per_s",
-                                              "img_per_s_unpruned", "theoretical_speedup", "speedup", "efficiency"]),
+                  _table(results["pruning"], ["mode", "method", "keep_rate", "tome_r", "gmacs", "gmacs_ratio", "img_per_s",
+                                              "img_per_s_unpruned", "theoretical_speedup", "speedup", "efficiency",
+                                              "aa_speedup"]),
+                  "", "`aa_speedup`: the unpruned model against itself in the same turns (A/A control; 1 = no bias).",
                   ""]  # fmt: skip
     if "teacher" in results:
         lines += ["## 2. MaskedKD teacher forward by keep ratio", "",
-                  _table(results["teacher"], ["keep_ratio", "patches", "gmacs", "gmacs_ratio", "img_per_s",
-                                              "time_ratio", "speedup"]), ""]  # fmt: skip
+                  _table(results["teacher"], ["mode", "keep_ratio", "patches", "gmacs", "gmacs_ratio", "img_per_s",
+                                              "time_ratio", "speedup", "aa_time_ratio"]),
+                  "", "`aa_time_ratio`: keep 1.0 against itself in the same turns (A/A control; 1 = no bias).", ""]  # fmt: skip
     if "engine" in results:
         e = results["engine"]
         lines += ["## 3. Training engine vs a plain loop", "",
@@ -99,4 +106,18 @@ def markdown(results: dict[str, Any]) -> str:
                       f"Bare {o['bare_total_s']:.1f} s; DVC + MLflow {o['dvc_mlflow_total_s']:.1f} s; Prefect flow "
                       f"{o['prefect_total_s']:.1f} s; overhead {o['overhead_fraction']:.1%} of the flow's wall time. "
                       f"{o['note']}.", ""]  # fmt: skip
+    if "precision" in results:
+        p = results["precision"]
+        native = p.get("native_bf16")
+        lines += ["## 6. bf16 autocast against fp32", ""]
+        if native is not None:
+            flags = ", ".join(p["native_bf16_flags"]) or "none of amx_bf16, avx512_bf16"
+            lines += [f"Native bf16 on this CPU: {'yes' if native else 'no'} ({flags}); `runtime.amp: auto` "
+                      f"uses bf16 for {'inference, fp32 for training' if native else 'nothing here'}.", ""]  # fmt: skip
+        lines += ["Inference (eval, inference mode):", "",
+                  _table(p["inference"], ["model", "batch", "fp32_img_per_s", "bf16_img_per_s", "bf16_speedup"]), "",
+                  "Training steps of the student (forward, backward, AdamW), img/s:", "",
+                  _table(p["training"], ["batch", "dtype", "channels_last", "compile", "img_per_s"]), ""]  # fmt: skip
+    if results.get("skipped"):
+        lines += ["## Not measured", "", _table(results["skipped"], ["part", "mode", "reason"]), ""]
     return "\n".join(lines)

@@ -7,7 +7,7 @@ batch; every keep ratio is timed in turns with the others.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -19,18 +19,24 @@ KEEP_RATIOS = (1.0, 0.75, 0.5, 0.25)
 
 
 def run(setup: BenchSetup) -> list[dict[str, Any]]:
+    """One row per keep ratio in `setup.mode`, timed in turns with an A/A copy of keep 1.0."""
     teacher = setup.teacher()
     spec = setup.params.models.teacher
     x, one = setup.images(spec=spec), setup.images(1, spec=spec)
     scores = torch.rand(len(x), teacher.num_patches, generator=torch.Generator().manual_seed(0)).to(x.device)
     views = [TeacherView(teacher, keep, "student_attn") for keep in KEEP_RATIOS]
 
-    def forward(view: TeacherView):  # noqa: ANN202 - the patch choice and the teacher, compiled together
-        return setup.maybe_compile(lambda images, attn: teacher(images, keep_idx=view.select(images, None, attn)))
+    def forward_with(view: TeacherView) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        def forward(images: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+            return teacher(images, keep_idx=view.select(images, None, attn))  # the patch choice is in the time
 
-    calls = [forward(v) for v in views]
-    seconds = median_seconds([lambda f=f: f(x, scores) for f in calls], setup.runtime, setup.warmup, setup.repeats)
+        return forward
+
+    calls = [setup.executable(forward_with(view), x, scores) for view in views]
+    seconds = median_seconds([calls[0], *calls], setup.runtime, setup.warmup, setup.repeats)
+    aa = seconds[0] / seconds[1]
+    seconds = seconds[1:]
     macs = [gmacs(teacher, one, keep_idx=v.select(one, None, scores[:1])) for v in views]
-    return [{"keep_ratio": keep, "patches": view.keep, "gmacs": m, "gmacs_ratio": m / macs[0],
-             "img_per_s": len(x) / s, "time_ratio": s / seconds[0], "speedup": seconds[0] / s}
+    return [{"mode": setup.mode, "keep_ratio": keep, "patches": view.keep, "gmacs": m, "gmacs_ratio": m / macs[0],
+             "img_per_s": len(x) / s, "time_ratio": s / seconds[0], "speedup": seconds[0] / s, "aa_time_ratio": aa}
             for keep, view, m, s in zip(KEEP_RATIOS, views, macs, seconds)]  # fmt: skip

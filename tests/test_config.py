@@ -19,7 +19,7 @@ def full(**overlay: object) -> dict:
     return deep_merge(Params().model_dump(), overlay)
 
 
-@pytest.mark.parametrize("name", ["smoke", "cpu", "gpu"])
+@pytest.mark.parametrize("name", ["smoke", "cpu", "gpu", "gpu-check"])
 def test_every_profile_validates_and_round_trips(name: str, tmp_path: Path) -> None:
     params = profile_params(name, REPO)
     assert params.profile == name

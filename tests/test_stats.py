@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import pytest
 
 from maskprune.stats import (NOT_REPRODUCED, REPRODUCED, Interval, directional_verdict, non_inferiority_verdict,
-                             paired_difference, t_interval)  # fmt: skip
+                             paired_difference, student_t_cdf, student_t_quantile, t_interval)  # fmt: skip
 
 T_975_2 = 4.302652729911275  # Student t quantile, 2 degrees of freedom, 97.5% (tables)
 
@@ -57,3 +58,21 @@ def test_a_real_effect_over_three_seeds_is_reproduced_and_noise_is_not() -> None
     noisy = {0: 0.790, 1: 0.825, 2: 0.803}
     assert directional_verdict(paired_difference(base, better)) == REPRODUCED
     assert directional_verdict(paired_difference(base, noisy)).startswith("inconclusive")
+
+
+@pytest.mark.parametrize("p", [0.5, 0.6, 0.9, 0.975, 0.995, 0.025, 0.2])
+def test_student_t_quantile_matches_the_closed_forms(p: float) -> None:
+    # df = 1 is the Cauchy distribution; df = 2 has F^-1(p) = (2p - 1) / sqrt(2p(1 - p))
+    assert student_t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-8, abs=1e-12)
+    assert student_t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-8, abs=1e-12)
+
+
+def test_student_t_quantile_table_values_and_normal_limit() -> None:
+    # printed t tables (two-sided 95% and 99%)
+    assert student_t_quantile(0.975, 4) == pytest.approx(2.776, abs=5e-4)
+    assert student_t_quantile(0.975, 9) == pytest.approx(2.262, abs=5e-4)
+    assert student_t_quantile(0.995, 10) == pytest.approx(3.169, abs=5e-4)
+    assert student_t_quantile(0.025, 4) == pytest.approx(-student_t_quantile(0.975, 4))
+    assert student_t_quantile(0.975, 1e6) == pytest.approx(NormalDist().inv_cdf(0.975), rel=1e-5)
+    for t in (-3.0, -0.5, 0.0, 1.2, 4.0):
+        assert student_t_cdf(t, 7) + student_t_cdf(-t, 7) == pytest.approx(1.0)

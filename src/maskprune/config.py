@@ -21,7 +21,7 @@ from maskprune.masking import Criterion, HybridRatios, check_keep_ratio
 PARAMS_FILE = "params.yaml"
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 REGENERATE = ("DVC must see every parameter: add it, or regenerate params.yaml with "
-              "`python -m maskprune.profile <smoke|cpu|gpu>`")  # fmt: skip
+              "`python -m maskprune.profile <smoke|cpu|gpu|gpu-check>`")  # fmt: skip
 
 
 class Section(BaseModel):
@@ -82,7 +82,11 @@ class RuntimeSection(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
     # NOTE: no on/off/yes/no values: YAML 1.1 (PyYAML) reads them as booleans, YAML 1.2 (DVC) not.
-    amp: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on CUDA, fp32 on CPU")
+    amp: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="auto = bf16 on CUDA; on a CPU with native bf16 (AMX or AVX512-BF16) bf16 for inference "
+        "and fp32 for training steps (measured faster there), else fp32",
+    )
     compile: bool = False
     progress: Literal["auto", "always", "never"] = Field("auto", description="auto = bar on a terminal")
 
@@ -370,7 +374,7 @@ class ReportSection(Section):
 
 
 class Params(Section):
-    profile: Literal["smoke", "cpu", "gpu"] = "cpu"
+    profile: Literal["smoke", "cpu", "gpu", "gpu-check"] = "cpu"
     seed: int = Field(0, ge=0, description="the students' seed (pretrain, finetune, prune, distill, evaluate)")
     data: DataSection = DataSection()
     models: ModelsSection = ModelsSection()

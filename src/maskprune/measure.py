@@ -40,7 +40,7 @@ def top1(
         images = normalizer(split.images[idx.to(split.images.device)].to(runtime.device))
         labels = split.labels[idx.to(split.labels.device)].to(runtime.device)
         keep = keep_fn(idx).to(runtime.device) if keep_fn else None
-        with runtime.autocast():
+        with runtime.autocast(inference=True):
             logits = model(images, keep_idx=keep) if keep is not None else model(images)
         counts[0] += (logits.argmax(dim=-1) == labels).sum()
         counts[1] += len(idx)
@@ -141,7 +141,7 @@ def median_seconds(
     the calls run under inference mode (and the runtime's autocast either way).
     """
     times: list[list[float]] = [[] for _ in fns]
-    with torch.inference_mode(inference), runtime.autocast():
+    with torch.inference_mode(inference), runtime.autocast(inference):
         for fn in fns:
             for _ in range(warmup):
                 fn()

@@ -32,7 +32,7 @@ def pooled_features(model: torch.nn.Module, split: Split, normalizer: Normalizer
     parts = []
     for idx in eval_batches(len(split), batch_size):
         images = normalizer(split.images[idx.to(split.images.device)].to(runtime.device))
-        with runtime.autocast():
+        with runtime.autocast(inference=True):
             tokens = model.forward_features(images)
         pooled = tokens[:, 0] if pool == "cls" else tokens[:, model.num_prefix_tokens:].mean(dim=1)
         parts.append(pooled.float())

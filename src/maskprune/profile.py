@@ -1,6 +1,6 @@
 """Switch profile: write the full effective parameter set of a profile to params.yaml.
 
-    python -m maskprune.profile smoke|cpu|gpu [--output params.yaml]
+    python -m maskprune.profile smoke|cpu|gpu|gpu-check [--output params.yaml]
 
 A profile is the schema's defaults (the `cpu` profile) deep-merged with `profiles/<name>.yaml`.
 Every key is written out, so DVC sees each value and reruns exactly the stages whose values moved.
@@ -18,7 +18,7 @@ from maskprune import atomic
 from maskprune.config import PARAMS_FILE, Params, find_repo_root, read_yaml, validate_params
 from maskprune.errors import MaskpruneError, exit_on_user_error
 
-PROFILES = ("smoke", "cpu", "gpu")
+PROFILES = ("smoke", "cpu", "gpu", "gpu-check")
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -41,6 +41,28 @@ def profile_params(name: str, root: Path) -> Params:
         raise MaskpruneError(f"{overlay_path}: expected a mapping of sections")
     merged = deep_merge(Params().model_dump(), {**overlay, "profile": name})
     return validate_params(merged, source=str(overlay_path.relative_to(root)))
+
+
+def apply_sets(params: Params, sets: list[str]) -> Params:
+    """`params` with `KEY=VALUE` items (dotted keys, YAML values) applied and validated."""
+    tree = params.model_dump()
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MaskpruneError(f"--set {item!r}: give KEY=VALUE, e.g. prune.keep_rates=[0.5]")
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise MaskpruneError(f"--set {item!r}: {key} is not a params key")
+            node = node[part]
+        if parts[-1] not in node:
+            raise MaskpruneError(f"--set {item!r}: {key} is not a params key")
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise MaskpruneError(f"--set {item!r}: the value is not YAML ({str(err).splitlines()[0]})") from None
+    return validate_params(tree, source="--set")
 
 
 def render(params: Params) -> str:

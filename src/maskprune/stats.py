@@ -17,8 +17,6 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from scipy import stats as scipy_stats
-
 REPRODUCED = "effect reproduced"
 NOT_REPRODUCED = "not reproduced"
 
@@ -48,6 +46,57 @@ class Interval:
         return f"{mean} [{self.low * scale:{sign}.{digits}f}, {self.high * scale:{sign}.{digits}f}] (n={self.n})"
 
 
+def _betainc_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):  # fmt: skip
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return result
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), for a, b > 0 and 0 <= x <= 1."""
+    if x <= 0.0 or x >= 1.0:
+        return max(0.0, min(1.0, x))
+    log_front = a * math.log(x) + b * math.log1p(-x) - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betainc_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betainc_fraction(b, a, 1.0 - x) / b
+
+
+def student_t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with `df` degrees of freedom."""
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def student_t_quantile(p: float, df: float) -> float:
+    """The `p` quantile of Student's t with `df` degrees of freedom (bisection on the CDF)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"quantile level {p} must lie in (0, 1)")
+    low, high = -1.0, 1.0
+    while student_t_cdf(low, df) > p:
+        low *= 2.0
+    while student_t_cdf(high, df) < p:
+        high *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        if mid in (low, high):
+            break
+        low, high = (mid, high) if student_t_cdf(mid, df) < p else (low, mid)
+    return 0.5 * (low + high)
+
+
 def t_interval(values: Iterable[float], confidence: float = 0.95) -> Interval:
     """Mean and Student-t interval of `values` (NaN and None skipped)."""
     xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
@@ -57,7 +106,7 @@ def t_interval(values: Iterable[float], confidence: float = 0.95) -> Interval:
     if len(xs) < 2:
         return Interval(mean, None, None, len(xs), confidence)
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
-    half = scipy_stats.t.ppf((1 + confidence) / 2, len(xs) - 1) * sd / math.sqrt(len(xs))
+    half = student_t_quantile((1 + confidence) / 2, len(xs) - 1) * sd / math.sqrt(len(xs))
     return Interval(mean, mean - half, mean + half, len(xs), confidence)
 
 

@@ -1,0 +1,104 @@
+"""bf16 autocast against fp32 on this device, inference and training steps measured separately.
+
+Inference: the student and the teacher in eval + inference mode at the benchmark batch, fp32 and
+bf16 timed in turns. Training: one optimizer step of the student (forward, backward, AdamW) for
+each batch size x precision x memory format (channels-last input or not), all timed in turns, and
+compiled as well when the run's modes include a compiled one. `runtime.amp: auto` follows these
+numbers: on a CPU it turns bf16 on for inference only, and only where the CPU runs bf16 natively
+(`native_bf16` below).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from dataclasses import replace
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import BenchSetup
+from maskprune.measure import median_seconds
+from maskprune.runtime import NATIVE_BF16_FLAGS, cpu_flags
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[object]:
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def inference_rows(setup: BenchSetup, plain: Any) -> list[dict[str, Any]]:
+    """fp32 and bf16 img/s of the student and the teacher; bf16's speed-up over fp32."""
+    rows = []
+    for role, model in (("student", setup.student()), ("teacher", setup.teacher())):
+        spec = setup.params.models.student if role == "student" else setup.params.models.teacher
+        x = setup.images(spec=spec)
+
+        def call(dtype: torch.dtype | None, model: torch.nn.Module = model, x: torch.Tensor = x) -> Callable[[], Any]:
+            def forward() -> Any:
+                with _autocast(x.device, dtype):
+                    return model(x)
+
+            return forward
+
+        fp32_s, bf16_s = median_seconds([call(None), call(torch.bfloat16)], plain, setup.warmup, setup.repeats)
+        rows.append(
+            {
+                "model": role,
+                "batch": len(x),
+                "fp32_img_per_s": len(x) / fp32_s,
+                "bf16_img_per_s": len(x) / bf16_s,
+                "bf16_speedup": fp32_s / bf16_s,
+            }
+        )
+    return rows
+
+
+def training_rows(setup: BenchSetup, plain: Any, steps_per_call: int = 1) -> list[dict[str, Any]]:
+    """img/s of a student training step per batch x dtype x channels-last (x compile)."""
+    batches = sorted({setup.batch, setup.batch * 4})
+    compiles = (False, True) if any(m.startswith("compile") for m in setup.modes) else (False,)
+    configs = list(itertools.product(batches, DTYPES, (False, True), compiles))
+    calls = []
+    for batch, dtype, channels_last, compiled in configs:
+        model = setup.student().train()
+        net = torch.compile(model) if compiled else model
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = setup.images(batch)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        labels = torch.randint(0, setup.num_classes, (batch,), device=x.device)
+
+        def step(
+            net: Any = net,
+            optimizer: Any = optimizer,
+            x: torch.Tensor = x,
+            labels: torch.Tensor = labels,
+            dtype: torch.dtype | None = DTYPES[dtype],
+        ) -> None:
+            for _ in range(steps_per_call):
+                with _autocast(x.device, dtype):
+                    loss = F.cross_entropy(net(x).float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+        calls.append(step)
+    seconds = median_seconds(calls, plain, setup.warmup, setup.repeats, inference=False)
+    return [
+        {"batch": batch, "dtype": dtype, "channels_last": last, "compile": compiled, "img_per_s": batch * steps_per_call / s}
+        for (batch, dtype, last, compiled), s in zip(configs, seconds)
+    ]
+
+
+def native_bf16() -> dict[str, Any]:
+    """Whether this CPU runs bf16 natively, by its flags."""
+    flags = cpu_flags()
+    return {"native_bf16_flags": sorted(flags & NATIVE_BF16_FLAGS), "native_bf16": bool(flags & NATIVE_BF16_FLAGS)}
+
+
+def run(setup: BenchSetup) -> dict[str, Any]:
+    plain = replace(setup.runtime, amp_dtype=None, inference_amp_dtype=None)  # each call sets its own autocast
+    device = {} if setup.runtime.device.type == "cuda" else native_bf16()
+    return {**device, "inference": inference_rows(setup, plain), "training": training_rows(setup, plain)}
