@@ -61,7 +61,7 @@ fi
 cuda=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))")
 if [ -z "${BENCH_ARGS+x}" ]; then
   if [ "$cuda" = 1 ]; then
-    BENCH_ARGS="--preset paper --parts teacher pruning --modes eager graph compile compile-graph --budget-s 200"
+    BENCH_ARGS="--preset paper --parts teacher pruning --modes eager graph compile-graph compile --budget-s 180"
   else
     BENCH_ARGS="--preset paper --parts teacher pruning --modes eager"
   fi
