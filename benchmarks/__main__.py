@@ -28,7 +28,7 @@ from benchmarks.report import check_targets, markdown
 from maskprune import atomic
 from maskprune.config import RuntimeSection, find_repo_root
 from maskprune.errors import MaskpruneError, exit_on_user_error
-from maskprune.profile import PROFILES, apply_sets, profile_params
+from maskprune.profile import PROFILES, add_set_argument, apply_sets, profile_params
 from maskprune.runtime import setup_runtime
 from maskprune.tracking import git_tags
 
@@ -108,14 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, help="default: 20 on CPU, 50 on CUDA")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--budget-s", type=float, default=0.0, help="skip what would start after this many seconds")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a profile value, e.g. prune.keep_rates=[0.5] (YAML values)",
-    )
+    add_set_argument(parser)
     parser.add_argument("--orchestration-profile", default="smoke", choices=PROFILES)
     parser.add_argument("--out", type=Path, default=None, help="default: <repo>/results/benchmarks")
     args = parser.parse_args(argv)

@@ -28,7 +28,7 @@ import yaml
 from maskprune import atomic
 from maskprune.config import PARAMS_FILE, find_repo_root, load_params
 from maskprune.errors import MaskpruneError, exit_on_user_error
-from maskprune.profile import PROFILES, apply_sets, profile_params, render
+from maskprune.profile import PROFILES, add_set_argument, apply_sets, profile_params, render
 from maskprune.runtime import setup_runtime
 
 _REFERENCE = re.compile(r"\$\{([^}]+)\}")
@@ -108,14 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--workspace", type=Path, required=True, help="a new folder for params.yaml and every output")
     parser.add_argument("--profile", choices=PROFILES, help="default: the repository's params.yaml")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a params value, e.g. data.root=/data/fmnist (YAML values)",
-    )
+    add_set_argument(parser)
     args = parser.parse_args(argv)
     workspace = args.workspace.resolve()
     if workspace.exists():

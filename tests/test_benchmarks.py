@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import engine, mae, orchestration, pruning, teacher
-from benchmarks.__main__ import main
-from benchmarks.common import BenchSetup, device_info
+from benchmarks import engine, mae, orchestration, precision, pruning, teacher
+from benchmarks.__main__ import main, run_parts
+from benchmarks.common import PRESETS, BenchSetup, device_info
 from benchmarks.report import check_targets, markdown
-from maskprune.profile import profile_params
+from maskprune.measure import gmacs
+from maskprune.profile import apply_sets, profile_params
 from maskprune.runtime import Runtime
 from tests.conftest import REPO
 
@@ -95,8 +97,63 @@ def test_cli_writes_json_and_markdown_with_every_setting(tmp_path: Path, monkeyp
     slug = device_info(CPU)["slug"]
     results = json.loads((tmp_path / f"{slug}.json").read_text())
     assert {"device", "setup", "measured_at", "teacher", "targets"} <= set(results)
-    assert {"batch", "dtype", "threads", "warmup", "repeats", "compile", "timing"} <= set(results["setup"])
+    assert {"batch", "dtype", "threads", "warmup", "repeats", "modes", "timing"} <= set(results["setup"])
     assert results["setup"]["batch"] == 2 and results["device"]["type"] == "cpu"
     text = (tmp_path / f"{slug}.md").read_text()
     assert "## 2. MaskedKD teacher forward by keep ratio" in text and "## Targets" in text
     assert markdown(results).startswith("# Benchmarks: ")
+
+
+def test_every_row_carries_its_mode_and_an_a_a_control(setup: BenchSetup) -> None:
+    compiled = replace(setup, mode="compile")
+    assert compiled.compile and not setup.compile
+    for row in pruning.run(setup) + teacher.run(setup):
+        assert row["mode"] == "eager"
+        assert row.get("aa_speedup", row.get("aa_time_ratio")) > 0
+
+
+def test_a_spent_budget_skips_and_lists_every_part(setup: BenchSetup) -> None:
+    out = run_parts(replace(setup, modes=["eager", "compile"]), ["teacher", "engine"], REPO, "smoke", budget_s=1e-9)
+    assert out["skipped"] == [
+        {"part": "teacher", "mode": "eager", "reason": "time budget of 1e-09 s spent"},
+        {"part": "engine", "mode": "eager", "reason": "time budget of 1e-09 s spent"},
+        {"part": "teacher", "mode": "compile", "reason": "time budget of 1e-09 s spent"},
+    ]  # engine runs once, in the first mode
+    assert "teacher" not in out and "engine" not in out
+
+
+def test_targets_are_checked_per_mode() -> None:
+    results = {"device": {"type": "cuda"}, "teacher": [{"mode": "eager", "keep_ratio": 0.5, "time_ratio": 0.58},
+                                                       {"mode": "graph", "keep_ratio": 0.5, "time_ratio": 0.54}]}  # fmt: skip
+    checked = {t["target"]: t["met"] for t in check_targets(results)}
+    assert checked == {"MaskedKD teacher at keep 0.5: time / keep-1.0 time [eager]": False,
+                       "MaskedKD teacher at keep 0.5: time / keep-1.0 time [graph]": True}  # fmt: skip
+
+
+def test_paper_preset_builds_the_papers_models() -> None:
+    params = apply_sets(profile_params("cpu", REPO), PRESETS["paper"].sets)
+    bench = BenchSetup(CPU, params, batch=1, warmup=1, repeats=1, in_chans=3, num_classes=1000)
+    one = bench.images(1)
+    assert one.shape == (1, 3, 224, 224)
+    # DeiT paper, Table 1: DeiT-S 4.6 and DeiT-B 17.6 G multiply-adds at 224 px
+    assert gmacs(bench.student(), one) == pytest.approx(4.6, rel=0.01)
+    assert gmacs(bench.teacher(), one) == pytest.approx(17.6, rel=0.01)
+    assert params.prune.keep_rates == [0.7, 0.5]
+
+
+def test_precision_rows_compare_fp32_and_bf16(setup: BenchSetup) -> None:
+    out = precision.run(setup)
+    assert [r["model"] for r in out["inference"]] == ["student", "teacher"]
+    for row in out["inference"]:
+        assert row["bf16_speedup"] == pytest.approx(row["bf16_img_per_s"] / row["fp32_img_per_s"])
+    combos = {(r["batch"], r["dtype"], r["channels_last"], r["compile"]) for r in out["training"]}
+    assert combos == {(b, d, c, False) for b in (4, 16) for d in ("fp32", "bf16") for c in (False, True)}
+    assert isinstance(out["native_bf16"], bool)
+
+
+def test_graph_modes_need_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit) as stop:
+        main(["--parts", "teacher", "--device", "cpu", "--modes", "graph", "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "CUDA graphs need a CUDA device" in capsys.readouterr().err

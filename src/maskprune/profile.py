@@ -65,6 +65,18 @@ def apply_sets(params: Params, sets: list[str]) -> Params:
     return validate_params(tree, source="--set")
 
 
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """The `--set KEY=VALUE` option (repeatable) whose items `apply_sets` takes."""
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params value, e.g. prune.keep_rates=[0.5] (YAML values)",
+    )
+
+
 def render(params: Params) -> str:
     header = (
         f"# Effective parameters of the '{params.profile}' profile, written by\n"

@@ -76,6 +76,9 @@ def betainc(a: float, b: float, x: float) -> float:
 
 def student_t_cdf(t: float, df: float) -> float:
     """P(T <= t) for Student's t with `df` degrees of freedom."""
+    x = t * t / (df + t * t)
+    if x < 0.5:  # near 0: P(|T| <= |t|) = I_x(1/2, df/2), exact where 1 - x would round to 1
+        return 0.5 + 0.5 * math.copysign(betainc(0.5, df / 2.0, x), t)
     tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
     return 1.0 - tail if t > 0 else tail
 
