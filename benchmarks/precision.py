@@ -2,10 +2,10 @@
 
 Inference: the student and the teacher in eval + inference mode at the benchmark batch, fp32 and
 bf16 timed in turns. Training: one optimizer step of the student (forward, backward, AdamW) for
-each batch size x precision x memory format (channels-last input or not), all timed in turns, and
-compiled as well when the run's modes include a compiled one. `runtime.amp: auto` follows these
-numbers: on a CPU it turns bf16 on for inference only, and only where the CPU runs bf16 natively
-(`native_bf16` below).
+each batch size x precision x memory format (channels-last input or not), all timed in turns,
+and compiled (at the benchmark batch, per precision) when the run's modes include a compiled one.
+`runtime.amp: auto` follows these numbers: on a CPU it turns bf16 on for inference only, and only
+where the CPU runs bf16 natively (`native_bf16` below).
 """
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ def inference_rows(setup: BenchSetup, plain: Any) -> list[dict[str, Any]]:
 def training_rows(setup: BenchSetup, plain: Any, steps_per_call: int = 1) -> list[dict[str, Any]]:
     """img/s of a student training step per batch x dtype x channels-last (x compile)."""
     batches = sorted({setup.batch, setup.batch * 4})
-    compiles = (False, True) if any(m.startswith("compile") for m in setup.modes) else (False,)
-    configs = list(itertools.product(batches, DTYPES, (False, True), compiles))
+    configs = list(itertools.product(batches, DTYPES, (False, True), (False,)))
+    if any(m.startswith("compile") for m in setup.modes):  # compiled at the benchmark batch only
+        configs += [(setup.batch, dtype, False, True) for dtype in DTYPES]
     calls = []
     for batch, dtype, channels_last, compiled in configs:
         model = setup.student().train()
@@ -85,11 +86,17 @@ def training_rows(setup: BenchSetup, plain: Any, steps_per_call: int = 1) -> lis
                 optimizer.step()
 
         calls.append(step)
-    seconds = median_seconds(calls, plain, setup.warmup, setup.repeats, inference=False)
+    # NOTE: a training step is 10-100x an inference call, so fewer rounds give as stable a median
+    seconds = median_seconds(calls, plain, *training_rounds(setup), inference=False)
     return [
         {"batch": batch, "dtype": dtype, "channels_last": last, "compile": compiled, "img_per_s": batch * steps_per_call / s}
         for (batch, dtype, last, compiled), s in zip(configs, seconds)
     ]
+
+
+def training_rounds(setup: BenchSetup) -> tuple[int, int]:
+    """(warm-up, repeats) of the training steps: a quarter of the setup's rounds, at least 3."""
+    return max(1, setup.warmup // 2), max(3, setup.repeats // 4)
 
 
 def native_bf16() -> dict[str, Any]:
@@ -101,4 +108,6 @@ def native_bf16() -> dict[str, Any]:
 def run(setup: BenchSetup) -> dict[str, Any]:
     plain = replace(setup.runtime, amp_dtype=None, inference_amp_dtype=None)  # each call sets its own autocast
     device = {} if setup.runtime.device.type == "cuda" else native_bf16()
-    return {**device, "inference": inference_rows(setup, plain), "training": training_rows(setup, plain)}
+    warmup, repeats = training_rounds(setup)
+    return {**device, "inference": inference_rows(setup, plain), "training": training_rows(setup, plain),
+            "training_warmup": warmup, "training_repeats": repeats}

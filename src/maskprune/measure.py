@@ -1,6 +1,6 @@
 """Measurements: top-1, occlusion robustness, parameters, GMACs and throughput.
 
-Rules (DESIGN.md): GMACs from torch.utils.flop_counter at batch 1 on the model as it runs;
+Rules: GMACs from torch.utils.flop_counter at batch 1 on the model as it runs;
 throughput in eval + inference mode at a fixed batch after warm-up, the median of repeated timed
 runs with device sync, data loading excluded, compared only within one process.
 """

@@ -1,6 +1,6 @@
 """MTO (Choi et al., ECCV 2024): masked-token heterogeneity and the three losses that shape it.
 
-Definitions (DESIGN.md), on the layers that carry mask tokens (MAE: the decoder; SimMIM: the
+Definitions, on the layers that carry mask tokens (MAE: the decoder; SimMIM: the
 encoder), with X the patch tokens of a layer `[batch, patches, channels]`, M the masked and V the
 visible patches:
 
