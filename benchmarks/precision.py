@@ -56,7 +56,7 @@ def inference_rows(setup: BenchSetup, plain: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def training_rows(setup: BenchSetup, plain: Any, steps_per_call: int = 1) -> list[dict[str, Any]]:
+def training_rows(setup: BenchSetup, plain: Any) -> list[dict[str, Any]]:
     """img/s of a student training step per batch x dtype x channels-last (x compile)."""
     batches = sorted({setup.batch, setup.batch * 4})
     configs = list(itertools.product(batches, DTYPES, (False, True), (False,)))
@@ -78,18 +78,17 @@ def training_rows(setup: BenchSetup, plain: Any, steps_per_call: int = 1) -> lis
             labels: torch.Tensor = labels,
             dtype: torch.dtype | None = DTYPES[dtype],
         ) -> None:
-            for _ in range(steps_per_call):
-                with _autocast(x.device, dtype):
-                    loss = F.cross_entropy(net(x).float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+            with _autocast(x.device, dtype):
+                loss = F.cross_entropy(net(x).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
         calls.append(step)
     # NOTE: a training step is 10-100x an inference call, so fewer rounds give as stable a median
     seconds = median_seconds(calls, plain, *training_rounds(setup), inference=False)
     return [
-        {"batch": batch, "dtype": dtype, "channels_last": last, "compile": compiled, "img_per_s": batch * steps_per_call / s}
+        {"batch": batch, "dtype": dtype, "channels_last": last, "compile": compiled, "img_per_s": batch / s}
         for (batch, dtype, last, compiled), s in zip(configs, seconds)
     ]
 
