@@ -8,7 +8,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: setup run test flow sweep seeds mto-ablation report bench server deploy worker ui dag profile-smoke \
-	profile-cpu profile-gpu
+	profile-cpu profile-gpu profile-gpu-check
 
 setup:
 	@bash scripts/setup.sh
@@ -68,5 +68,5 @@ ui: setup
 dag: setup
 	dvc dag
 
-profile-smoke profile-cpu profile-gpu: setup
+profile-smoke profile-cpu profile-gpu profile-gpu-check: setup
 	python -m maskprune.profile $(@:profile-%=%)
