@@ -49,20 +49,20 @@ def interpolate(text: str, scope: dict[str, Any]) -> str:
     return _REFERENCE.sub(lambda m: str(lookup(scope, m.group(1))), text)
 
 
+def items_of(value: str | list[Any], params: dict[str, Any]) -> list[Any]:
+    """A `foreach` list or `matrix` axis: written out, or a `${key}` naming a params list."""
+    return lookup(params, _REFERENCE.fullmatch(value).group(1)) if isinstance(value, str) else value
+
+
 def expand_stages(dvc: dict[str, Any], params: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
     """(stage name as DVC names it, module, arguments) of every stage, in dvc.yaml's order."""
     commands = []
     for name, stage in dvc["stages"].items():
         if "foreach" in stage:
-            items = stage["foreach"]
-            items = lookup(params, _REFERENCE.fullmatch(items).group(1)) if isinstance(items, str) else items
             cmd = stage["do"]["cmd"]
-            expanded = [(f"{name}@{item}", {**params, "item": item}) for item in items]
+            expanded = [(f"{name}@{item}", {**params, "item": item}) for item in items_of(stage["foreach"], params)]
         elif "matrix" in stage:
-            axes = {
-                axis: lookup(params, _REFERENCE.fullmatch(v).group(1)) if isinstance(v, str) else v
-                for axis, v in stage["matrix"].items()
-            }
+            axes = {axis: items_of(value, params) for axis, value in stage["matrix"].items()}
             cmd = stage["cmd"]
             combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
             expanded = [(f"{name}@{'-'.join(str(v) for v in item.values())}", {**params, "item": item}) for item in combos]

@@ -1,9 +1,9 @@
 """What this machine offers the stages: Python, the packages they import, the device.
 
-    python -m maskprune.environment [--out FILE.json] [--require-cuda]
+    python -m maskprune.environment [--out FILE.json]
 
 Prints one line per fact and writes them as JSON. Exits with one line naming what is missing when
-a package the stages need cannot be imported (or, with --require-cuda, when no GPU is visible).
+a package the stages need cannot be imported.
 The orchestration packages (DVC, MLflow, Prefect) are reported but not required: `python -m
 stages` runs the pipeline without them.
 """
@@ -45,7 +45,7 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def probe(require_cuda: bool = False) -> dict[str, Any]:
+def probe() -> dict[str, Any]:
     """The facts; raises MaskpruneError naming every missing requirement."""
     missing = []
     packages: dict[str, str | None] = {}
@@ -81,8 +81,6 @@ def probe(require_cuda: bool = False) -> dict[str, Any]:
             cuda_runtime=torch.version.cuda,
             bf16=torch.cuda.is_bf16_supported(),
         )
-    elif require_cuda:
-        raise MaskpruneError("no CUDA GPU is visible to torch: run this on the GPU machine, or drop --require-cuda")
     return facts
 
 
@@ -90,9 +88,8 @@ def probe(require_cuda: bool = False) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m maskprune.environment", description=__doc__)
     parser.add_argument("--out", type=Path, help="also write the facts here as JSON")
-    parser.add_argument("--require-cuda", action="store_true", help="fail unless a CUDA GPU is visible")
     args = parser.parse_args(argv)
-    facts = probe(args.require_cuda)
+    facts = probe()
     for key, value in facts.items():
         print(f"environment: {key}: {value}")
     if args.out:
