@@ -17,9 +17,11 @@ setup:
 run: setup
 	dvc repro
 
-## The test suite (it also installs the services its tests start: PostgreSQL).
+## Style (ruff format, ruff check), then the test suite (set-up also installs the services its tests start: PostgreSQL).
 test:
 	@bash scripts/setup.sh test
+	ruff format --check --quiet .
+	ruff check --quiet .
 	python -m pytest -q
 
 ## The same pipeline as a Prefect flow (ephemeral mode).

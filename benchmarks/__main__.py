@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from benchmarks import engine, mae, orchestration, precision, pruning, teacher
 from benchmarks.common import GRAPH_MODES, IN_CHANS, MODES, NUM_CLASSES, PRESETS, BenchSetup, device_info
 from benchmarks.report import check_targets, markdown
@@ -34,8 +35,13 @@ from maskprune.tracking import git_tags
 
 PARTS = ("pruning", "teacher", "engine", "mae", "precision", "orchestration")
 PER_MODE = ("pruning", "teacher")  # the parts that run once per mode
-RUNNERS = {"pruning": pruning.run, "teacher": teacher.run, "engine": engine.run, "mae": mae.run,
-           "precision": precision.run}  # fmt: skip
+RUNNERS = {
+    "pruning": pruning.run,
+    "teacher": teacher.run,
+    "engine": engine.run,
+    "mae": mae.run,
+    "precision": precision.run,
+}
 
 
 def run_parts(
@@ -58,7 +64,9 @@ def run_parts(
             if part not in PER_MODE and index > 0:
                 continue
             if budget_s and time.monotonic() - started_run > budget_s:
-                results["skipped"].append({"part": part, "mode": mode, "reason": f"time budget of {budget_s:g} s spent"})
+                results["skipped"].append(
+                    {"part": part, "mode": mode, "reason": f"time budget of {budget_s:g} s spent"}
+                )
                 log(f"benchmarks: {part} ({mode}) skipped: time budget spent")
                 continue
             started = time.perf_counter()
@@ -78,7 +86,8 @@ def run_parts(
                 results.setdefault(part, []).extend(out)
             else:
                 results[part] = out
-            log(f"benchmarks: {part} ({mode if part in PER_MODE else 'once'}) done in {time.perf_counter() - started:.0f}s")
+            scope = mode if part in PER_MODE else "once"
+            log(f"benchmarks: {part} ({scope}) done in {time.perf_counter() - started:.0f}s")
     return results
 
 
@@ -86,7 +95,12 @@ def allow_recompiles(limit: int = 64) -> None:
     """Let dynamo keep one compiled graph per benchmarked model (they share forward's code)."""
     import torch._dynamo
 
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+    for name in (
+        "recompile_limit",
+        "cache_size_limit",
+        "accumulated_recompile_limit",
+        "accumulated_cache_size_limit",
+    ):
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
 
@@ -100,7 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--profile", choices=PROFILES, help="where the models come from (default: cpu or gpu)")
     parser.add_argument(
-        "--preset", choices=sorted(PRESETS), help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items())
+        "--preset",
+        choices=sorted(PRESETS),
+        help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()),
     )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=["eager"], help="how forwards run (see above)")
     parser.add_argument("--batch", type=int, help="default: the preset's, else 64 on CPU, 256 on CUDA")
@@ -120,7 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     unusable = [m for m in args.modes if m in GRAPH_MODES and not cuda]
     if unusable:
         raise MaskpruneError(f"--modes {' '.join(unusable)}: CUDA graphs need a CUDA device; use eager or compile here")
-    params = apply_sets(profile_params(args.profile or ("gpu" if cuda else "cpu"), root), [*(preset.sets if preset else []), *args.sets])
+    params = apply_sets(
+        profile_params(args.profile or ("gpu" if cuda else "cpu"), root),
+        [*(preset.sets if preset else []), *args.sets],
+    )
     if any(m.startswith("compile") for m in args.modes):
         allow_recompiles()
     setup = BenchSetup(
@@ -136,10 +155,16 @@ def main(argv: list[str] | None = None) -> None:
         modes=list(args.modes),
     )
     device = device_info(runtime)
-    print(f"benchmarks: {device['name']}, {args.preset or 'profile ' + setup.params.profile}, batch {setup.batch}, "
-          f"{setup.dtype}, modes {' '.join(args.modes)}")
-    results: dict[str, Any] = {"device": device, "setup": setup.describe(), "code": git_tags(root),
-                               "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print(
+        f"benchmarks: {device['name']}, {args.preset or 'profile ' + setup.params.profile}, batch {setup.batch}, "
+        f"{setup.dtype}, modes {' '.join(args.modes)}"
+    )
+    results: dict[str, Any] = {
+        "device": device,
+        "setup": setup.describe(),
+        "code": git_tags(root),
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     results.update(run_parts(setup, args.parts, root, args.orchestration_profile, args.budget_s))
     results["targets"] = check_targets(results)
     out = args.out or root / "results" / "benchmarks"
@@ -147,8 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     atomic.write_json(out / f"{stem}.json", results)
     atomic.write_text(out / f"{stem}.md", markdown(results) + "\n")
     for target in results["targets"]:
-        print(f"benchmarks: {'met ' if target['met'] else 'MISS'} {target['target']}: {target['value']:.3f} "
-              f"(required {target['required']})")
+        print(
+            f"benchmarks: {'met ' if target['met'] else 'MISS'} {target['target']}: {target['value']:.3f} "
+            f"(required {target['required']})"
+        )
     print(f"benchmarks: wrote {out / stem}.json and .md")
 
 

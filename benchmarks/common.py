@@ -19,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import timm
 import torch
@@ -53,8 +54,10 @@ PRESETS: dict[str, Preset] = {
         description="the papers' scale: DeiT-S/16 student and DeiT-B/16 teacher at 224 px (196 patches + [CLS]), "
         "RGB, 1000 classes, batch 256, bf16 autocast, fused attention",
         sets=[
-            "models.student={name: deit_small_patch16_224, img_size: 224, patch_size: 16, drop_path_rate: 0.0, pretrained_file: ''}",
-            "models.teacher={name: deit_base_patch16_224, img_size: 224, patch_size: 16, drop_path_rate: 0.0, pretrained_file: ''}",
+            "models.student={name: deit_small_patch16_224, img_size: 224, patch_size: 16, drop_path_rate: 0.0, "
+            "pretrained_file: ''}",
+            "models.teacher={name: deit_base_patch16_224, img_size: 224, patch_size: 16, drop_path_rate: 0.0, "
+            "pretrained_file: ''}",
             "prune.keep_rates=[0.7, 0.5]",
             "prune.locations=[]",
         ],
@@ -175,5 +178,11 @@ def device_info(runtime: Runtime) -> dict[str, Any]:
         name = f"{cpu_name()} ({torch.get_num_threads()} threads)"
         slug = f"cpu {re.sub(r'cpu @.*', '', cpu_name().lower())} {torch.get_num_threads()}t"
     slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\((r|tm)\)", "", slug.lower())).strip("-")
-    return {"name": name, "type": runtime.device.type, "slug": slug, "torch": torch.__version__,
-            "timm": timm.__version__, "python": platform.python_version()}  # fmt: skip
+    return {
+        "name": name,
+        "type": runtime.device.type,
+        "slug": slug,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }

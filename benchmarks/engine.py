@@ -34,25 +34,52 @@ LR = 1e-3
 
 def synthetic_data(images: int, size: int) -> PreparedData:
     gen = torch.Generator().manual_seed(0)
-    split = Split(torch.randint(0, 256, (images, IN_CHANS, size, size), dtype=torch.uint8, generator=gen),
-                  torch.randint(0, NUM_CLASSES, (images,), generator=gen))  # fmt: skip
-    meta = {"num_classes": NUM_CLASSES, "image_shape": [IN_CHANS, size, size], "mean": [0.29], "std": [0.35],
-            "name": "synthetic"}  # fmt: skip
+    split = Split(
+        torch.randint(0, 256, (images, IN_CHANS, size, size), dtype=torch.uint8, generator=gen),
+        torch.randint(0, NUM_CLASSES, (images,), generator=gen),
+    )
+    meta = {
+        "num_classes": NUM_CLASSES,
+        "image_shape": [IN_CHANS, size, size],
+        "mean": [0.29],
+        "std": [0.35],
+        "name": "synthetic",
+    }
     return PreparedData(root=Path("."), meta=meta, splits={"train": split, "val": split})
 
 
 def engine_img_per_s(model: torch.nn.Module, data: PreparedData, batch: int, runtime: Runtime) -> float:
     """Images per second of one engine epoch (steps only; a fresh state folder, so no resume)."""
-    cfg = TrainSection(epochs=1, batch_size=batch, lr=LR, min_lr=LR / 100, weight_decay=0.05, warmup_epochs=0.0,
-                       label_smoothing=LABEL_SMOOTHING, grad_clip=GRAD_CLIP, augment=False)  # fmt: skip
+    cfg = TrainSection(
+        epochs=1,
+        batch_size=batch,
+        lr=LR,
+        min_lr=LR / 100,
+        weight_decay=0.05,
+        warmup_epochs=0.0,
+        label_smoothing=LABEL_SMOOTHING,
+        grad_clip=GRAD_CLIP,
+        augment=False,
+    )
     with tempfile.TemporaryDirectory() as state:
-        history = fit(model, data, cfg, ClassificationObjective(LABEL_SMOOTHING), runtime, seed=0,
-                      state_dir=Path(state), config_hash="bench", validate=False, log=lambda line: None)  # fmt: skip
+        history = fit(
+            model,
+            data,
+            cfg,
+            ClassificationObjective(LABEL_SMOOTHING),
+            runtime,
+            seed=0,
+            state_dir=Path(state),
+            config_hash="bench",
+            validate=False,
+            log=lambda line: None,
+        )
     return history[-1]["img_per_s"]
 
 
-def plain_img_per_s(model: torch.nn.Module, data: PreparedData, batch: int, runtime: Runtime,
-                    compile_model: bool) -> float:  # fmt: skip
+def plain_img_per_s(
+    model: torch.nn.Module, data: PreparedData, batch: int, runtime: Runtime, compile_model: bool
+) -> float:
     """Images per second of a hand-written loop over as many steps as one engine epoch."""
     device = runtime.device
     images, labels = data.splits["train"].images.to(device), data.splits["train"].labels.to(device)
@@ -88,5 +115,13 @@ def run(setup: BenchSetup, steps: int = 40, rounds: int = 0) -> dict[str, Any]:
         engine.append(engine_img_per_s(engine_model, data, setup.batch, runtime))
         plain.append(plain_img_per_s(plain_model, data, setup.batch, runtime, setup.compile))
     e, p = statistics.median(engine), statistics.median(plain)
-    return {"steps_per_round": steps, "rounds": rounds, "batch": setup.batch, "engine_img_per_s": e,
-            "plain_img_per_s": p, "engine_over_plain": e / p, "engine_rounds": engine, "plain_rounds": plain}  # fmt: skip
+    return {
+        "steps_per_round": steps,
+        "rounds": rounds,
+        "batch": setup.batch,
+        "engine_img_per_s": e,
+        "plain_img_per_s": p,
+        "engine_over_plain": e / p,
+        "engine_rounds": engine,
+        "plain_rounds": plain,
+    }

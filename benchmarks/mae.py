@@ -7,7 +7,8 @@ patch visible. FLOPs per image come from torch.utils.flop_counter on the same ca
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -35,6 +36,7 @@ def run(setup: BenchSetup) -> dict[str, Any]:
     def encoder_step(keep_idx: torch.Tensor | None, images: torch.Tensor) -> Callable[[], None]:
         def step() -> None:
             encoder.forward_tokens(images, keep_idx).tokens.float().mean().backward()
+
         return step
 
     def mae_step(keep_idx: torch.Tensor, images: torch.Tensor) -> Callable[[], None]:
@@ -47,21 +49,40 @@ def run(setup: BenchSetup) -> dict[str, Any]:
         def step() -> None:
             out = mae(images, keep_idx)
             mim_loss("mae", out.pred, images, spec.patch_size, masked, cfg.norm_pix_loss).backward()
+
         return step
 
-    steps = [encoder_step(masked_idx, x), encoder_step(None, x), mae_step(masked_idx, x), mae_step(all_idx, x)]
+    steps = [
+        encoder_step(masked_idx, x),
+        encoder_step(None, x),
+        mae_step(masked_idx, x),
+        mae_step(all_idx, x),
+    ]
     seconds = median_seconds(steps, setup.runtime, setup.warmup, setup.repeats, inference=False)
     one = x[:1]
     with setup.runtime.autocast():
-        flops = [count_flops(encoder_step(masked_idx[:1], one)), count_flops(encoder_step(None, one)),
-                 count_flops(mae_step(masked_idx[:1], one)), count_flops(mae_step(all_idx[:1], one))]  # fmt: skip
+        flops = [
+            count_flops(encoder_step(masked_idx[:1], one)),
+            count_flops(encoder_step(None, one)),
+            count_flops(mae_step(masked_idx[:1], one)),
+            count_flops(mae_step(all_idx[:1], one)),
+        ]
     enc_masked, enc_full, mae_masked, mae_full = seconds
     return {
-        "mask_ratio": cfg.mask_ratio, "visible_patches": visible, "patches": n, "batch": len(x),
-        "encoder_step_s": enc_masked, "encoder_step_s_unmasked": enc_full, "encoder_time_ratio": enc_masked / enc_full,
-        "encoder_gflops_per_image": flops[0] / 1e9, "encoder_gflops_per_image_unmasked": flops[1] / 1e9,
+        "mask_ratio": cfg.mask_ratio,
+        "visible_patches": visible,
+        "patches": n,
+        "batch": len(x),
+        "encoder_step_s": enc_masked,
+        "encoder_step_s_unmasked": enc_full,
+        "encoder_time_ratio": enc_masked / enc_full,
+        "encoder_gflops_per_image": flops[0] / 1e9,
+        "encoder_gflops_per_image_unmasked": flops[1] / 1e9,
         "encoder_flops_ratio": flops[0] / flops[1],
-        "mae_step_s": mae_masked, "mae_step_s_unmasked": mae_full, "mae_time_ratio": mae_masked / mae_full,
-        "mae_gflops_per_image": flops[2] / 1e9, "mae_gflops_per_image_unmasked": flops[3] / 1e9,
+        "mae_step_s": mae_masked,
+        "mae_step_s_unmasked": mae_full,
+        "mae_time_ratio": mae_masked / mae_full,
+        "mae_gflops_per_image": flops[2] / 1e9,
+        "mae_gflops_per_image_unmasked": flops[3] / 1e9,
         "mae_flops_ratio": flops[2] / flops[3],
-    }  # fmt: skip
+    }

@@ -62,9 +62,14 @@ def overhead_summary(rows: list[dict[str, Any]], prefect_total: float) -> dict[s
     """Totals and overhead fractions from per-stage `bare_s` / `dvc_mlflow_s` and the flow's total."""
     bare = sum(r["bare_s"] for r in rows)
     dvc = sum(r["dvc_mlflow_s"] for r in rows)
-    return {"bare_total_s": bare, "dvc_mlflow_total_s": dvc, "prefect_total_s": prefect_total,
-            "dvc_mlflow_overhead_s": dvc - bare, "prefect_overhead_s": prefect_total - dvc,
-            "overhead_fraction": (prefect_total - bare) / prefect_total}  # fmt: skip
+    return {
+        "bare_total_s": bare,
+        "dvc_mlflow_total_s": dvc,
+        "prefect_total_s": prefect_total,
+        "dvc_mlflow_overhead_s": dvc - bare,
+        "prefect_overhead_s": prefect_total - dvc,
+        "overhead_fraction": (prefect_total - bare) / prefect_total,
+    }
 
 
 def run(root: Path, profile: str = "smoke") -> dict[str, Any]:
@@ -73,7 +78,11 @@ def run(root: Path, profile: str = "smoke") -> dict[str, Any]:
         return {"skipped": f"{', '.join(missing)} not installed (the orchestration layer is needed to measure it)"}
     from flows.pipeline import stage_order
 
-    env = {**os.environ, "PYTHONPATH": "src", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": "src",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     with tempfile.TemporaryDirectory(prefix="maskprune-orchestration-") as tmp:
         repo = copy_workspace(root, Path(tmp), profile)
@@ -86,13 +95,26 @@ def run(root: Path, profile: str = "smoke") -> dict[str, Any]:
         set_tracking(repo, True)
         for row in rows:
             shutil.rmtree(repo / "checkpoints", ignore_errors=True)
-            row["dvc_mlflow_s"] = timed([str(Path(sys.executable).with_name("dvc")), "repro", "--force",
-                                         "--single-item", row["stage"]], repo, env)  # fmt: skip
+            row["dvc_mlflow_s"] = timed(
+                [
+                    str(Path(sys.executable).with_name("dvc")),
+                    "repro",
+                    "--force",
+                    "--single-item",
+                    row["stage"],
+                ],
+                repo,
+                env,
+            )
             row["overhead_s"] = row["dvc_mlflow_s"] - row["bare_s"]
         shutil.rmtree(repo / "checkpoints", ignore_errors=True)
         flow_env = {**env, "PREFECT_HOME": str(Path(tmp) / "prefect-home")}
         flow_env.pop("PREFECT_API_URL", None)
         timed([sys.executable, "-c", WARM_PREFECT], repo, flow_env)  # one-time database migrations, untimed
         prefect_total = timed([sys.executable, "-m", "flows.pipeline", "--force"], repo, flow_env)
-    return {"profile": profile, "stages": rows, **overhead_summary(rows, prefect_total),
-            "note": "the Prefect total includes starting its ephemeral server (warm PREFECT_HOME) once"}
+    return {
+        "profile": profile,
+        "stages": rows,
+        **overhead_summary(rows, prefect_total),
+        "note": "the Prefect total includes starting its ephemeral server (warm PREFECT_HOME) once",
+    }

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,7 @@ def training_rows(setup: BenchSetup, plain: Any) -> list[dict[str, Any]]:
     seconds = median_seconds(calls, plain, *training_rounds(setup), inference=False)
     return [
         {"batch": batch, "dtype": dtype, "channels_last": last, "compile": compiled, "img_per_s": batch / s}
-        for (batch, dtype, last, compiled), s in zip(configs, seconds)
+        for (batch, dtype, last, compiled), s in zip(configs, seconds, strict=True)
     ]
 
 
@@ -101,12 +102,20 @@ def training_rounds(setup: BenchSetup) -> tuple[int, int]:
 def native_bf16() -> dict[str, Any]:
     """Whether this CPU runs bf16 natively, by its flags."""
     flags = cpu_flags()
-    return {"native_bf16_flags": sorted(flags & NATIVE_BF16_FLAGS), "native_bf16": bool(flags & NATIVE_BF16_FLAGS)}
+    return {
+        "native_bf16_flags": sorted(flags & NATIVE_BF16_FLAGS),
+        "native_bf16": bool(flags & NATIVE_BF16_FLAGS),
+    }
 
 
 def run(setup: BenchSetup) -> dict[str, Any]:
     plain = replace(setup.runtime, amp_dtype=None, inference_amp_dtype=None)  # each call sets its own autocast
     device = {} if setup.runtime.device.type == "cuda" else native_bf16()
     warmup, repeats = training_rounds(setup)
-    return {**device, "inference": inference_rows(setup, plain), "training": training_rows(setup, plain),
-            "training_warmup": warmup, "training_repeats": repeats}
+    return {
+        **device,
+        "inference": inference_rows(setup, plain),
+        "training": training_rows(setup, plain),
+        "training_warmup": warmup,
+        "training_repeats": repeats,
+    }

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from benchmarks.common import BenchSetup
+from maskprune.evaluate import tome_matches
 from maskprune.measure import gmacs, median_seconds
 from maskprune.models.pruned import METHODS, PruningSpec, make_pruned, pruning_blocks
 from maskprune.models.tome import apply_tome
-from maskprune.evaluate import tome_matches
 
 
 def pruned_variants(setup: BenchSetup, base: torch.nn.Module, example: torch.Tensor) -> list[dict[str, Any]]:
@@ -27,14 +27,26 @@ def pruned_variants(setup: BenchSetup, base: torch.nn.Module, example: torch.Ten
     for method in METHODS:
         for keep in setup.params.prune.keep_rates:
             spec = PruningSpec(method, keep, blocks, fuse_token=setup.params.prune.evit.fuse_token)
-            variants.append({"method": method, "keep_rate": keep, "tome_r": None,
-                             "model": make_pruned(copy.deepcopy(base), spec).eval()})  # fmt: skip
+            variants.append(
+                {
+                    "method": method,
+                    "keep_rate": keep,
+                    "tome_r": None,
+                    "model": make_pruned(copy.deepcopy(base), spec).eval(),
+                }
+            )
     evit = {f"evit-{v['keep_rate']:g}": gmacs(v["model"], example) for v in variants if v["method"] == "evit"}
     for r, matched in tome_matches(base, evit, example).items():
         for name in matched:
             keep = float(name.split("-")[1])
-            variants.append({"method": "tome", "keep_rate": keep, "tome_r": r,
-                             "model": apply_tome(copy.deepcopy(base), r).eval()})  # fmt: skip
+            variants.append(
+                {
+                    "method": "tome",
+                    "keep_rate": keep,
+                    "tome_r": r,
+                    "model": apply_tome(copy.deepcopy(base), r).eval(),
+                }
+            )
     return variants
 
 
@@ -48,12 +60,23 @@ def run(setup: BenchSetup) -> list[dict[str, Any]]:
     # NOTE: the reference is timed twice (A/A): the spread of a ratio that should be exactly 1
     ref_s, twin_s, *own = median_seconds([calls[0], *calls], setup.runtime, setup.warmup, setup.repeats)
     rows = []
-    for variant, own_s in zip(variants, own):
+    for variant, own_s in zip(variants, own, strict=True):
         model = variant.pop("model")
         macs = gmacs(model, one)
         theoretical, measured = base_macs / macs, ref_s / own_s
-        rows.append({"mode": setup.mode, **variant, "gmacs": macs, "gmacs_unpruned": base_macs,
-                     "gmacs_ratio": macs / base_macs, "img_per_s": len(x) / own_s, "img_per_s_unpruned": len(x) / ref_s,
-                     "theoretical_speedup": theoretical, "speedup": measured, "efficiency": measured / theoretical,
-                     "aa_speedup": ref_s / twin_s})  # fmt: skip
+        rows.append(
+            {
+                "mode": setup.mode,
+                **variant,
+                "gmacs": macs,
+                "gmacs_unpruned": base_macs,
+                "gmacs_ratio": macs / base_macs,
+                "img_per_s": len(x) / own_s,
+                "img_per_s_unpruned": len(x) / ref_s,
+                "theoretical_speedup": theoretical,
+                "speedup": measured,
+                "efficiency": measured / theoretical,
+                "aa_speedup": ref_s / twin_s,
+            }
+        )
     return rows

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
@@ -60,64 +61,139 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     setup, device = results["setup"], results["device"]
-    lines = [f"# Benchmarks: {device['name']}", "",
-             f"torch {device['torch']}, timm {device['timm']}, profile `{setup['profile']}`, batch {setup['batch']}, "
-             f"{setup['dtype']}, {setup['threads']} threads, warm-up {setup['warmup']}, {setup['repeats']} repeats, "
-             f"modes {', '.join(setup.get('modes', ['eager']))}. {setup['timing']}.", ""]  # fmt: skip
+    lines = [
+        f"# Benchmarks: {device['name']}",
+        "",
+        f"torch {device['torch']}, timm {device['timm']}, profile `{setup['profile']}`, batch {setup['batch']}, "
+        f"{setup['dtype']}, {setup['threads']} threads, warm-up {setup['warmup']}, {setup['repeats']} repeats, "
+        f"modes {', '.join(setup.get('modes', ['eager']))}. {setup['timing']}.",
+        "",
+    ]
     if setup.get("preset"):
-        lines[2] = f"Preset `{setup['preset']}`: {setup['student']['name']} / {setup['teacher']['name']} at " \
-                   f"{setup['student']['img_size']} px. " + lines[2]
+        lines[2] = (
+            f"Preset `{setup['preset']}`: {setup['student']['name']} / {setup['teacher']['name']} at "
+            f"{setup['student']['img_size']} px. " + lines[2]
+        )
     if results.get("targets"):
         lines += ["## Targets", "", _table(results["targets"], ["target", "required", "value", "met"]), ""]
     if "pruning" in results:
-        lines += ["## 1. Pruned inference vs the unpruned student", "",
-                  _table(results["pruning"], ["mode", "method", "keep_rate", "tome_r", "gmacs", "gmacs_ratio", "img_per_s",
-                                              "img_per_s_unpruned", "theoretical_speedup", "speedup", "efficiency",
-                                              "aa_speedup"]),
-                  "", "`aa_speedup`: the unpruned model against itself in the same turns (A/A control; 1 = no bias).",
-                  ""]  # fmt: skip
+        lines += [
+            "## 1. Pruned inference vs the unpruned student",
+            "",
+            _table(
+                results["pruning"],
+                [
+                    "mode",
+                    "method",
+                    "keep_rate",
+                    "tome_r",
+                    "gmacs",
+                    "gmacs_ratio",
+                    "img_per_s",
+                    "img_per_s_unpruned",
+                    "theoretical_speedup",
+                    "speedup",
+                    "efficiency",
+                    "aa_speedup",
+                ],
+            ),
+            "",
+            "`aa_speedup`: the unpruned model against itself in the same turns (A/A control; 1 = no bias).",
+            "",
+        ]
     if "teacher" in results:
-        lines += ["## 2. MaskedKD teacher forward by keep ratio", "",
-                  _table(results["teacher"], ["mode", "keep_ratio", "patches", "gmacs", "gmacs_ratio", "img_per_s",
-                                              "time_ratio", "speedup", "aa_time_ratio"]),
-                  "", "`aa_time_ratio`: keep 1.0 against itself in the same turns (A/A control; 1 = no bias).", ""]  # fmt: skip
+        lines += [
+            "## 2. MaskedKD teacher forward by keep ratio",
+            "",
+            _table(
+                results["teacher"],
+                [
+                    "mode",
+                    "keep_ratio",
+                    "patches",
+                    "gmacs",
+                    "gmacs_ratio",
+                    "img_per_s",
+                    "time_ratio",
+                    "speedup",
+                    "aa_time_ratio",
+                ],
+            ),
+            "",
+            "`aa_time_ratio`: keep 1.0 against itself in the same turns (A/A control; 1 = no bias).",
+            "",
+        ]
     if "engine" in results:
         e = results["engine"]
-        lines += ["## 3. Training engine vs a plain loop", "",
-                  f"{e['engine_img_per_s']:.1f} vs {e['plain_img_per_s']:.1f} img/s: **{e['engine_over_plain']:.3f}x** "
-                  f"(medians of {e['rounds']} alternating rounds of {e['steps_per_round']} steps at batch {e['batch']})",
-                  ""]  # fmt: skip
+        lines += [
+            "## 3. Training engine vs a plain loop",
+            "",
+            f"{e['engine_img_per_s']:.1f} vs {e['plain_img_per_s']:.1f} img/s: **{e['engine_over_plain']:.3f}x** "
+            f"(medians of {e['rounds']} alternating rounds of {e['steps_per_round']} steps at batch {e['batch']})",
+            "",
+        ]
     if "mae" in results:
         m = results["mae"]
-        lines += ["## 4. MAE training step: mask ratio {:g} vs no masking".format(m["mask_ratio"]), "",
-                  _table([{"part": "encoder", "time_ratio": m["encoder_time_ratio"], "flops_ratio": m["encoder_flops_ratio"],
-                           "step_s": m["encoder_step_s"], "step_s_unmasked": m["encoder_step_s_unmasked"]},
-                          {"part": "MAE (encoder + decoder + loss)", "time_ratio": m["mae_time_ratio"],
-                           "flops_ratio": m["mae_flops_ratio"], "step_s": m["mae_step_s"],
-                           "step_s_unmasked": m["mae_step_s_unmasked"]}],
-                         ["part", "step_s", "step_s_unmasked", "time_ratio", "flops_ratio"]), ""]  # fmt: skip
+        lines += [
+            "## 4. MAE training step: mask ratio {:g} vs no masking".format(m["mask_ratio"]),
+            "",
+            _table(
+                [
+                    {
+                        "part": "encoder",
+                        "time_ratio": m["encoder_time_ratio"],
+                        "flops_ratio": m["encoder_flops_ratio"],
+                        "step_s": m["encoder_step_s"],
+                        "step_s_unmasked": m["encoder_step_s_unmasked"],
+                    },
+                    {
+                        "part": "MAE (encoder + decoder + loss)",
+                        "time_ratio": m["mae_time_ratio"],
+                        "flops_ratio": m["mae_flops_ratio"],
+                        "step_s": m["mae_step_s"],
+                        "step_s_unmasked": m["mae_step_s_unmasked"],
+                    },
+                ],
+                ["part", "step_s", "step_s_unmasked", "time_ratio", "flops_ratio"],
+            ),
+            "",
+        ]
     if "orchestration" in results:
         o = results["orchestration"]
         if "skipped" in o:
             lines += ["## 5. Orchestration overhead", "", f"Skipped: {o['skipped']}.", ""]
         else:
-            lines += [f"## 5. Orchestration overhead ({o['profile']} profile)", "",
-                      _table(o["stages"], ["stage", "bare_s", "dvc_mlflow_s", "overhead_s"]), "",
-                      f"Bare {o['bare_total_s']:.1f} s; DVC + MLflow {o['dvc_mlflow_total_s']:.1f} s; Prefect flow "
-                      f"{o['prefect_total_s']:.1f} s; overhead {o['overhead_fraction']:.1%} of the flow's wall time. "
-                      f"{o['note']}.", ""]  # fmt: skip
+            lines += [
+                f"## 5. Orchestration overhead ({o['profile']} profile)",
+                "",
+                _table(o["stages"], ["stage", "bare_s", "dvc_mlflow_s", "overhead_s"]),
+                "",
+                f"Bare {o['bare_total_s']:.1f} s; DVC + MLflow {o['dvc_mlflow_total_s']:.1f} s; Prefect flow "
+                f"{o['prefect_total_s']:.1f} s; overhead {o['overhead_fraction']:.1%} of the flow's wall time. "
+                f"{o['note']}.",
+                "",
+            ]
     if "precision" in results:
         p = results["precision"]
         native = p.get("native_bf16")
         lines += ["## 6. bf16 autocast against fp32", ""]
         if native is not None:
             flags = ", ".join(p["native_bf16_flags"]) or "none of amx_bf16, avx512_bf16"
-            lines += [f"Native bf16 on this CPU: {'yes' if native else 'no'} ({flags}); `runtime.amp: auto` "
-                      f"uses bf16 for {'inference, fp32 for training' if native else 'nothing here'}.", ""]  # fmt: skip
-        lines += ["Inference (eval, inference mode):", "",
-                  _table(p["inference"], ["model", "batch", "fp32_img_per_s", "bf16_img_per_s", "bf16_speedup"]), "",
-                  "Training steps of the student (forward, backward, AdamW), img/s:", "",
-                  _table(p["training"], ["batch", "dtype", "channels_last", "compile", "img_per_s"]), ""]  # fmt: skip
+            lines += [
+                f"Native bf16 on this CPU: {'yes' if native else 'no'} ({flags}); `runtime.amp: auto` "
+                f"uses bf16 for {'inference, fp32 for training' if native else 'nothing here'}.",
+                "",
+            ]
+        lines += [
+            "Inference (eval, inference mode):",
+            "",
+            _table(p["inference"], ["model", "batch", "fp32_img_per_s", "bf16_img_per_s", "bf16_speedup"]),
+            "",
+            "Training steps of the student (forward, backward, AdamW), img/s:",
+            "",
+            _table(p["training"], ["batch", "dtype", "channels_last", "compile", "img_per_s"]),
+            "",
+        ]
     if results.get("skipped"):
         lines += ["## Not measured", "", _table(results["skipped"], ["part", "mode", "reason"]), ""]
     return "\n".join(lines)

@@ -7,7 +7,8 @@ batch; every keep ratio is timed in turns with the others.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -37,6 +38,17 @@ def run(setup: BenchSetup) -> list[dict[str, Any]]:
     twin_s, *seconds = median_seconds([calls[0], *calls], setup.runtime, setup.warmup, setup.repeats)
     aa = twin_s / seconds[0]
     macs = [gmacs(teacher, one, keep_idx=v.select(one, None, scores[:1])) for v in views]
-    return [{"mode": setup.mode, "keep_ratio": keep, "patches": view.keep, "gmacs": m, "gmacs_ratio": m / macs[0],
-             "img_per_s": len(x) / s, "time_ratio": s / seconds[0], "speedup": seconds[0] / s, "aa_time_ratio": aa}
-            for keep, view, m, s in zip(KEEP_RATIOS, views, macs, seconds)]  # fmt: skip
+    return [
+        {
+            "mode": setup.mode,
+            "keep_ratio": keep,
+            "patches": view.keep,
+            "gmacs": m,
+            "gmacs_ratio": m / macs[0],
+            "img_per_s": len(x) / s,
+            "time_ratio": s / seconds[0],
+            "speedup": seconds[0] / s,
+            "aa_time_ratio": aa,
+        }
+        for keep, view, m, s in zip(KEEP_RATIOS, views, macs, seconds, strict=True)
+    ]

@@ -4,8 +4,12 @@ import os
 
 from maskprune.errors import MaskpruneError
 
-for _name, _value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
-                      ("MLFLOW_DISABLE_TELEMETRY", "true"), ("DVC_NO_ANALYTICS", "1")):  # fmt: skip
+for _name, _value in (
+    ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+    ("DO_NOT_TRACK", "1"),
+    ("MLFLOW_DISABLE_TELEMETRY", "true"),
+    ("DVC_NO_ANALYTICS", "1"),
+):
     os.environ.setdefault(_name, _value)
 
 GPU_TAG = "gpu"  # tasks that hold a GPU; `prefect concurrency-limit create gpu <GPUs>` caps them
@@ -21,5 +25,7 @@ def check_prefect_api() -> None:
     try:
         requests.get(api.rstrip("/") + "/health", timeout=5).raise_for_status()
     except requests.RequestException as err:
-        raise MaskpruneError(f"PREFECT_API_URL={api} does not answer ({type(err).__name__}): start it with "
-                             "`prefect server start`, or unset PREFECT_API_URL to run without a server") from None
+        raise MaskpruneError(
+            f"PREFECT_API_URL={api} does not answer ({type(err).__name__}): start it with "
+            "`prefect server start`, or unset PREFECT_API_URL to run without a server"
+        ) from None

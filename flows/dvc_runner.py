@@ -14,8 +14,9 @@ DVC = str(Path(sys.executable).with_name("dvc"))
 def run_dvc(args: list[str], root: str, env: dict[str, str]) -> list[str]:
     """Run `dvc <args>` in `root`; returns its output lines, raises with its last error line."""
     logger = get_run_logger()
-    proc = subprocess.Popen([DVC, *args], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [DVC, *args], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -2,8 +2,9 @@
 
 Each combination of a sweep is one `dvc exp run` of one stage with `-S` overrides: `--temp` runs it
 in a temporary copy (the workspace is left alone, one at a time), `--queue` + `--run-all --jobs N`
-lets DVC's queue run N at a time. Experiments hold the `gpu` tag (see flows.pipeline). Every experiment commits its stage's outputs under an exp ref,
-from which the sweep reads the files it tabulates. All runs nest under one MLflow parent run.
+lets DVC's queue run N at a time. Experiments hold the `gpu` tag (see flows.pipeline). Every
+experiment commits its stage's outputs under an exp ref, from which the sweep reads the files it
+tabulates. All runs nest under one MLflow parent run.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import contextlib
 import os
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pandas as pd
 from prefect import task
@@ -76,8 +77,13 @@ def add_experiment_options(parser: argparse.ArgumentParser, sets_help: str | Non
 
 
 def experiment_refs(root: Path) -> list[str]:
-    return subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=root,
-                          capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    return subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
 
 
 def experiment_file(root: Path, refs: list[str], name: str, path: str) -> str:
@@ -85,8 +91,7 @@ def experiment_file(root: Path, refs: list[str], name: str, path: str) -> str:
     ref = next((r for r in refs if r.endswith(f"/{name}")), None)
     if ref is None:
         raise MaskpruneError(f"experiment {name} left no result; see `dvc exp show` and `dvc queue logs`")
-    return subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True, text=True,
-                          check=True).stdout  # fmt: skip
+    return subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True, text=True, check=True).stdout
 
 
 @contextlib.contextmanager

@@ -25,9 +25,9 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow
 
+from flows import check_prefect_api
 from flows.experiments import add_experiment_options, experiment_file, experiment_refs, run_sweep
 from maskprune.config import MIM_OBJECTIVES, MTOSection, find_repo_root, load_params
-from flows import check_prefect_api
 from maskprune.errors import MaskpruneError, exit_on_user_error
 from maskprune.evaluate import mto_row
 from maskprune.pretrain import PretrainVariant
@@ -40,8 +40,10 @@ def loss_subsets(chosen: list[str] | None = None) -> list[tuple[str, ...]]:
     every = [subset for size in (1, 2, 3) for subset in combinations(LOSSES, size)]
     if chosen is None:
         return every
-    picked = [tuple(sorted(text.split("+"), key=LOSSES.index)) if set(text.split("+")) <= set(LOSSES) else None
-              for text in chosen]  # fmt: skip
+    picked = [
+        tuple(sorted(text.split("+"), key=LOSSES.index)) if set(text.split("+")) <= set(LOSSES) else None
+        for text in chosen
+    ]
     if None in picked or not picked:
         raise MaskpruneError(f"--losses {' '.join(chosen)}: give subsets of {', '.join(LOSSES)} such as spa or e+r")
     return list(dict.fromkeys(picked))
@@ -51,10 +53,12 @@ def subset_sets(subset: tuple[str, ...], weights: MTOSection, extra: list[str]) 
     """`-S` overrides that keep the weights of `subset` and zero the others."""
     for loss in subset:
         if getattr(weights, f"{loss}_weight") <= 0:
-            raise MaskpruneError(f"pretrain.mto.{loss}_weight is 0 in params.yaml; give it a positive weight "
-                                 "to ablate it")  # fmt: skip
-    sets = [f"pretrain.mto.{loss}_weight={getattr(weights, f'{loss}_weight') if loss in subset else 0.0}"
-            for loss in LOSSES]  # fmt: skip
+            raise MaskpruneError(
+                f"pretrain.mto.{loss}_weight is 0 in params.yaml; give it a positive weight to ablate it"
+            )
+    sets = [
+        f"pretrain.mto.{loss}_weight={getattr(weights, f'{loss}_weight') if loss in subset else 0.0}" for loss in LOSSES
+    ]
     return sets + list(extra)
 
 
@@ -70,29 +74,43 @@ def history_of(root: Path, refs: list[str], name: str, variant: PretrainVariant)
     return pd.read_csv(io.StringIO(experiment_file(root, refs, name, f"models/pretrain/{variant.name}/history.csv")))
 
 
-def ablation_table(root: Path, sweep: str, objective: str, weights: MTOSection,
-                   subsets: list[tuple[str, ...]]) -> pd.DataFrame:  # fmt: skip
+def ablation_table(
+    root: Path, sweep: str, objective: str, weights: MTOSection, subsets: list[tuple[str, ...]]
+) -> pd.DataFrame:
     refs = experiment_refs(root)
     baseline = history_of(root, refs, experiment_name(sweep, None), PretrainVariant(objective, "baseline"))
-    rows = [{"experiment": experiment_name(sweep, None), "losses": "none", "probe_top1": baseline["probe_top1"].iloc[-1]}]
+    rows = [
+        {
+            "experiment": experiment_name(sweep, None),
+            "losses": "none",
+            "probe_top1": baseline["probe_top1"].iloc[-1],
+        }
+    ]
     for subset in subsets:
         name = experiment_name(sweep, subset)
         history = history_of(root, refs, name, PretrainVariant(objective, "mto"))
         row = mto_row(objective, baseline, history, [[1, 0]])
         end = int(history["epoch"].iloc[-1])
-        rows.append({"experiment": name, "losses": "+".join(f"L_{loss}" for loss in subset),
-                     **{f"{loss}_weight": getattr(weights, f"{loss}_weight") if loss in subset else 0.0
-                        for loss in LOSSES},
-                     "probe_top1": row["mto_final_top1"], "minus_baseline": row["mto_minus_baseline_final"],
-                     "rauc": row[f"rauc_1_{end}"], "epochs_to_baseline_final": row["mto_epochs_to_baseline_final"],
-                     "rec_loss": history["rec_loss"].iloc[-1],
-                     **{f"h_{i}": h for i, h in enumerate(row["mto_h"])}})  # fmt: skip
+        rows.append(
+            {
+                "experiment": name,
+                "losses": "+".join(f"L_{loss}" for loss in subset),
+                **{f"{loss}_weight": getattr(weights, f"{loss}_weight") if loss in subset else 0.0 for loss in LOSSES},
+                "probe_top1": row["mto_final_top1"],
+                "minus_baseline": row["mto_minus_baseline_final"],
+                "rauc": row[f"rauc_1_{end}"],
+                "epochs_to_baseline_final": row["mto_epochs_to_baseline_final"],
+                "rec_loss": history["rec_loss"].iloc[-1],
+                **{f"h_{i}": h for i, h in enumerate(row["mto_h"])},
+            }
+        )
     return pd.DataFrame(rows)
 
 
 @flow(name="maskprune-mto-ablation", log_prints=True)
-def mto_ablation(objective: str = "mae", sets: list[str] | None = None, jobs: int = 1,
-                 losses: list[str] | None = None) -> list[dict[str, object]]:  # fmt: skip
+def mto_ablation(
+    objective: str = "mae", sets: list[str] | None = None, jobs: int = 1, losses: list[str] | None = None
+) -> list[dict[str, object]]:
     """Run the ablation; returns one row per experiment (also in reports/sweeps/<sweep>.csv)."""
     if objective not in MIM_OBJECTIVES:
         raise MaskpruneError(f"unknown objective {objective!r}; choose from {', '.join(MIM_OBJECTIVES)}")
@@ -104,19 +122,29 @@ def mto_ablation(objective: str = "mae", sets: list[str] | None = None, jobs: in
         extra.insert(0, f"pretrain.objectives=[{','.join([*pretrain.objectives, objective])}]")
     runs = [(experiment_suffix(None), f"pretrain@{objective}-baseline", extra)]
     runs += [(experiment_suffix(s), f"pretrain@{objective}-mto", subset_sets(s, weights, extra)) for s in subsets]
-    sweep, out, table = run_sweep("mto", "prefect mto ablation", runs, jobs,
-                                  lambda root, s: ablation_table(root, s, objective, weights, subsets))  # fmt: skip
+    sweep, out, table = run_sweep(
+        "mto",
+        "prefect mto ablation",
+        runs,
+        jobs,
+        lambda root, s: ablation_table(root, s, objective, weights, subsets),
+    )
     print(f"MTO ablation {sweep} ({objective}) -> {out}\n{table.to_string(index=False)}")
     return table.to_dict("records")
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m flows.mto_ablation", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.mto_ablation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--objective", default="mae", choices=MIM_OBJECTIVES)
     add_experiment_options(parser, "extra params for every experiment, the baseline's too (as `dvc exp run -S`)")
-    parser.add_argument("--losses", nargs="+", metavar="SUBSET", help="only these subsets, e.g. spa e+r (default: all 7)")
+    parser.add_argument(
+        "--losses", nargs="+", metavar="SUBSET", help="only these subsets, e.g. spa e+r (default: all 7)"
+    )
     args = parser.parse_args(argv)
     check_prefect_api()
     mto_ablation(objective=args.objective, sets=args.sets, jobs=args.jobs, losses=args.losses)

@@ -79,8 +79,11 @@ def pipeline(stage: str | None = None, force: bool = False) -> dict[str, str]:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.pipeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--stage", help="run only this stage and the stages it depends on")
     parser.add_argument("--force", action="store_true", help="rerun stages even if unchanged")
     parser.add_argument("--serve", action="store_true", help="serve as a deployment (needs a server)")
@@ -89,10 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     check_prefect_api()
     if args.serve:
         if not os.environ.get("PREFECT_API_URL"):
-            raise SystemExit("maskprune: error: --serve needs a Prefect server: run `prefect server "
-                             "start` and export PREFECT_API_URL=http://127.0.0.1:4200/api")  # fmt: skip
-        pipeline.serve(name="maskprune-scheduled", cron=args.cron,
-                       parameters={"stage": args.stage, "force": args.force})  # fmt: skip
+            raise SystemExit(
+                "maskprune: error: --serve needs a Prefect server: run `prefect server "
+                "start` and export PREFECT_API_URL=http://127.0.0.1:4200/api"
+            )
+        pipeline.serve(
+            name="maskprune-scheduled", cron=args.cron, parameters={"stage": args.stage, "force": args.force}
+        )
     else:
         pipeline(stage=args.stage, force=args.force)
 

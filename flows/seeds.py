@@ -18,11 +18,18 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.experiments import (add_experiment_options, experiment_file, experiment_refs, repro, run_experiment,
-                               run_queue, sweep_run)  # fmt: skip
+from flows import check_prefect_api
+from flows.experiments import (
+    add_experiment_options,
+    experiment_file,
+    experiment_refs,
+    repro,
+    run_experiment,
+    run_queue,
+    sweep_run,
+)
 from maskprune import atomic
 from maskprune.config import find_repo_root, load_params
-from flows import check_prefect_api
 from maskprune.errors import MaskpruneError, exit_on_user_error
 from maskprune.results import SEEDS_DIR
 
@@ -31,8 +38,13 @@ COLLECTED = ("params.yaml", "metrics/evaluate.json", "plots/evaluate")
 
 def result_files(root: Path, ref: str) -> list[str]:
     """The files of a seed's results in commit `ref`: params, evaluate report, plot data, stage metrics."""
-    listed = subprocess.run(["git", "ls-tree", "-r", "--name-only", ref, "--", *COLLECTED, "models"], cwd=root,
-                            capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    listed = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", ref, "--", *COLLECTED, "models"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return [f for f in listed if not f.startswith("models/") or f.endswith("/metrics.json")]
 
 
@@ -71,8 +83,11 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m flows.seeds", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.seeds",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     add_experiment_options(parser)
     parser.add_argument("--no-report", action="store_true", help="collect only; do not run `dvc repro report`")

@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow
 
-from flows.experiments import add_experiment_options, experiment_file, experiment_refs, run_sweep
 from flows import check_prefect_api
+from flows.experiments import add_experiment_options, experiment_file, experiment_refs, run_sweep
 from maskprune.errors import MaskpruneError, exit_on_user_error
 from maskprune.masking import CRITERIA
 
@@ -31,8 +31,15 @@ STAGE = "finetune@masked_kd"
 METRICS = "models/finetune/masked_kd/metrics.json"
 KEEP_RATIOS = (1.0, 0.75, 0.5, 0.25)
 MAIN_CRITERIA = ("student_attn", "random")
-COLUMNS = ("val_top1", "teacher_gmacs_per_image", "teacher_gmacs_ratio", "teacher_img_per_s",
-           "teacher_throughput_ratio", "train_tflops", "wall_seconds")  # fmt: skip
+COLUMNS = (
+    "val_top1",
+    "teacher_gmacs_per_image",
+    "teacher_gmacs_ratio",
+    "teacher_img_per_s",
+    "teacher_throughput_ratio",
+    "train_tflops",
+    "wall_seconds",
+)
 
 
 def combinations(keep_ratios: list[float], criteria: list[str]) -> list[tuple[float, str]]:
@@ -67,19 +74,30 @@ def sweep_table(root: Path, sweep: str, pairs: list[tuple[float, str]]) -> pd.Da
     for keep, criterion in pairs:
         name = experiment_name(sweep, keep, criterion)
         metrics = json.loads(experiment_file(root, refs, name, METRICS))
-        rows.append({"experiment": name, "teacher_keep": keep, "criterion": criterion,
-                     **{c: metrics.get(c) for c in COLUMNS}})  # fmt: skip
+        rows.append(
+            {
+                "experiment": name,
+                "teacher_keep": keep,
+                "criterion": criterion,
+                **{c: metrics.get(c) for c in COLUMNS},
+            }
+        )
     return pd.DataFrame(rows)
 
 
 @flow(name="maskprune-maskedkd-sweep", log_prints=True)
 def maskedkd_sweep(
-    keep_ratios: list[float] = list(KEEP_RATIOS),
-    criteria: list[str] = list(MAIN_CRITERIA),
+    keep_ratios: list[float] | None = None,
+    criteria: list[str] | None = None,
     sets: list[str] | None = None,
     jobs: int = 1,
 ) -> list[dict[str, object]]:
-    """Run the sweep; returns one row per experiment (also in reports/sweeps/<sweep>.csv)."""
+    """Run the sweep (default: KEEP_RATIOS x MAIN_CRITERIA); one row per experiment.
+
+    The rows are also written to reports/sweeps/<sweep>.csv.
+    """
+    keep_ratios = list(KEEP_RATIOS) if keep_ratios is None else keep_ratios
+    criteria = list(MAIN_CRITERIA) if criteria is None else criteria
     pairs = combinations(keep_ratios, criteria)
     runs = [(experiment_suffix(keep, c), STAGE, experiment_sets(keep, c, sets or [])) for keep, c in pairs]
     sweep, out, table = run_sweep("mkd", "prefect sweep", runs, jobs, lambda root, s: sweep_table(root, s, pairs))
@@ -89,8 +107,11 @@ def maskedkd_sweep(
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m flows.sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--keep", type=float, nargs="+", default=list(KEEP_RATIOS), help="teacher keep ratios")
     parser.add_argument("--criteria", nargs="+", default=list(MAIN_CRITERIA), choices=CRITERIA)
     parser.add_argument("--ablation", action="store_true", help="add the teacher_attn and bottom_k criteria")

@@ -64,21 +64,27 @@ def expand_stages(dvc: dict[str, Any], params: dict[str, Any]) -> list[tuple[str
         elif "matrix" in stage:
             axes = {axis: items_of(value, params) for axis, value in stage["matrix"].items()}
             cmd = stage["cmd"]
-            combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
-            expanded = [(f"{name}@{'-'.join(str(v) for v in item.values())}", {**params, "item": item}) for item in combos]
+            combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+            expanded = [
+                (f"{name}@{'-'.join(str(v) for v in item.values())}", {**params, "item": item}) for item in combos
+            ]
         else:
             cmd = stage["cmd"]
             expanded = [(name, params)]
         for stage_name, scope in expanded:
             words = shlex.split(interpolate(cmd, scope))
             if "-m" not in words:
-                raise MaskpruneError(f"dvc.yaml stage {name}: expected a `python -m stages.<name>` command, got {cmd!r}")
+                raise MaskpruneError(
+                    f"dvc.yaml stage {name}: expected a `python -m stages.<name>` command, got {cmd!r}"
+                )
             at = words.index("-m")
             commands.append((stage_name, words[at + 1], words[at + 2 :]))
     return commands
 
 
-def run_all(workspace: Path, repo: Path, params_sets: list[str], profile: str | None, log=print) -> list[dict[str, Any]]:  # noqa: ANN001
+def run_all(
+    workspace: Path, repo: Path, params_sets: list[str], profile: str | None, log=print
+) -> list[dict[str, Any]]:  # noqa: ANN001
     """Write the workspace's params.yaml and dvc.yaml, then run every stage's compute in order."""
     base = profile_params(profile, repo) if profile else load_params(repo / PARAMS_FILE)
     params = apply_sets(base, [*params_sets, "tracking.enabled=false"])
@@ -112,7 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     workspace = args.workspace.resolve()
     if workspace.exists():
-        raise MaskpruneError(f"--workspace {args.workspace} exists; every stage runs afresh: remove it or name a new folder")
+        raise MaskpruneError(
+            f"--workspace {args.workspace} exists; every stage runs afresh: remove it or name a new folder"
+        )
     run_all(workspace, find_repo_root(), args.sets, args.profile)
 
 

@@ -30,8 +30,12 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
 
 def table_metrics(prefix: str, rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
     """'<prefix>.<key values...>.<column>' for every number of a table (None and lists skipped)."""
-    return {".".join([prefix, *(str(row[k]) for k in keys), column]): value for row in rows
-            for column, value in row.items() if column not in keys and isinstance(value, (int, float))}  # fmt: skip
+    return {
+        ".".join([prefix, *(str(row[k]) for k in keys), column]): value
+        for row in rows
+        for column, value in row.items()
+        if column not in keys and isinstance(value, (int, float))
+    }
 
 
 def record(params: Params, root: Path) -> StageRecord:

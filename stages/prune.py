@@ -20,9 +20,11 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
     chosen = PruneVariant.parse(variant)
     metrics = train_prune(params, chosen, root, root / OUT / chosen.name, runtime)
     if runtime.is_main:
-        print(f"prune@{chosen.name}: val_top1 {metrics['val_top1']:.4f} (init {metrics['init_val_top1']:.4f}) "
-              f"{metrics['gmacs']:.4f} GMACs ({metrics['gmacs_ratio']:.2f}x of unpruned) "
-              f"in {metrics['wall_seconds']:.0f}s -> {OUT / chosen.name}")  # fmt: skip
+        print(
+            f"prune@{chosen.name}: val_top1 {metrics['val_top1']:.4f} (init {metrics['init_val_top1']:.4f}) "
+            f"{metrics['gmacs']:.4f} GMACs ({metrics['gmacs_ratio']:.2f}x of unpruned) "
+            f"in {metrics['wall_seconds']:.0f}s -> {OUT / chosen.name}"
+        )
 
 
 def record(params: Params, root: Path, variant: str) -> StageRecord:
@@ -31,17 +33,26 @@ def record(params: Params, root: Path, variant: str) -> StageRecord:
     cfg = params.prune
     return StageRecord(
         stage=f"prune@{chosen.name}",
-        params={"seed": params.seed, "data": {"name": params.data.name},
-                "models": {"student": params.models.student.model_dump()},
-                "prune": {"method": chosen.method, "init": chosen.init, "keep_rate": chosen.keep_rate,
-                          "locations": cfg.locations, "train": cfg.train.model_dump(), "kd": cfg.kd.model_dump(),
-                          chosen.method: getattr(cfg, chosen.method).model_dump()},
-                "runtime": params.runtime.model_dump()},
+        params={
+            "seed": params.seed,
+            "data": {"name": params.data.name},
+            "models": {"student": params.models.student.model_dump()},
+            "prune": {
+                "method": chosen.method,
+                "init": chosen.init,
+                "keep_rate": chosen.keep_rate,
+                "locations": cfg.locations,
+                "train": cfg.train.model_dump(),
+                "kd": cfg.kd.model_dump(),
+                chosen.method: getattr(cfg, chosen.method).model_dump(),
+            },
+            "runtime": params.runtime.model_dump(),
+        },
         metrics=json.loads((out / "metrics.json").read_text()),
         history=pd.read_csv(out / "history.csv").to_dict("records"),
         artifacts=[out / "metrics.json", out / "history.csv", out / "meta.json", out / "model.safetensors"],
         tags={"method": chosen.method, "init": chosen.init, "keep_rate": f"{chosen.keep_rate:g}"},
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -31,16 +31,23 @@ def record(params: Params, root: Path) -> StageRecord:
     folder = root / "models" / summary["best_pruned"]
     meta = read_meta(folder)
     size = meta["model"]["img_size"]
-    register = ModelToRegister(folder, params.tracking.registered_model, params.tracking.model_alias,
-                               (meta["in_chans"], size, size), meta["num_classes"])  # fmt: skip
+    register = ModelToRegister(
+        folder,
+        params.tracking.registered_model,
+        params.tracking.model_alias,
+        (meta["in_chans"], size, size),
+        meta["num_classes"],
+    )
     return StageRecord(
         stage="report",
         params={"seed": params.seed, "report": params.report.model_dump()},
         metrics={"seeds": len(summary["seeds"]), "excluded_seeds": len(summary["excluded"])},
-        artifacts=files, parent_artifacts=files, register=register,
+        artifacts=files,
+        parent_artifacts=files,
+        register=register,
         tags={f"verdict.{key}": text[:4000] for key, text in summary["verdicts"].items()}
         | {"seeds": ",".join(map(str, summary["seeds"])), "best_pruned": summary["best_pruned"]},
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -26,13 +26,16 @@ def record(params: Params, root: Path) -> StageRecord:
     out = root / OUT
     return StageRecord(
         stage="teacher",
-        params={"data": {"name": params.data.name},
-                "models": {"teacher": params.models.teacher.model_dump()},
-                "teacher": params.teacher.model_dump(), "runtime": params.runtime.model_dump()},
+        params={
+            "data": {"name": params.data.name},
+            "models": {"teacher": params.models.teacher.model_dump()},
+            "teacher": params.teacher.model_dump(),
+            "runtime": params.runtime.model_dump(),
+        },
         metrics=json.loads((out / "metrics.json").read_text()),
         history=pd.read_csv(out / "history.csv").to_dict("records"),
         artifacts=[out / "metrics.json", out / "history.csv", out / "meta.json", out / "model.safetensors"],
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -23,10 +23,18 @@ VENV_BIN = str(Path(sys.executable).parent)
 PRUNED = tuple(f"{m}-{i}-0.5" for m in ("evit", "dynamicvit") for i in ("full", "masked"))  # smoke: keep 0.5
 DISTILLED = ("vit-cls_tokens", "evit-cls_tokens")  # smoke: the cls_tokens target only
 PRETRAINED = ("mae-baseline", "mae-mto")  # smoke: MAE (SimMIM runs through DVC in tests/test_sweep.py)
-STAGES = ("prepare", "teacher", *(f"pretrain@{name}" for name in PRETRAINED),
-          "finetune@full", "finetune@masked", "finetune@masked_kd",
-          *(f"prune@{name}" for name in PRUNED), *(f"distill@{name}" for name in DISTILLED), "evaluate",
-          "report")  # fmt: skip
+STAGES = (
+    "prepare",
+    "teacher",
+    *(f"pretrain@{name}" for name in PRETRAINED),
+    "finetune@full",
+    "finetune@masked",
+    "finetune@masked_kd",
+    *(f"prune@{name}" for name in PRUNED),
+    *(f"distill@{name}" for name in DISTILLED),
+    "evaluate",
+    "report",
+)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -78,8 +86,12 @@ def copy_repo(dest: Path, profile: str = "smoke") -> Path:
     return copy_workspace(REPO, dest, profile)
 
 
-NARROW = {"pretrain.objectives": ["mae"], "prune.inits": ["masked"], "distill.students": ["evit"],
-          "distill.targets": ["cls"]}  # fmt: skip
+NARROW = {
+    "pretrain.objectives": ["mae"],
+    "prune.inits": ["masked"],
+    "distill.students": ["evit"],
+    "distill.targets": ["cls"],
+}
 
 
 def narrow(repo: Path) -> None:
@@ -94,8 +106,12 @@ def narrow(repo: Path) -> None:
 def copy_run(smoke_repo: Path, dest: Path) -> Path:
     """A private copy of the reproduced smoke run (its git state, outputs and DVC cache), without its
     MLflow store or training checkpoints, for tests that change it."""
-    shutil.copytree(smoke_repo, dest, symlinks=True,
-                    ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "checkpoints"))  # fmt: skip
+    shutil.copytree(
+        smoke_repo,
+        dest,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "checkpoints"),
+    )
     run(["git", "reset", "-q", "--hard"], dest)  # NOTE: undo what earlier tests changed in the shared run
     return dest
 

@@ -13,8 +13,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import requests
@@ -56,24 +56,24 @@ def service(
 ) -> Iterator[subprocess.Popen]:
     """Run `cmd` until the block ends; yields once `ready()` is true."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(log, "w")
-    try:
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
-    except OSError as err:
-        handle.close()
-        pytest.fail(f"{name} could not start ({err})")
-    try:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if proc.poll() is not None:
-                pytest.fail(f"{name} exited with {proc.returncode}: {log.read_text()[-2500:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{name} did not become ready within {timeout:.0f} s: {log.read_text()[-2500:]}")
-            time.sleep(0.5)
-        yield proc
-    finally:
-        stop(proc)
-        handle.close()
+    with open(log, "w") as handle:
+        try:
+            proc = subprocess.Popen(
+                cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+            )
+        except OSError as err:
+            pytest.fail(f"{name} could not start ({err})")
+        try:
+            deadline = time.monotonic() + timeout
+            while not ready():
+                if proc.poll() is not None:
+                    pytest.fail(f"{name} exited with {proc.returncode}: {log.read_text()[-2500:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{name} did not become ready within {timeout:.0f} s: {log.read_text()[-2500:]}")
+                time.sleep(0.5)
+            yield proc
+        finally:
+            stop(proc)
 
 
 def stop(proc: subprocess.Popen, grace: float = 15.0) -> None:

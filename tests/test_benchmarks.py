@@ -30,7 +30,11 @@ def setup() -> BenchSetup:
 
 def test_pruning_rows_compare_each_pruned_model_with_the_unpruned_one(setup: BenchSetup) -> None:
     rows = pruning.run(setup)
-    assert [(r["method"], r["keep_rate"]) for r in rows] == [("evit", 0.5), ("dynamicvit", 0.5), ("tome", 0.5)]
+    assert [(r["method"], r["keep_rate"]) for r in rows] == [
+        ("evit", 0.5),
+        ("dynamicvit", 0.5),
+        ("tome", 0.5),
+    ]
     tome = rows[2]
     assert tome["tome_r"] >= 1 and tome["gmacs"] == pytest.approx(rows[0]["gmacs"], rel=0.25)
     for row in rows:
@@ -67,10 +71,19 @@ def test_mae_step_costs_follow_the_visible_fraction(setup: BenchSetup) -> None:
 
 
 def test_orchestration_summary_by_hand_and_its_helpers(tmp_path: Path) -> None:
-    rows = [{"stage": "a", "bare_s": 10.0, "dvc_mlflow_s": 12.0}, {"stage": "b", "bare_s": 20.0, "dvc_mlflow_s": 23.0}]
+    rows = [
+        {"stage": "a", "bare_s": 10.0, "dvc_mlflow_s": 12.0},
+        {"stage": "b", "bare_s": 20.0, "dvc_mlflow_s": 23.0},
+    ]
     summary = orchestration.overhead_summary(rows, prefect_total=40.0)
-    assert summary == {"bare_total_s": 30.0, "dvc_mlflow_total_s": 35.0, "prefect_total_s": 40.0,
-                       "dvc_mlflow_overhead_s": 5.0, "prefect_overhead_s": 5.0, "overhead_fraction": 0.25}  # fmt: skip
+    assert summary == {
+        "bare_total_s": 30.0,
+        "dvc_mlflow_total_s": 35.0,
+        "prefect_total_s": 40.0,
+        "dvc_mlflow_overhead_s": 5.0,
+        "prefect_overhead_s": 5.0,
+        "overhead_fraction": 0.25,
+    }
     assert orchestration.stage_command("prune@evit-full-0.5")[-2:] == ["stages.prune", "evit-full-0.5"]
     assert orchestration.stage_command("teacher")[-1] == "stages.teacher"
     assert orchestration.timed([sys.executable, "-c", "pass"], tmp_path, {}) > 0
@@ -80,8 +93,12 @@ def test_orchestration_summary_by_hand_and_its_helpers(tmp_path: Path) -> None:
 
 
 def test_targets_apply_per_device_and_read_the_measurements() -> None:
-    results = {"device": {"type": "cpu"}, "pruning": [{"method": "evit", "keep_rate": 0.5, "efficiency": 0.92}],
-               "teacher": [{"keep_ratio": 0.5, "time_ratio": 0.6}], "engine": {"engine_over_plain": 1.01}}  # fmt: skip
+    results = {
+        "device": {"type": "cpu"},
+        "pruning": [{"method": "evit", "keep_rate": 0.5, "efficiency": 0.92}],
+        "teacher": [{"keep_ratio": 0.5, "time_ratio": 0.6}],
+        "engine": {"engine_over_plain": 1.01},
+    }
     checked = {t["target"]: t for t in check_targets(results)}
     assert len(checked) == 3  # the CUDA EViT target and the unmeasured orchestration target do not apply
     evit = checked["EViT keep 0.5: efficiency (measured / theoretical speed-up)"]
@@ -92,8 +109,24 @@ def test_targets_apply_per_device_and_read_the_measurements() -> None:
 
 def test_cli_writes_json_and_markdown_with_every_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
-    main(["--parts", "teacher", "--device", "cpu", "--profile", "smoke", "--batch", "2", "--warmup", "1",
-          "--repeats", "1", "--out", str(tmp_path)])  # fmt: skip
+    main(
+        [
+            "--parts",
+            "teacher",
+            "--device",
+            "cpu",
+            "--profile",
+            "smoke",
+            "--batch",
+            "2",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     slug = device_info(CPU)["slug"]
     results = json.loads((tmp_path / f"{slug}.json").read_text())
     assert {"device", "setup", "measured_at", "teacher", "targets"} <= set(results)
@@ -123,11 +156,18 @@ def test_a_spent_budget_skips_and_lists_every_part(setup: BenchSetup) -> None:
 
 
 def test_targets_are_checked_per_mode() -> None:
-    results = {"device": {"type": "cuda"}, "teacher": [{"mode": "eager", "keep_ratio": 0.5, "time_ratio": 0.58},
-                                                       {"mode": "graph", "keep_ratio": 0.5, "time_ratio": 0.54}]}  # fmt: skip
+    results = {
+        "device": {"type": "cuda"},
+        "teacher": [
+            {"mode": "eager", "keep_ratio": 0.5, "time_ratio": 0.58},
+            {"mode": "graph", "keep_ratio": 0.5, "time_ratio": 0.54},
+        ],
+    }
     checked = {t["target"]: t["met"] for t in check_targets(results)}
-    assert checked == {"MaskedKD teacher at keep 0.5: time / keep-1.0 time [eager]": False,
-                       "MaskedKD teacher at keep 0.5: time / keep-1.0 time [graph]": True}  # fmt: skip
+    assert checked == {
+        "MaskedKD teacher at keep 0.5: time / keep-1.0 time [eager]": False,
+        "MaskedKD teacher at keep 0.5: time / keep-1.0 time [graph]": True,
+    }
 
 
 def test_paper_preset_builds_the_papers_models() -> None:

@@ -17,8 +17,15 @@ SPEC = ModelSpec(name="vit_student")
 
 
 def meta_for(spec: ModelSpec) -> dict:
-    return {"model": spec.model_dump(), "num_classes": 10, "in_chans": 1, "data": "fashion_mnist",
-            "mean": [0.3], "std": [0.3], "classes": [str(i) for i in range(10)]}  # fmt: skip
+    return {
+        "model": spec.model_dump(),
+        "num_classes": 10,
+        "in_chans": 1,
+        "data": "fashion_mnist",
+        "mean": [0.3],
+        "std": [0.3],
+        "classes": [str(i) for i in range(10)],
+    }
 
 
 def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:

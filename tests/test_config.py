@@ -59,23 +59,45 @@ BAD = [
     (full(evaluate={"occlusion_drop": [0.5, 0.1]}), "fractions must be strictly increasing"),
     (full(evaluate={"occlusion_drop": [0.0, 1.0]}), "fractions must lie in [0, 1)"),
     (full(runtime={"device": "tpu"}), "runtime.device: Input should be 'auto', 'cpu' or 'cuda'"),
-    (full(runtime={"progress": False}), "runtime.progress: Input should be 'auto', 'always' or 'never' (got False)"),
+    (
+        full(runtime={"progress": False}),
+        "runtime.progress: Input should be 'auto', 'always' or 'never' (got False)",
+    ),
     ([1, 2], "expected a mapping of sections"),
-    (full(finetune={"masked": {"keep_ratios": [1.0, 1.5], "probs": [0.5, 0.5]}}),
-     "finetune.masked: keep ratios must lie in (0, 1], got [1.0, 1.5]"),
+    (
+        full(finetune={"masked": {"keep_ratios": [1.0, 1.5], "probs": [0.5, 0.5]}}),
+        "finetune.masked: keep ratios must lie in (0, 1], got [1.0, 1.5]",
+    ),
     (full(finetune={"masked": {"keep_ratios": [0.0], "probs": [1.0]}}), "keep ratios must lie in (0, 1]"),
-    (full(finetune={"masked": {"keep_ratios": [], "probs": []}}), "finetune.masked: the hybrid set of keep ratios is empty"),
-    (full(finetune={"masked": {"keep_ratios": [1.0, 0.5], "probs": [0.5, 0.6]}}),
-     "finetune.masked: probabilities must be >= 0 and sum to 1, got [0.5, 0.6]"),
-    (full(finetune={"masked": {"keep_ratios": [1.0, 0.5], "probs": [1.0]}}), "2 keep ratios but 1 probabilities"),
-    (full(finetune={"masked_kd": {"teacher_keep": 1.2}}),
-     "finetune.masked_kd.teacher_keep: keep ratio must lie in (0, 1], got 1.2"),
-    (full(finetune={"masked_kd": {"criterion": "cls_norm"}}),
-     "finetune.masked_kd.criterion: Input should be 'student_attn', 'random', 'teacher_attn' or 'bottom_k'"),
+    (
+        full(finetune={"masked": {"keep_ratios": [], "probs": []}}),
+        "finetune.masked: the hybrid set of keep ratios is empty",
+    ),
+    (
+        full(finetune={"masked": {"keep_ratios": [1.0, 0.5], "probs": [0.5, 0.6]}}),
+        "finetune.masked: probabilities must be >= 0 and sum to 1, got [0.5, 0.6]",
+    ),
+    (
+        full(finetune={"masked": {"keep_ratios": [1.0, 0.5], "probs": [1.0]}}),
+        "2 keep ratios but 1 probabilities",
+    ),
+    (
+        full(finetune={"masked_kd": {"teacher_keep": 1.2}}),
+        "finetune.masked_kd.teacher_keep: keep ratio must lie in (0, 1], got 1.2",
+    ),
+    (
+        full(finetune={"masked_kd": {"criterion": "cls_norm"}}),
+        "finetune.masked_kd.criterion: Input should be 'student_attn', 'random', 'teacher_attn' or 'bottom_k'",
+    ),
     (full(finetune={"kd": {"alpha": 1.5}}), "finetune.kd.alpha: Input should be less than or equal to 1"),
-    (full(finetune={"init": "pretrained_file"}), "finetune.init is 'pretrained_file' but models.student.pretrained_file is empty"),
-    (full(models={"student": {"name": "vit_tiny_patch16_224", "pretrained_file": "w.safetensors"}}),
-     "models.student.pretrained_file is set but finetune.init is 'models/pretrain/mae-mto'"),
+    (
+        full(finetune={"init": "pretrained_file"}),
+        "finetune.init is 'pretrained_file' but models.student.pretrained_file is empty",
+    ),
+    (
+        full(models={"student": {"name": "vit_tiny_patch16_224", "pretrained_file": "w.safetensors"}}),
+        "models.student.pretrained_file is set but finetune.init is 'models/pretrain/mae-mto'",
+    ),
 ]
 
 
@@ -106,8 +128,12 @@ def test_broken_yaml_and_missing_file(tmp_path: Path) -> None:
 
 def test_profile_cli_writes_complete_params(tmp_path: Path) -> None:
     out = tmp_path / "p.yaml"
-    done = subprocess.run([sys.executable, "-m", "maskprune.profile", "smoke", "--output", str(out)],
-                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "maskprune.profile", "smoke", "--output", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     written = yaml.safe_load(out.read_text())
     assert written["profile"] == "smoke" and written["data"]["train_limit"] == 1200
@@ -117,8 +143,13 @@ def test_profile_cli_writes_complete_params(tmp_path: Path) -> None:
 def test_stage_cli_reports_bad_params_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(full(teacher={"epochs": -3})))
-    done = subprocess.run([sys.executable, "-m", "stages.teacher"], cwd=tmp_path, capture_output=True,
-                          text=True, env={"PYTHONPATH": f"{REPO / 'src'}:{REPO}", "PATH": "/usr/bin"})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.teacher"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": f"{REPO / 'src'}:{REPO}", "PATH": "/usr/bin"},
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "maskprune: error: params.yaml: teacher.epochs: Input should be greater than or equal to 1 (got -3)"

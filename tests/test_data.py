@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,7 @@ def test_prepare_writes_splits_meta_and_checksums(idx_root: Path, tmp_path: Path
     # the split is a partition of the training file, reproducible from the seed
     again = prepare_dataset(cfg, seed=3, out_root=tmp_path / "again")
     assert again == meta
-    assert np.array_equal(np.load(tmp_path / "again/fashion_mnist/val_labels.npy"),
-                          data.splits["val"].labels.numpy())  # fmt: skip
+    assert np.array_equal(np.load(tmp_path / "again/fashion_mnist/val_labels.npy"), data.splits["val"].labels.numpy())
 
 
 def test_limits_and_split_sizes() -> None:

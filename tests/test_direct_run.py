@@ -38,7 +38,9 @@ def test_expanded_stages_are_dvcs_own_in_a_dependency_order() -> None:
     assert ("evaluate", "stages.evaluate", []) in commands
 
 
-def test_bad_input_gets_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_input_gets_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(REPO)
     taken = tmp_path / "taken"
     taken.mkdir()

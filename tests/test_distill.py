@@ -61,7 +61,9 @@ def test_teacher_picks_top_k_of_student_attention_among_kept_patches() -> None:
     attn[0, [3, 7, 11, 15, 19, 23, 27, 31, 35, 39, 43, 47]] = torch.linspace(0.1, 0.9, 12)
     attn[1, 30:42] = 1.0
     assert view.select(images, None, attn).tolist() == [
-        [3, 7, 11, 15, 19, 23, 27, 31, 35, 39, 43, 47], list(range(30, 42))]  # fmt: skip
+        [3, 7, 11, 15, 19, 23, 27, 31, 35, 39, 43, 47],
+        list(range(30, 42)),
+    ]
     student_idx = torch.tensor([[2, 5, 7, 9, 11, 13, 17, 19, 21, 23, 25, 27, 29, 31, 33, 35, 37, 41, 43, 45]] * 2)
     row = torch.arange(20, dtype=torch.float32)  # attention grows with position: top 12 are the last 12
     picked = view.select(images, student_idx, torch.stack([row, row.flip(0)]))
@@ -123,8 +125,13 @@ def test_teacher_gmacs_at_half_keep_are_about_half_of_full() -> None:
 def test_cost_ledger_adds_measured_flops_times_images_and_restarts_each_epoch() -> None:
     torch.manual_seed(0)
     student, teacher = tiny(), tiny(48, 3)
-    objective = MaskedDistillation(49, HybridRatios([1.0, 0.5], [0.5, 0.5]), TeacherView(teacher, 0.25, "random"),
-                                   KDSection(), world_size=2)  # fmt: skip
+    objective = MaskedDistillation(
+        49,
+        HybridRatios([1.0, 0.5], [0.5, 0.5]),
+        TeacherView(teacher, 0.25, "random"),
+        KDSection(),
+        world_size=2,
+    )
     images, labels = batch(4)
     for _ in range(6):
         objective(student, images, labels)

@@ -27,8 +27,19 @@ def params(**overlay: object) -> Params:
 def write_model(folder: Path, spec: ModelSpec, seed: int = 0, data: str = "fashion_mnist", classes: int = 10) -> None:
     torch.manual_seed(seed)
     model = build_model(spec, classes, 1)
-    save_model(folder, model, {"model": spec.model_dump(), "num_classes": classes, "in_chans": 1, "data": data,
-                               "mean": [0.3], "std": [0.3], "classes": [str(i) for i in range(classes)]})  # fmt: skip
+    save_model(
+        folder,
+        model,
+        {
+            "model": spec.model_dump(),
+            "num_classes": classes,
+            "in_chans": 1,
+            "data": data,
+            "mean": [0.3],
+            "std": [0.3],
+            "classes": [str(i) for i in range(classes)],
+        },
+    )
 
 
 def test_init_from_a_model_folder_loads_the_backbone_but_not_the_head(tmp_path: Path) -> None:
@@ -91,7 +102,8 @@ def test_init_from_local_timm_weights(tmp_path: Path) -> None:
     weights = tmp_path / "vit_tiny.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
     student = {"name": "vit_tiny_patch16_224", "pretrained_file": str(weights)}
-    model, info = init_student(params(models={"student": student}, finetune={"init": "pretrained_file"}), DATA,
-                               tmp_path)  # fmt: skip
+    model, info = init_student(
+        params(models={"student": student}, finetune={"init": "pretrained_file"}), DATA, tmp_path
+    )
     assert info == {"init": "pretrained_file", "init_file": str(weights)}
     torch.testing.assert_close(model.blocks[0].mlp.fc1.weight, source.blocks[0].mlp.fc1.weight)

@@ -14,9 +14,20 @@ from tests.conftest import copy_repo, narrow
 pytestmark = pytest.mark.integration
 # NOTE: the flow runs a narrower matrix (tests.conftest.narrow) and only its first stage: what is under
 # test is the orchestration, not the stages (test_pipeline runs them all; test_ops_prefect up to the teacher).
-ALL = ("prepare", "teacher", "pretrain@mae-baseline", "pretrain@mae-mto", "finetune@full", "finetune@masked",
-       "finetune@masked_kd", "prune@evit-masked-0.5", "prune@dynamicvit-masked-0.5", "distill@evit-cls", "evaluate",
-       "report")
+ALL = (
+    "prepare",
+    "teacher",
+    "pretrain@mae-baseline",
+    "pretrain@mae-mto",
+    "finetune@full",
+    "finetune@masked",
+    "finetune@masked_kd",
+    "prune@evit-masked-0.5",
+    "prune@dynamicvit-masked-0.5",
+    "distill@evit-cls",
+    "evaluate",
+    "report",
+)
 STAGES = ("prepare",)
 
 
@@ -33,8 +44,13 @@ def test_flow_runs_stages_through_dvc_and_nests_mlflow_runs(
     assert sorted(order) == sorted(ALL) and order[0] == "prepare" and order[-2:] == ["evaluate", "report"]
     assert order.index("pretrain@mae-mto") < order.index("finetune@full") < order.index("prune@evit-masked-0.5")
     assert stage_order(repo, "teacher") == ["prepare", "teacher"]
-    assert sorted(stage_order(repo, "finetune@full")) == ["finetune@full", "prepare", "pretrain@mae-baseline",
-                                                          "pretrain@mae-mto", "teacher"]  # fmt: skip
+    assert sorted(stage_order(repo, "finetune@full")) == [
+        "finetune@full",
+        "prepare",
+        "pretrain@mae-baseline",
+        "pretrain@mae-mto",
+        "teacher",
+    ]
 
     first = pipeline(stage="prepare")
     assert first == {stage: "ran" for stage in STAGES}
@@ -44,12 +60,14 @@ def test_flow_runs_stages_through_dvc_and_nests_mlflow_runs(
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("maskprune")
-    parents = client.search_runs([experiment.experiment_id], "tags.`maskprune.source` = 'prefect'",
-                                 order_by=["attributes.start_time ASC"])  # fmt: skip
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        "tags.`maskprune.source` = 'prefect'",
+        order_by=["attributes.start_time ASC"],
+    )
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
     assert parents[0].data.tags["prefect.flow_run_id"]
-    children = client.search_runs([experiment.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")  # fmt: skip
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert sorted(run.data.tags["maskprune.stage"] for run in children) == sorted(STAGES)
     assert {run.data.tags["prefect.flow_run_id"] for run in children} == {parents[0].data.tags["prefect.flow_run_id"]}
 

@@ -34,7 +34,8 @@ def test_hard_kd_is_cross_entropy_on_the_teacher_argmax() -> None:
     teacher = torch.tensor([[5.0, 1.0, -1.0]])
     assert hard_kd(student, teacher).item() == pytest.approx(math.log(1 + 2 * math.exp(-2)), rel=1e-6)
     assert hard_kd(student, torch.tensor([[0.0, 9.0, 0.0]])).item() == pytest.approx(
-        math.log(math.exp(2) + 2) - 0.0, rel=1e-6)  # fmt: skip
+        math.log(math.exp(2) + 2) - 0.0, rel=1e-6
+    )
 
 
 def test_distillation_loss_mixes_cross_entropy_and_kd_with_alpha() -> None:

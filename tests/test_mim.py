@@ -12,8 +12,18 @@ from maskprune.checkpoint import load_model, save_model
 from maskprune.config import ModelSpec, MTOSection, Params, validate_params
 from maskprune.errors import MaskpruneError
 from maskprune.masking import random_keep_idx
-from maskprune.models.mim import (MAE, SimMIM, check_decoder, masked_indices, masked_mse, mim_loss,
-                                  normalized_targets, patchify, sincos_pos_embed, unshuffle)  # fmt: skip
+from maskprune.models.mim import (
+    MAE,
+    SimMIM,
+    check_decoder,
+    masked_indices,
+    masked_mse,
+    mim_loss,
+    normalized_targets,
+    patchify,
+    sincos_pos_embed,
+    unshuffle,
+)
 from maskprune.models.vit import InputMask, TokenViT, build_model
 from maskprune.pretrain import PretrainVariant, build_mim, encoder_cost
 from maskprune.pretraining import TERMS, MIMObjective
@@ -32,8 +42,12 @@ def test_unshuffle_restores_token_order_exactly() -> None:
     tokens = torch.randn(3, 16, 8)
     mask_token = torch.randn(1, 1, 8)
     perm = torch.stack([torch.randperm(16) for _ in range(3)])  # a full shuffle and its inverse
-    torch.testing.assert_close(unshuffle(tokens.gather(1, perm[..., None].expand(-1, -1, 8)), perm, mask_token, 16),
-                               tokens, rtol=0, atol=0)  # fmt: skip
+    torch.testing.assert_close(
+        unshuffle(tokens.gather(1, perm[..., None].expand(-1, -1, 8)), perm, mask_token, 16),
+        tokens,
+        rtol=0,
+        atol=0,
+    )
     keep = random_keep_idx(3, 16, 4)
     visible = tokens.gather(1, keep[..., None].expand(-1, -1, 8))
     restored = unshuffle(visible, keep, mask_token, 16)
@@ -135,8 +149,18 @@ def test_decoder_and_bad_pretrain_params_are_refused_in_one_line() -> None:
         check_decoder(encoder_dim=128, decoder_dim=60, decoder_heads=8)
     base = Params().model_dump()
     cases = [
-        ("mae", "mask_ratio", 1.0, "pretrain.mae.mask_ratio: mask ratio must lie strictly between 0 and 1 (got 1.0)"),
-        ("simmim", "mask_ratio", 0.0, "pretrain.simmim.mask_ratio: mask ratio must lie strictly between 0 and 1"),
+        (
+            "mae",
+            "mask_ratio",
+            1.0,
+            "pretrain.mae.mask_ratio: mask ratio must lie strictly between 0 and 1 (got 1.0)",
+        ),
+        (
+            "simmim",
+            "mask_ratio",
+            0.0,
+            "pretrain.simmim.mask_ratio: mask ratio must lie strictly between 0 and 1",
+        ),
         ("mto", "r_weight", -0.1, "pretrain.mto.r_weight: Input should be greater than or equal to 0"),
         ("objectives", None, ["mae", "beit"], "pretrain.objectives.1: Input should be 'mae' or 'simmim'"),
     ]
@@ -167,8 +191,16 @@ def test_variant_names_parse_and_refuse_unknown_ones() -> None:
 def test_a_mean_pooled_probe_checkpoint_round_trips(tmp_path: Path) -> None:
     model = build_model(ModelSpec(name="vit_student"), num_classes=3, in_chans=1)
     model.reset_classifier(3, global_pool="avg")
-    save_model(tmp_path, model, {"model": ModelSpec(name="vit_student").model_dump(), "num_classes": 3,
-                                 "in_chans": 1, "global_pool": "avg"})  # fmt: skip
+    save_model(
+        tmp_path,
+        model,
+        {
+            "model": ModelSpec(name="vit_student").model_dump(),
+            "num_classes": 3,
+            "in_chans": 1,
+            "global_pool": "avg",
+        },
+    )
     loaded, _ = load_model(tmp_path)
     assert loaded.global_pool == "avg"
     x = torch.randn(2, 1, 28, 28)

@@ -61,7 +61,9 @@ def test_rank_loss_is_small_for_rising_h_and_grows_when_the_order_is_violated() 
 
 def test_losses_have_gradients_that_follow_their_purpose() -> None:
     tokens = X.clone().requires_grad_(True)
-    h = [heterogeneity(tokens, torch.tensor([[2]]), torch.tensor([[0, 1]])),
-         heterogeneity(tokens * 2, torch.tensor([[0]]), torch.tensor([[1, 2]]))]  # fmt: skip
+    h = [
+        heterogeneity(tokens, torch.tensor([[2]]), torch.tensor([[0, 1]])),
+        heterogeneity(tokens * 2, torch.tensor([[0]]), torch.tensor([[1, 2]])),
+    ]
     (rank_loss(h) + embedding_loss(h[0], 1e-6) + spatial_loss(tokens, torch.tensor([[0, 1]]))).backward()
     assert tokens.grad is not None and torch.isfinite(tokens.grad).all() and tokens.grad.abs().sum() > 0

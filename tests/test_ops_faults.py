@@ -27,8 +27,14 @@ def test_a_stage_killed_mid_run_resumes_from_its_checkpoint(smoke_repo: Path, tm
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / "models" / "teacher" / "model.safetensors").unlink()  # so a killed run shows no new weights
     state = repo / "checkpoints" / "teacher" / "state.json"
-    proc = subprocess.Popen([str(Path(VENV_BIN) / "dvc"), "repro", "teacher"], cwd=repo, env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(Path(VENV_BIN) / "dvc"), "repro", "teacher"],
+        cwd=repo,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while not (state.is_file() and json.loads(state.read_text())["epoch"] >= 1):
         assert proc.poll() is None, "the teacher stage ended before it could be killed"
@@ -47,8 +53,13 @@ def test_a_stage_killed_mid_run_resumes_from_its_checkpoint(smoke_repo: Path, tm
 def test_tracking_down_keeps_the_outputs_and_says_how_to_relog(tmp_path: Path) -> None:
     repo = copy_repo(tmp_path / "repo")
     dead = f"http://127.0.0.1:{free_port()}"
-    done = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=repo, capture_output=True, text=True,
-                          env=subprocess_env(PYTHONPATH="src", MLFLOW_TRACKING_URI=dead))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.prepare"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(PYTHONPATH="src", MLFLOW_TRACKING_URI=dead),
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert (repo / "data" / "prepared" / "fashion_mnist" / "meta.json").is_file()
     assert "outputs are complete on disk" in done.stderr and "python -m stages.prepare --log-only" in done.stderr
@@ -57,8 +68,13 @@ def test_tracking_down_keeps_the_outputs_and_says_how_to_relog(tmp_path: Path) -
 
 def test_an_unreachable_prefect_server_is_one_line_naming_the_variable(tmp_path: Path) -> None:
     api = f"http://127.0.0.1:{free_port()}/api"
-    done = subprocess.run([sys.executable, "-m", "flows.pipeline", "--stage", "prepare"], cwd=copy_repo(tmp_path / "r"),
-                          capture_output=True, text=True, env=subprocess_env(PREFECT_API_URL=api, PYTHONPATH="."))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", "--stage", "prepare"],
+        cwd=copy_repo(tmp_path / "r"),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(PREFECT_API_URL=api, PYTHONPATH="."),
+    )
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("maskprune: error")]
     assert len(errors) == 1 and "Traceback" not in done.stderr

@@ -49,19 +49,43 @@ def test_checked_in_deployments_register_and_the_pipeline_runs_through_a_process
     env = {**prefect_server, "PWD": str(repo)}
     run([PREFECT, "work-pool", "create", "maskprune", "--type", "process"], repo, **env)
     deployed = run([PREFECT, "--no-prompt", "deploy", "--all"], repo, **env).stdout
-    for name in ("maskprune-pipeline/nightly", "maskprune-seeds/seeds", "maskprune-maskedkd-sweep/maskedkd",
-                 "maskprune-mto-ablation/mto-ablation"):  # fmt: skip
+    for name in (
+        "maskprune-pipeline/nightly",
+        "maskprune-seeds/seeds",
+        "maskprune-maskedkd-sweep/maskedkd",
+        "maskprune-mto-ablation/mto-ablation",
+    ):
         assert name in deployed
-    nightly = json.loads(run([PREFECT, "deployment", "inspect", "maskprune-pipeline/nightly", "-o", "json"], repo,
-                             **env).stdout)  # fmt: skip
+    nightly = json.loads(
+        run([PREFECT, "deployment", "inspect", "maskprune-pipeline/nightly", "-o", "json"], repo, **env).stdout
+    )
     assert nightly["schedules"][0]["schedule"]["cron"] == "0 3 * * *" and nightly["work_pool_name"] == "maskprune"
     assert nightly["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(repo)
     api = env["PREFECT_API_URL"]
     cmd = [PREFECT, "worker", "start", "--pool", "maskprune", "--type", "process"]
-    with service("Prefect worker", cmd, lambda: worker_online(api, "maskprune"), tmp_path / "worker.log",
-                 env=subprocess_env(**env), cwd=tmp_path):  # fmt: skip
-        out = run([PREFECT, "deployment", "run", "maskprune-pipeline/nightly", "--param", "stage=prepare",
-                   "--watch", "--watch-timeout", "600"], repo, **env).stdout  # fmt: skip
+    with service(
+        "Prefect worker",
+        cmd,
+        lambda: worker_online(api, "maskprune"),
+        tmp_path / "worker.log",
+        env=subprocess_env(**env),
+        cwd=tmp_path,
+    ):
+        out = run(
+            [
+                PREFECT,
+                "deployment",
+                "run",
+                "maskprune-pipeline/nightly",
+                "--param",
+                "stage=prepare",
+                "--watch",
+                "--watch-timeout",
+                "600",
+            ],
+            repo,
+            **env,
+        ).stdout
     assert "Completed" in out, out[-2000:]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]  # the worker ran it through DVC, in the repo
     assert lock["prepare"]["params"]["params.yaml"]["data"]["train_limit"] == 1200  # the smoke profile's, just run

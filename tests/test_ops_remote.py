@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import boto3
 import pytest
@@ -20,8 +20,11 @@ from tests.conftest import VENV_BIN, copy_run, run
 from tests.services import free_port, http_ok, service
 
 pytestmark = pytest.mark.integration
-AWS = {"AWS_ACCESS_KEY_ID": "maskprune-test", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
-       "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+AWS = {
+    "AWS_ACCESS_KEY_ID": "maskprune-test",
+    "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +35,11 @@ def origin(smoke_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tracked(repo: Path) -> dict[str, str]:
     """sha256 of every file DVC tracks in the cache: prepared data and model weights."""
-    files = [*(repo / "data" / "prepared").rglob("*"), *(repo / "models").rglob("*.safetensors"),
-             *(repo / "models").rglob("meta.json")]  # fmt: skip
+    files = [
+        *(repo / "data" / "prepared").rglob("*"),
+        *(repo / "models").rglob("*.safetensors"),
+        *(repo / "models").rglob("meta.json"),
+    ]
     return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.is_file()}
 
 
@@ -59,8 +65,12 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"http://127.0.0.1:{free_port()}"
     cmd = [str(Path(VENV_BIN) / "moto_server"), "-H", "127.0.0.1", "-p", url.rsplit(":", 1)[1]]
     with service("moto S3 server", cmd, http_ok(url), tmp_path_factory.mktemp("moto") / "moto.log"):
-        boto3.client("s3", endpoint_url=url, **{k.lower(): v for k, v in AWS.items() if k != "AWS_DEFAULT_REGION"},
-                     region_name="us-east-1").create_bucket(Bucket="maskprune")  # fmt: skip
+        boto3.client(
+            "s3",
+            endpoint_url=url,
+            **{k.lower(): v for k, v in AWS.items() if k != "AWS_DEFAULT_REGION"},
+            region_name="us-east-1",
+        ).create_bucket(Bucket="maskprune")
         yield url
 
 

@@ -12,8 +12,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 import pytest
@@ -48,15 +48,41 @@ def postgres() -> Iterator[str]:
         shutil.chown(root, "postgres")
     port = free_port()
     try:
-        init = subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres",
-                               "--auth=trust", "-E", "UTF8"], capture_output=True, text=True)  # fmt: skip
+        init = subprocess.run(
+            [
+                *as_user,
+                str(bin_dir / "initdb"),
+                "-D",
+                str(root / "data"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if init.returncode != 0:
             pytest.fail(f"initdb failed: {init.stderr[-1500:]}")
-        cmd = [*as_user, str(bin_dir / "postgres"), "-D", str(root / "data"), "-p", str(port), "-k", str(root),
-               "-c", "listen_addresses=127.0.0.1"]  # fmt: skip
+        cmd = [
+            *as_user,
+            str(bin_dir / "postgres"),
+            "-D",
+            str(root / "data"),
+            "-p",
+            str(port),
+            "-k",
+            str(root),
+            "-c",
+            "listen_addresses=127.0.0.1",
+        ]
         with service("PostgreSQL", cmd, lambda: pg_ready(bin_dir, port), root / "postgres.log"):
-            created = subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                                      "mlflow"], capture_output=True, text=True)  # fmt: skip
+            created = subprocess.run(
+                [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"],
+                capture_output=True,
+                text=True,
+            )
             if created.returncode != 0:
                 pytest.fail(f"createdb failed: {created.stderr}")
             yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
@@ -69,10 +95,28 @@ def mlflow_on_postgres(postgres: str, tmp_path_factory: pytest.TempPathFactory) 
     root = tmp_path_factory.mktemp("mlflow-pg")
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    cmd = [str(Path(VENV_BIN) / "mlflow"), "server", "--backend-store-uri", postgres, "--serve-artifacts",
-           "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]  # fmt: skip
-    with service("mlflow server on PostgreSQL", cmd, http_ok(f"{uri}/health"), root / "server.log", env=subprocess_env()):
+    cmd = [
+        str(Path(VENV_BIN) / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        postgres,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    with service(
+        "mlflow server on PostgreSQL",
+        cmd,
+        http_ok(f"{uri}/health"),
+        root / "server.log",
+        env=subprocess_env(),
+    ):
         yield uri
 
 
@@ -82,8 +126,13 @@ def test_stages_log_to_the_shared_server_nested_under_one_parent(
     tracker = Tracker(TrackingSection(uri=mlflow_on_postgres), smoke_repo)
     parent = tracker.start_pipeline_run(source="ops test")
     for stage in (["stages.teacher"], ["stages.prune", "evit-masked-0.5"]):
-        run([sys.executable, "-m", *stage, "--log-only"], smoke_repo, PYTHONPATH="src",
-            MLFLOW_TRACKING_URI=mlflow_on_postgres, **{PARENT_ENV: parent})  # fmt: skip
+        run(
+            [sys.executable, "-m", *stage, "--log-only"],
+            smoke_repo,
+            PYTHONPATH="src",
+            MLFLOW_TRACKING_URI=mlflow_on_postgres,
+            **{PARENT_ENV: parent},
+        )
     tracker.finish(parent)
     client = MlflowClient(tracking_uri=mlflow_on_postgres)
     children = client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
@@ -91,7 +140,9 @@ def test_stages_log_to_the_shared_server_nested_under_one_parent(
     assert sorted(by_stage) == ["prune@evit-masked-0.5", "teacher"]
     teacher = by_stage["teacher"]
     assert [m.step for m in client.get_metric_history(teacher.info.run_id, "val_top1")] == [1, 2]
-    assert teacher.data.tags["seed"] == "0" and by_stage["prune@evit-masked-0.5"].data.tags["variant"] == "evit-masked-0.5"
+    assert (
+        teacher.data.tags["seed"] == "0" and by_stage["prune@evit-masked-0.5"].data.tags["variant"] == "evit-masked-0.5"
+    )
     artifacts = {a.path for a in client.list_artifacts(teacher.info.run_id)}
     assert {"model.safetensors", "metrics.json", "history.csv"} <= artifacts
     local = client.download_artifacts(teacher.info.run_id, "metrics.json")
@@ -101,10 +152,17 @@ def test_stages_log_to_the_shared_server_nested_under_one_parent(
         assert count.fetchone()[0] == 2
 
 
-def test_a_wrong_tracking_uri_is_one_line_naming_the_variable_without_the_password(postgres: str, smoke_repo: Path) -> None:
+def test_a_wrong_tracking_uri_is_one_line_naming_the_variable_without_the_password(
+    postgres: str, smoke_repo: Path
+) -> None:
     wrong = postgres.replace("postgres@", "postgres:hunter2@").rsplit("/", 1)[0] + "/no_such_database"
-    done = subprocess.run([sys.executable, "-m", "stages.teacher", "--log-only"], cwd=smoke_repo, capture_output=True,
-                          text=True, env=subprocess_env(PYTHONPATH="src", MLFLOW_TRACKING_URI=wrong))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.teacher", "--log-only"],
+        cwd=smoke_repo,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(PYTHONPATH="src", MLFLOW_TRACKING_URI=wrong),
+    )
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("maskprune: error")]
     assert len(errors) == 1 and "Traceback" not in done.stderr + done.stdout

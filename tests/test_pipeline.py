@@ -20,7 +20,11 @@ VARIANTS = ("full", "masked", "masked_kd")
 def test_repro_writes_every_output(smoke_repo: Path) -> None:
     teacher = smoke_repo / "models" / "teacher"
     assert sorted(p.name for p in teacher.iterdir() if not p.name.startswith(".")) == [
-        "history.csv", "meta.json", "metrics.json", "model.safetensors"]  # fmt: skip
+        "history.csv",
+        "meta.json",
+        "metrics.json",
+        "model.safetensors",
+    ]
     history = pd.read_csv(teacher / "history.csv")
     assert list(history["epoch"]) == [1, 2]
     report = json.loads((smoke_repo / "metrics" / "evaluate.json").read_text())
@@ -74,9 +78,7 @@ def test_mto_comparison_per_objective(smoke_repo: Path) -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_finetune_variant_trains_reports_cost_and_gets_an_occlusion_curve(
-    smoke_repo: Path, variant: str
-) -> None:
+def test_every_finetune_variant_trains_reports_cost_and_gets_an_occlusion_curve(smoke_repo: Path, variant: str) -> None:
     folder = smoke_repo / "models" / "finetune" / variant
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["stage"] == f"finetune@{variant}" and meta["role"] == "student"
@@ -155,8 +157,15 @@ def test_dvc_views_work(smoke_repo: Path) -> None:
     assert "metrics/evaluate.json" in workspace and "models/teacher/metrics.json" in workspace
     run(["dvc", "plots", "show", "-o", "dvc_plots"], smoke_repo)
     html = (smoke_repo / "dvc_plots" / "index.html").read_text()
-    plots = ("Pre-training_probe_accuracy", "Masked-token_heterogeneity", "Teacher_training", "Fine-tuning",
-             "Occlusion_robustness", "Pruned_top-1_by_init", "Cost_vs_accuracy")  # fmt: skip
+    plots = (
+        "Pre-training_probe_accuracy",
+        "Masked-token_heterogeneity",
+        "Teacher_training",
+        "Fine-tuning",
+        "Occlusion_robustness",
+        "Pruned_top-1_by_init",
+        "Cost_vs_accuracy",
+    )
     assert all(f"vegaEmbed('#{plot}'" in html for plot in plots)
 
 
@@ -165,8 +174,7 @@ def test_mlflow_has_one_parent_with_a_nested_run_per_stage(smoke_repo: Path) -> 
     experiment = client.get_experiment_by_name("maskprune")
     parents = client.search_runs([experiment.experiment_id], "tags.`maskprune.kind` = 'pipeline'")
     assert len(parents) == 1 and parents[0].data.tags["maskprune.source"] == "dvc repro"
-    children = client.search_runs([experiment.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")  # fmt: skip
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     by_stage = {run.data.tags["maskprune.stage"]: run for run in children}
     assert sorted(by_stage) == sorted(STAGES)
     teacher = by_stage["teacher"]
@@ -178,7 +186,8 @@ def test_mlflow_has_one_parent_with_a_nested_run_per_stage(smoke_repo: Path) -> 
     masked_kd = by_stage["finetune@masked_kd"]
     assert masked_kd.data.params["finetune.masked_kd.teacher_keep"] == "0.5"
     assert {"val_top1", "teacher_gmacs_per_image", "teacher_throughput_ratio", "train_tflops"} <= set(
-        masked_kd.data.metrics)  # fmt: skip
+        masked_kd.data.metrics
+    )
     assert masked_kd.data.tags["dvc.dep.data/prepared.md5"].endswith(".dir")
     pruned = by_stage["prune@evit-masked-0.5"]
     assert pruned.data.tags["method"] == "evit" and pruned.data.tags["init"] == "masked"
@@ -202,8 +211,10 @@ def test_bad_params_stop_repro_with_one_line_and_keep_outputs(smoke_repo: Path, 
         params_path.write_text(original.replace("throughput_repeats: 3", "throughput_repeats: 0"))
         done = subprocess.run(["dvc", "repro"], cwd=smoke_repo, env=subprocess_env(), capture_output=True, text=True)
         assert done.returncode != 0
-        assert ("maskprune: error: params.yaml: evaluate.throughput_repeats: Input should be greater than "
-                "or equal to 1 (got 0)") in done.stderr  # fmt: skip
+        assert (
+            "maskprune: error: params.yaml: evaluate.throughput_repeats: Input should be greater than "
+            "or equal to 1 (got 0)"
+        ) in done.stderr
         assert "Traceback" not in done.stderr + done.stdout
         assert [path.read_text() for path in outputs] == before
     finally:

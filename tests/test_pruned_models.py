@@ -125,7 +125,9 @@ def test_policy_softmax_ignores_dropped_keys_but_keeps_the_diagonal() -> None:
     weights = policy_softmax(logits, policy)[0, 0]
     eps = 1e-6
     # row 0 sees keys 0 and 2: (1 + eps/3) / (2 + eps); row 1 also sees itself
-    assert weights[0].tolist() == pytest.approx([(1 + eps / 3) / (2 + eps), eps / 3 / (2 + eps), (1 + eps / 3) / (2 + eps)])
+    assert weights[0].tolist() == pytest.approx(
+        [(1 + eps / 3) / (2 + eps), eps / 3 / (2 + eps), (1 + eps / 3) / (2 + eps)]
+    )
     assert weights[1].tolist() == pytest.approx([1 / 3] * 3, abs=1e-6)
 
 
@@ -177,8 +179,12 @@ def test_pruned_checkpoint_round_trip(tmp_path: Path) -> None:
     model = make_pruned(tiny(), spec)
     from maskprune.config import ModelSpec
 
-    meta = {"model": ModelSpec(name="vit_student").model_dump(), "num_classes": 10, "in_chans": 1,
-            "pruning": spec.to_meta()}  # fmt: skip
+    meta = {
+        "model": ModelSpec(name="vit_student").model_dump(),
+        "num_classes": 10,
+        "in_chans": 1,
+        "pruning": spec.to_meta(),
+    }
     big = TokenViT(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=6, num_heads=4)
     model = make_pruned(big, spec).eval()
     save_model(tmp_path / "m", model, meta)

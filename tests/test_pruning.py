@@ -46,7 +46,7 @@ def test_backbone_learns_slower_and_waits_for_the_freeze() -> None:
     assert sum(len(g["params"]) for g in new) == 2  # the new module's weight and bias
     assert {g["weight_decay"] for g in new} == {0.05, 0.0}
     schedules = group_schedules(groups, lambda step: 1.0, steps_per_epoch=10, backbone=backbone)
-    for group, schedule in zip(groups, schedules):
+    for group, schedule in zip(groups, schedules, strict=True):
         expected = (0.0, 0.01) if group["backbone"] else (1.0, 1.0)
         assert (schedule(9), schedule(10)) == expected
 
@@ -61,8 +61,11 @@ def test_prune_variant_names_parse_and_bad_ones_are_refused() -> None:
 
 def test_init_of_another_architecture_is_refused(tmp_path: Path) -> None:
     spec = ModelSpec(name="vit_teacher")
-    save_model(tmp_path / "models" / "finetune" / "full", build_model(spec, 10, 1),
-               {"model": spec.model_dump(), "num_classes": 10, "in_chans": 1})  # fmt: skip
+    save_model(
+        tmp_path / "models" / "finetune" / "full",
+        build_model(spec, 10, 1),
+        {"model": spec.model_dump(), "num_classes": 10, "in_chans": 1},
+    )
     with pytest.raises(MaskpruneError, match=r"holds a vit_teacher .* not an unpruned models.student"):
         load_init(Params(), "full", tmp_path, torch.device("cpu"))
 

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from maskprune import figures
 from maskprune.config import validate_params
 from maskprune.report import Report, Section, build_report, pareto_front, render_html, render_markdown
 from maskprune.results import differing_keys
-from maskprune import figures
 
 T_975_2 = 4.302652729911275  # Student t quantile, 2 degrees of freedom, 97.5% (tables)
 SECTIONS = ("A", "B", "C", "D", "E", "T")
@@ -62,15 +62,25 @@ def parse(page: str) -> Structure:
 
 
 def test_pareto_front_by_hand() -> None:
-    pts = [{"name": "a", "x": 1.0, "y": 0.5}, {"name": "b", "x": 2.0, "y": 0.8}, {"name": "c", "x": 3.0, "y": 0.7},
-           {"name": "d", "x": 2.0, "y": 0.6}, {"name": "e", "x": 4.0, "y": 0.9}]  # fmt: skip
+    pts = [
+        {"name": "a", "x": 1.0, "y": 0.5},
+        {"name": "b", "x": 2.0, "y": 0.8},
+        {"name": "c", "x": 3.0, "y": 0.7},
+        {"name": "d", "x": 2.0, "y": 0.6},
+        {"name": "e", "x": 4.0, "y": 0.9},
+    ]
     assert pareto_front(pts, "x", "y") == ["a", "b", "e"]  # c and d: b is cheaper-or-equal and better
     assert pareto_front(pts, "x", "y", lower_x_better=False) == ["e"]
 
 
 def test_seeds_compare_only_on_keys_that_change_results() -> None:
     a = {"seed": 0, "tracking": {"uri": ""}, "prune": {"keep_rates": [0.5]}, "runtime": {"progress": "auto"}}
-    b = {"seed": 1, "tracking": {"uri": "http://x"}, "prune": {"keep_rates": [0.7]}, "runtime": {"progress": "never"}}
+    b = {
+        "seed": 1,
+        "tracking": {"uri": "http://x"},
+        "prune": {"keep_rates": [0.7]},
+        "runtime": {"progress": "never"},
+    }
     assert differing_keys(a, b) == ["prune.keep_rates"]
     assert differing_keys(a, {**a, "seed": 5}) == []
 
@@ -85,7 +95,7 @@ def test_html_is_self_contained_well_formed_and_names_every_section(tmp_path: Pa
     structure = parse(page)
     assert not structure.errors and not structure.stack, structure.errors
     assert structure.images and all(src.startswith("data:image/png;base64,") for src in structure.images)
-    assert "src=\"http" not in page and "<script" not in page and "<link" not in page
+    assert 'src="http' not in page and "<script" not in page and "<link" not in page
     assert structure.headings[1:] == ["A. title A <&>", "B. title B <&>"]
     markdown = render_markdown(report)
     assert "![a figure](figures/f.png)" in markdown and "**Verdict:** verdict A" in markdown
@@ -161,7 +171,9 @@ def test_report_aggregates_seeds_with_paired_intervals_and_excludes_other_config
 ) -> None:
     root = result_root(smoke_repo, tmp_path / "results")
     fulls, gains = [0.70, 0.71, 0.72], [0.030, 0.032, 0.034]
-    set_pruned_top1(root / "metrics" / "evaluate.json", root / "metrics" / "evaluate.json", fulls[0], fulls[0] + gains[0])
+    set_pruned_top1(
+        root / "metrics" / "evaluate.json", root / "metrics" / "evaluate.json", fulls[0], fulls[0] + gains[0]
+    )
     for seed in (1, 2):
         hand_made_seed(root, root / "reports" / "seeds" / f"seed-{seed}", seed, fulls[seed], fulls[seed] + gains[seed])
     other = root / "reports" / "seeds" / "seed-3"
@@ -211,6 +223,7 @@ def test_best_pruned_model_is_registered_with_an_alias_and_serves_predictions(
     probabilities = served.predict(images.numpy())
     model, meta = load_model(smoke_repo / "models" / summary["best_pruned"])
     with torch.inference_mode():
-        expected = model.eval()(Normalizer(meta["mean"], meta["std"], meta["model"]["img_size"],
-                                           torch.device("cpu"))(images)).softmax(-1)  # fmt: skip
+        expected = model.eval()(
+            Normalizer(meta["mean"], meta["std"], meta["model"]["img_size"], torch.device("cpu"))(images)
+        ).softmax(-1)
     np.testing.assert_allclose(probabilities, expected.numpy(), atol=1e-5)

@@ -7,8 +7,17 @@ from statistics import NormalDist
 
 import pytest
 
-from maskprune.stats import (NOT_REPRODUCED, REPRODUCED, Interval, directional_verdict, non_inferiority_verdict,
-                             paired_difference, student_t_cdf, student_t_quantile, t_interval)  # fmt: skip
+from maskprune.stats import (
+    NOT_REPRODUCED,
+    REPRODUCED,
+    Interval,
+    directional_verdict,
+    non_inferiority_verdict,
+    paired_difference,
+    student_t_cdf,
+    student_t_quantile,
+    t_interval,
+)
 
 T_975_2 = 4.302652729911275  # Student t quantile, 2 degrees of freedom, 97.5% (tables)
 

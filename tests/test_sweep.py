@@ -22,11 +22,16 @@ def test_combinations_run_keep_one_once_and_refuse_bad_input() -> None:
     from flows.sweep import combinations, experiment_name, experiment_sets
 
     assert combinations([1.0, 0.5], ["student_attn", "random"]) == [
-        (1.0, "none"), (0.5, "student_attn"), (0.5, "random")]  # fmt: skip
+        (1.0, "none"),
+        (0.5, "student_attn"),
+        (0.5, "random"),
+    ]
     assert experiment_name("s1", 0.25, "student_attn") == "s1-studentattn-k025"
     assert experiment_sets(0.5, "random", ["finetune.train.train_limit=100"]) == [
-        "finetune.masked_kd.teacher_keep=0.5", "finetune.masked_kd.criterion=random",
-        "finetune.train.train_limit=100"]  # fmt: skip
+        "finetune.masked_kd.teacher_keep=0.5",
+        "finetune.masked_kd.criterion=random",
+        "finetune.train.train_limit=100",
+    ]
     with pytest.raises(MaskpruneError, match="unknown criterion 'cls'"):
         combinations([0.5], ["cls"])
     with pytest.raises(MaskpruneError, match=r"keep ratios in \(0, 1\]"):
@@ -39,7 +44,10 @@ def test_queued_experiments_share_the_cpu_threads() -> None:
     assert threads_per_job({}, jobs=2, cpus=2)["OMP_NUM_THREADS"] == "1"
     assert threads_per_job({}, jobs=3, cpus=16)["OMP_NUM_THREADS"] == "5"
     assert threads_per_job({}, jobs=4, cpus=2)["OMP_NUM_THREADS"] == "1"  # never 0
-    assert threads_per_job({"OMP_NUM_THREADS": "3", "A": "b"}, jobs=2, cpus=2) == {"OMP_NUM_THREADS": "3", "A": "b"}
+    assert threads_per_job({"OMP_NUM_THREADS": "3", "A": "b"}, jobs=2, cpus=2) == {
+        "OMP_NUM_THREADS": "3",
+        "A": "b",
+    }
 
 
 def test_sweep_runs_experiments_and_lines_them_up(
@@ -50,8 +58,7 @@ def test_sweep_runs_experiments_and_lines_them_up(
     monkeypatch.chdir(smoke_repo)
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     params_before = (smoke_repo / "params.yaml").read_text()
-    rows = maskedkd_sweep(keep_ratios=[1.0, 0.25], criteria=["student_attn"],
-                          sets=["finetune.train.train_limit=512"])  # fmt: skip
+    rows = maskedkd_sweep(keep_ratios=[1.0, 0.25], criteria=["student_attn"], sets=["finetune.train.train_limit=512"])
     assert [(r["teacher_keep"], r["criterion"]) for r in rows] == [(1.0, "none"), (0.25, "student_attn")]
     full, quarter = rows
     assert full["teacher_gmacs_ratio"] == pytest.approx(1.0)
@@ -70,8 +77,7 @@ def test_sweep_runs_experiments_and_lines_them_up(
     experiment = client.get_experiment_by_name("maskprune")
     parents = client.search_runs([experiment.experiment_id], "tags.`maskprune.source` = 'prefect sweep'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = client.search_runs([experiment.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")  # fmt: skip
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert sorted(c.data.tags["dvc.exp_name"] for c in children) == sorted(r["experiment"] for r in rows)
     assert {c.data.params["finetune.masked_kd.teacher_keep"] for c in children} == {"1.0", "0.25"}
 
@@ -83,7 +89,11 @@ def test_mto_ablation_subsets_and_bad_input() -> None:
     assert loss_subsets(["r+e", "spa"]) == [("e", "r"), ("spa",)]
     weights = MTOSection(spa_weight=0.001, e_weight=0.1, r_weight=0.2)
     assert subset_sets(("e", "r"), weights, ["x=1"]) == [
-        "pretrain.mto.spa_weight=0.0", "pretrain.mto.e_weight=0.1", "pretrain.mto.r_weight=0.2", "x=1"]  # fmt: skip
+        "pretrain.mto.spa_weight=0.0",
+        "pretrain.mto.e_weight=0.1",
+        "pretrain.mto.r_weight=0.2",
+        "x=1",
+    ]
     with pytest.raises(MaskpruneError, match="give subsets of spa, e, r"):
         loss_subsets(["spa+x"])
     with pytest.raises(MaskpruneError, match="pretrain.mto.e_weight is 0"):

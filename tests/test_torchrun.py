@@ -34,8 +34,12 @@ def test_stage_trains_under_torchrun_with_two_processes_and_rank_zero_writes(ddp
     folder = ddp_repo / "models" / name / variant
     before = (folder / "metrics.json").stat().st_mtime_ns
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    done = run([torchrun, "--standalone", "--nproc_per_node=2", "-m", f"stages.{name}", variant], ddp_repo,
-               PYTHONPATH="src", OMP_NUM_THREADS="1")  # fmt: skip
+    done = run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", f"stages.{name}", variant],
+        ddp_repo,
+        PYTHONPATH="src",
+        OMP_NUM_THREADS="1",
+    )
     assert done.stdout.count(f"{stage}: done in") == 1  # only rank 0 reports (and writes)
     assert (folder / "metrics.json").stat().st_mtime_ns > before
     history = pd.read_csv(folder / "history.csv")

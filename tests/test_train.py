@@ -24,8 +24,17 @@ from maskprune.runtime import Runtime
 from maskprune.train import ClassificationObjective, fit, param_groups, warmup_cosine
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, compile=False, progress=False)
-CFG = TrainSection(epochs=3, batch_size=32, lr=3e-3, min_lr=1e-4, weight_decay=0.05, warmup_epochs=0.5,
-                   label_smoothing=0.1, grad_clip=1.0, augment=True)  # fmt: skip
+CFG = TrainSection(
+    epochs=3,
+    batch_size=32,
+    lr=3e-3,
+    min_lr=1e-4,
+    weight_decay=0.05,
+    warmup_epochs=0.5,
+    label_smoothing=0.1,
+    grad_clip=1.0,
+    augment=True,
+)
 
 
 def tiny_data(n_train: int = 96, n_val: int = 40) -> PreparedData:
@@ -69,8 +78,17 @@ def test_no_weight_decay_on_norms_biases_and_tokens() -> None:
 
 def test_fit_learns_and_records_history(tmp_path: Path) -> None:
     model = tiny_model()
-    history = fit(model, tiny_data(), CFG, ClassificationObjective(0.1), CPU, seed=0,
-                  state_dir=tmp_path, config_hash="h", log=lambda line: None)  # fmt: skip
+    history = fit(
+        model,
+        tiny_data(),
+        CFG,
+        ClassificationObjective(0.1),
+        CPU,
+        seed=0,
+        state_dir=tmp_path,
+        config_hash="h",
+        log=lambda line: None,
+    )
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert set(history[0]) == {"epoch", "train_loss", "val_top1", "lr", "img_per_s", "seconds"}
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -84,7 +102,17 @@ class Killed(Exception):
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
     straight = tiny_model()
-    fit(straight, tiny_data(), CFG, ClassificationObjective(0.1), CPU, 0, tmp_path / "a", "h", log=lambda s: None)
+    fit(
+        straight,
+        tiny_data(),
+        CFG,
+        ClassificationObjective(0.1),
+        CPU,
+        0,
+        tmp_path / "a",
+        "h",
+        log=lambda s: None,
+    )
 
     def kill_after_epoch_1(line: str) -> None:
         if " epoch 1 " in line:
@@ -92,12 +120,22 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
 
     interrupted = tiny_model()
     with pytest.raises(Killed):
-        fit(interrupted, tiny_data(), CFG, ClassificationObjective(0.1), CPU, 0, tmp_path / "b", "h",
-            log=kill_after_epoch_1)  # fmt: skip
+        fit(
+            interrupted,
+            tiny_data(),
+            CFG,
+            ClassificationObjective(0.1),
+            CPU,
+            0,
+            tmp_path / "b",
+            "h",
+            log=kill_after_epoch_1,
+        )
     assert json.loads((tmp_path / "b" / STATE_FILE).read_text())["epoch"] == 1
     resumed, lines = tiny_model(), []
-    history = fit(resumed, tiny_data(), CFG, ClassificationObjective(0.1), CPU, 0, tmp_path / "b", "h",
-                  log=lines.append)  # fmt: skip
+    history = fit(
+        resumed, tiny_data(), CFG, ClassificationObjective(0.1), CPU, 0, tmp_path / "b", "h", log=lines.append
+    )
     assert lines[0].startswith("train: resuming after epoch 1")
     assert [r["epoch"] for r in history] == [1, 2, 3]
     for key, value in weights(straight).items():
@@ -105,9 +143,29 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
 
 
 def test_state_for_another_config_is_not_resumed(tmp_path: Path) -> None:
-    fit(tiny_model(), tiny_data(), CFG, ClassificationObjective(0.1), CPU, 0, tmp_path, "old", log=lambda s: None)
+    fit(
+        tiny_model(),
+        tiny_data(),
+        CFG,
+        ClassificationObjective(0.1),
+        CPU,
+        0,
+        tmp_path,
+        "old",
+        log=lambda s: None,
+    )
     lines: list[str] = []
-    fit(tiny_model(), tiny_data(), CFG, ClassificationObjective(0.1), CPU, 0, tmp_path, "new", log=lines.append)
+    fit(
+        tiny_model(),
+        tiny_data(),
+        CFG,
+        ClassificationObjective(0.1),
+        CPU,
+        0,
+        tmp_path,
+        "new",
+        log=lines.append,
+    )
     assert not any("resuming" in line for line in lines)
 
 
@@ -138,8 +196,9 @@ def masked_kd_objective(world_size: int = 1) -> MaskedDistillation:
     """A fixed student keep (so every process runs the same token counts), MaskedKD teacher."""
     torch.manual_seed(5)
     teacher = TokenViT(img_size=12, patch_size=4, in_chans=1, num_classes=4, embed_dim=24, depth=2, num_heads=2)
-    return MaskedDistillation(9, HybridRatios([0.5], [1.0]), TeacherView(teacher, 0.5, "student_attn"),
-                              KDSection(), 0.1, world_size)  # fmt: skip
+    return MaskedDistillation(
+        9, HybridRatios([0.5], [1.0]), TeacherView(teacher, 0.5, "student_attn"), KDSection(), 0.1, world_size
+    )
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str, masked: bool = False) -> None:
@@ -163,10 +222,19 @@ def test_ddp_two_gloo_processes_match_one_process_with_same_global_batch(tmp_pat
         port = sock.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     single = tiny_model()
-    history = fit(single, tiny_data(), CFG.model_copy(update={"epochs": 2}), ClassificationObjective(0.1),
-                  CPU, 0, tmp_path / "single", "h", log=lambda s: None)  # fmt: skip
+    history = fit(
+        single,
+        tiny_data(),
+        CFG.model_copy(update={"epochs": 2}),
+        ClassificationObjective(0.1),
+        CPU,
+        0,
+        tmp_path / "single",
+        "h",
+        log=lambda s: None,
+    )
     ddp_history = json.loads((tmp_path / "history.json").read_text())
-    for one, two in zip(history, ddp_history):
+    for one, two in zip(history, ddp_history, strict=True):
         assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
         assert two["val_top1"] == pytest.approx(one["val_top1"])
     ddp_weights = load_file(str(tmp_path / "w.safetensors"))
@@ -179,10 +247,19 @@ def test_masked_kd_under_ddp_counts_the_cost_of_every_process(tmp_path: Path) ->
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), True), nprocs=2, join=True)
-    single = fit(tiny_model(), tiny_data(), CFG.model_copy(update={"epochs": 2}), masked_kd_objective(), CPU, 0,
-                 tmp_path / "single", "h", log=lambda s: None)  # fmt: skip
+    single = fit(
+        tiny_model(),
+        tiny_data(),
+        CFG.model_copy(update={"epochs": 2}),
+        masked_kd_objective(),
+        CPU,
+        0,
+        tmp_path / "single",
+        "h",
+        log=lambda s: None,
+    )
     ddp = json.loads((tmp_path / "history.json").read_text())
-    for one, two in zip(single, ddp):
+    for one, two in zip(single, ddp, strict=True):
         assert two["student_keep_mean"] == one["student_keep_mean"] == pytest.approx(4 / 9)
         assert two["train_gflops"] == pytest.approx(one["train_gflops"], rel=1e-9)  # same images, same tokens
         assert two["teacher_gmacs_per_image"] == pytest.approx(one["teacher_gmacs_per_image"], rel=1e-9)

@@ -9,8 +9,14 @@ from timm.models.vision_transformer import VisionTransformer
 from maskprune.config import ModelSpec
 from maskprune.errors import MaskpruneError
 from maskprune.measure import gmacs
-from maskprune.models.vit import (TokenViT, attention_residual, build_model, cls_attention, gather_tokens,
-                                  mlp_residual)  # fmt: skip
+from maskprune.models.vit import (
+    TokenViT,
+    attention_residual,
+    build_model,
+    cls_attention,
+    gather_tokens,
+    mlp_residual,
+)
 
 TINY = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=3, num_heads=4)
 
@@ -30,8 +36,7 @@ def test_all_tokens_kept_equals_timm_forward() -> None:
     expected = reference(x)
     torch.testing.assert_close(model(x), expected)
     torch.testing.assert_close(model(x, keep_idx=all_idx), expected)
-    torch.testing.assert_close(model.forward_tokens(x, cls_attn_blocks=[0, 2]).tokens,
-                               reference.forward_features(x))  # fmt: skip
+    torch.testing.assert_close(model.forward_tokens(x, cls_attn_blocks=[0, 2]).tokens, reference.forward_features(x))
 
 
 def test_timm_named_model_becomes_token_vit_with_identical_output() -> None:
@@ -121,8 +126,16 @@ def test_unknown_and_unsupported_models() -> None:
     with pytest.raises(ValueError, match="unknown model name 'resnet50'"):
         ModelSpec(name="resnet50")
     with pytest.raises(MaskpruneError, match="does not exist; give a local .safetensors"):
-        build_model(ModelSpec(name="vit_tiny_patch16_224", img_size=32, patch_size=8,
-                              pretrained_file="/nonexistent.safetensors"), 10, 3)  # fmt: skip
+        build_model(
+            ModelSpec(
+                name="vit_tiny_patch16_224",
+                img_size=32,
+                patch_size=8,
+                pretrained_file="/nonexistent.safetensors",
+            ),
+            10,
+            3,
+        )
     with pytest.raises(MaskpruneError, match="pretrained_file applies to timm names only"):
         build_model(ModelSpec(name="vit_student", pretrained_file="/x.safetensors"), 10, 1)
 
@@ -135,8 +148,9 @@ def test_local_timm_weights_load_offline(tmp_path) -> None:
     path = tmp_path / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
     loaded = build_model(spec.model_copy(update={"pretrained_file": str(path)}), num_classes=10, in_chans=3)
-    torch.testing.assert_close(loaded.state_dict()["blocks.0.attn.qkv.weight"],
-                               source.state_dict()["blocks.0.attn.qkv.weight"])  # fmt: skip
+    torch.testing.assert_close(
+        loaded.state_dict()["blocks.0.attn.qkv.weight"], source.state_dict()["blocks.0.attn.qkv.weight"]
+    )
 
 
 def test_cls_attention_rows_are_probabilities_and_the_block_matches_timm() -> None:

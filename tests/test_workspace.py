@@ -36,8 +36,14 @@ def test_copy_has_code_and_uncommitted_work_but_no_ignored_files_or_collected_re
     dest = copy_workspace(source, tmp_path / "dest")
 
     copied = sorted(git(["ls-files"], dest).split())
-    assert copied == [".gitignore", "params.yaml", "reports/report.md", "reports/seeds/README.md",
-                      "reports/sweeps/README.md", "uncommitted.py"]  # fmt: skip
+    assert copied == [
+        ".gitignore",
+        "params.yaml",
+        "reports/report.md",
+        "reports/seeds/README.md",
+        "reports/sweeps/README.md",
+        "uncommitted.py",
+    ]
     assert (dest / "uncommitted.py").read_text() == "x = 1\n"
     assert not (dest / "mlflow.db").exists() and not (dest / "reports" / "seeds" / "seed-1").exists()
     assert git(["status", "--porcelain"], dest) == ""  # everything is committed

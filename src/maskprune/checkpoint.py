@@ -91,8 +91,10 @@ def read_meta(folder: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
-        raise MaskpruneError(f"{folder} holds no {META_FILE}: not a maskprune checkpoint; "
-                             "point at a stage's model folder (e.g. models/teacher)") from None
+        raise MaskpruneError(
+            f"{folder} holds no {META_FILE}: not a maskprune checkpoint; "
+            "point at a stage's model folder (e.g. models/teacher)"
+        ) from None
     except json.JSONDecodeError as err:
         raise MaskpruneError(f"{path}: corrupt JSON ({err}); rerun the stage that wrote it") from None
     if meta.get("format") != CHECKPOINT_FORMAT:
@@ -161,10 +163,17 @@ def save_train_state(
     model_tensors = {f"model.{k}": v for k, v in unwrap(model).state_dict().items()}
     tensor_file = f"state-{epoch:04d}.safetensors"
     save_tensors(folder / tensor_file, {**model_tensors, **optim_tensors})
-    atomic.write_json(folder / STATE_FILE, {
-        "epoch": epoch, "config_hash": config_hash, "tensors": tensor_file,
-        "optimizer": optim_info, "scheduler": scheduler.state_dict(), "history": history,
-    })  # fmt: skip
+    atomic.write_json(
+        folder / STATE_FILE,
+        {
+            "epoch": epoch,
+            "config_hash": config_hash,
+            "tensors": tensor_file,
+            "optimizer": optim_info,
+            "scheduler": scheduler.state_dict(),
+            "history": history,
+        },
+    )
     for old in folder.glob("state-*.safetensors"):
         if old.name != tensor_file:
             old.unlink(missing_ok=True)

@@ -20,8 +20,10 @@ from maskprune.masking import Criterion, HybridRatios, check_keep_ratio
 
 PARAMS_FILE = "params.yaml"
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-REGENERATE = ("DVC must see every parameter: add it, or regenerate params.yaml with "
-              "`python -m maskprune.profile <smoke|cpu|gpu|gpu-check>`")  # fmt: skip
+REGENERATE = (
+    "DVC must see every parameter: add it, or regenerate params.yaml with "
+    "`python -m maskprune.profile <smoke|cpu|gpu|gpu-check>`"
+)
 
 
 class Section(BaseModel):
@@ -54,11 +56,9 @@ class ModelSpec(Section):
         return name
 
     @model_validator(mode="after")
-    def _grid(self) -> "ModelSpec":
+    def _grid(self) -> ModelSpec:
         if self.img_size % self.patch_size:
-            raise ValueError(
-                f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
-            )
+            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         return self
 
 
@@ -67,7 +67,7 @@ class ModelsSection(Section):
     teacher: ModelSpec = ModelSpec(name="vit_teacher")
 
     @model_validator(mode="after")
-    def _same_grid(self) -> "ModelsSection":
+    def _same_grid(self) -> ModelsSection:
         s, t = self.student, self.teacher
         if (s.img_size // s.patch_size) != (t.img_size // t.patch_size):
             raise ValueError(
@@ -96,8 +96,11 @@ class TrackingSection(Section):
     uri: str = Field("", description="'' = sqlite:///<repo>/mlflow.db; MLFLOW_TRACKING_URI wins")
     experiment: str = Field("maskprune", min_length=1)
     required: bool = Field(True, description="fail the stage if tracking is unreachable")
-    registered_model: str = Field("maskprune-pruned", min_length=1,
-                                  description="registry name of the best pruned model (the report stage)")  # fmt: skip
+    registered_model: str = Field(
+        "maskprune-pruned",
+        min_length=1,
+        description="registry name of the best pruned model (the report stage)",
+    )
     model_alias: str = Field("champion", pattern=r"^[A-Za-z0-9_-]+$", description="alias of its newest version")
 
 
@@ -113,7 +116,7 @@ class TrainSection(Section):
     augment: bool = True
 
     @model_validator(mode="after")
-    def _schedule(self) -> "TrainSection":
+    def _schedule(self) -> TrainSection:
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} is larger than lr {self.lr}")
         if self.warmup_epochs > self.epochs:
@@ -133,8 +136,18 @@ class FinetuneTrain(TrainSection):
 
 def short_recipe(**overrides: Any) -> FinetuneTrain:
     """The one-epoch cpu recipe that the later stages start from, with `overrides`."""
-    base = dict(epochs=1, batch_size=64, lr=1e-3, min_lr=1e-5, weight_decay=0.05, warmup_epochs=0.1,
-                label_smoothing=0.1, grad_clip=1.0, augment=False, train_limit=0)  # fmt: skip
+    base = dict(
+        epochs=1,
+        batch_size=64,
+        lr=1e-3,
+        min_lr=1e-5,
+        weight_decay=0.05,
+        warmup_epochs=0.1,
+        label_smoothing=0.1,
+        grad_clip=1.0,
+        augment=False,
+        train_limit=0,
+    )
     return FinetuneTrain(**{**base, **overrides})
 
 
@@ -145,7 +158,7 @@ class HybridMasking(Section):
     probs: list[float] = Field(default_factory=lambda: [1.0])
 
     @model_validator(mode="after")
-    def _hybrid_set(self) -> "HybridMasking":
+    def _hybrid_set(self) -> HybridMasking:
         HybridRatios(self.keep_ratios, self.probs)  # raises ValueError with the reason
         return self
 
@@ -179,8 +192,9 @@ class MaskedKDVariant(HybridMasking):
 class FinetuneSection(Section):
     """The finetune stage: a shared recipe and init, then one section per variant."""
 
-    init: str = Field("models/pretrain/mae-mto",
-                      description="scratch | pretrained_file | path to a maskprune model folder")  # fmt: skip
+    init: str = Field(
+        "models/pretrain/mae-mto", description="scratch | pretrained_file | path to a maskprune model folder"
+    )
     train: FinetuneTrain = short_recipe()
     kd: KDSection = KDSection()
     full: FullVariant = FullVariant()
@@ -211,10 +225,15 @@ class DynamicViTSection(Section):
 class PruneSection(Section):
     """The prune stage: a matrix method x init x keep rate over the finetune variants."""
 
-    inits: list[FinetuneVariant] = Field(default_factory=lambda: ["full", "masked"], min_length=1,
-                                         description="finetune variants to start from")  # fmt: skip
+    inits: list[FinetuneVariant] = Field(
+        default_factory=lambda: ["full", "masked"],
+        min_length=1,
+        description="finetune variants to start from",
+    )
     keep_rates: list[float] = Field(default_factory=lambda: [0.7, 0.5], min_length=1)
-    locations: list[int] = Field(default_factory=list, description="0-indexed pruning blocks; [] = at 1/4, 1/2, 3/4 of depth")
+    locations: list[int] = Field(
+        default_factory=list, description="0-indexed pruning blocks; [] = at 1/4, 1/2, 3/4 of depth"
+    )
     train: FinetuneTrain = short_recipe(lr=5e-4, train_limit=12000)
     kd: KDSection = KDSection()
     evit: EViTSection = EViTSection()
@@ -299,8 +318,9 @@ class PretrainProbe(ProbeSection):
 class PretrainSection(Section):
     """The pretrain stage: a matrix objective x {baseline, mto}; its encoder initialises finetune."""
 
-    objectives: list[MIMObjective] = Field(default_factory=lambda: ["mae"], min_length=1,
-                                           description="add simmim to pre-train with SimMIM too")  # fmt: skip
+    objectives: list[MIMObjective] = Field(
+        default_factory=lambda: ["mae"], min_length=1, description="add simmim to pre-train with SimMIM too"
+    )
     train: FinetuneTrain = short_recipe(epochs=6, batch_size=128, lr=1.5e-3, warmup_epochs=1.0, label_smoothing=0.0)
     mae: MAESection = MAESection()
     simmim: SimMIMSection = SimMIMSection()
@@ -319,8 +339,11 @@ class PretrainSection(Section):
 class DistillSection(Section):
     """Task-agnostic KD: a teacher's features into ViT and EViT students, without labels."""
 
-    teacher: str = Field("models/pretrain/mae-mto", min_length=1,
-                         description="teacher model folder (self-supervised: a pretrain variant)")  # fmt: skip
+    teacher: str = Field(
+        "models/pretrain/mae-mto",
+        min_length=1,
+        description="teacher model folder (self-supervised: a pretrain variant)",
+    )
     students: list[Literal["vit", "evit"]] = Field(default_factory=lambda: ["vit", "evit"], min_length=1)
     targets: list[Literal["cls", "cls_tokens"]] = Field(default_factory=lambda: ["cls", "cls_tokens"], min_length=1)
     keep_rate: float = Field(0.5, description="the EViT student's keep rate")
@@ -344,8 +367,11 @@ class EvaluateSection(Section):
     throughput_warmup: int = Field(3, ge=0)
     throughput_repeats: int = Field(10, ge=1)
     token_images: int = Field(6, ge=1, le=64, description="test images whose kept patches the report draws")
-    rauc_epochs: list[list[int]] = Field(default_factory=lambda: [[1, 0]], min_length=1,
-                                         description="[E1, E2] pairs for pretrain RAUC; E2 = 0 means the last epoch")  # fmt: skip
+    rauc_epochs: list[list[int]] = Field(
+        default_factory=lambda: [[1, 0]],
+        min_length=1,
+        description="[E1, E2] pairs for pretrain RAUC; E2 = 0 means the last epoch",
+    )
 
     @field_validator("rauc_epochs")
     @classmethod
@@ -399,14 +425,18 @@ class Params(Section):
     report: ReportSection = ReportSection()
 
     @model_validator(mode="after")
-    def _finetune_init(self) -> "Params":
+    def _finetune_init(self) -> Params:
         init, weights = self.finetune.init, self.models.student.pretrained_file
         if init == "pretrained_file" and not weights:
-            raise ValueError("finetune.init is 'pretrained_file' but models.student.pretrained_file "
-                             "is empty; set the local weights file or use init: scratch")  # fmt: skip
+            raise ValueError(
+                "finetune.init is 'pretrained_file' but models.student.pretrained_file "
+                "is empty; set the local weights file or use init: scratch"
+            )
         if init != "pretrained_file" and weights:
-            raise ValueError(f"models.student.pretrained_file is set but finetune.init is {init!r}; "
-                             "set finetune.init: pretrained_file or clear the file")  # fmt: skip
+            raise ValueError(
+                f"models.student.pretrained_file is set but finetune.init is {init!r}; "
+                "set finetune.init: pretrained_file or clear the file"
+            )
         return self
 
 
@@ -470,8 +500,7 @@ def read_yaml(path: Path) -> Any:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MaskpruneError(
-            f"{path} not found: run from the repository root or create it with "
-            "`python -m maskprune.profile cpu`"
+            f"{path} not found: run from the repository root or create it with `python -m maskprune.profile cpu`"
         ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)

@@ -140,14 +140,24 @@ class MaskedDistillation:
             student_idx = random_keep_idx(images.shape[0], self.num_patches, keep, device=images.device)
         if keep not in self.student_flops_per_image:
             self.student_flops_per_image[keep] = train_step_flops(
-                unwrap(model), images[:1], keep_idx=None if student_idx is None else student_idx[:1],
-                return_cls_attn=self.wants_attention)  # fmt: skip
+                unwrap(model),
+                images[:1],
+                keep_idx=None if student_idx is None else student_idx[:1],
+                return_cls_attn=self.wants_attention,
+            )
         self.student_images[keep] += images.shape[0]
         out = model(images, keep_idx=student_idx, return_cls_attn=self.wants_attention)
         logits, attn = out if self.wants_attention else (out, None)
         teacher_logits = self.teacher(images, student_idx, attn) if self.teacher is not None else None
-        return distillation_loss(logits, teacher_logits, labels, self.kd.alpha, self.kd.temperature,
-                                 self.kd.kind, self.label_smoothing)  # fmt: skip
+        return distillation_loss(
+            logits,
+            teacher_logits,
+            labels,
+            self.kd.alpha,
+            self.kd.temperature,
+            self.kd.kind,
+            self.label_smoothing,
+        )
 
     def epoch_summary(self) -> dict[str, float]:
         """This epoch's training cost over all processes, then the counters restart."""
@@ -172,4 +182,3 @@ class MaskedDistillation:
 
 def _ledger(flops_per_image: dict[int, float], images: Counter[int]) -> float:
     return sum(flops_per_image[key] * count for key, count in images.items())
-

@@ -21,8 +21,8 @@ from maskprune import atomic
 from maskprune.checkpoint import load_model
 from maskprune.config import FINETUNE_VARIANTS, PRETRAIN_LOSSES, ModelSpec, Params
 from maskprune.data.loader import Normalizer, Split, load_prepared
-from maskprune.distill import TeacherView
 from maskprune.data.prepare import subset_indices
+from maskprune.distill import TeacherView
 from maskprune.errors import MaskpruneError
 from maskprune.measure import count_params, gmacs, occlusion_curve, paired_throughput, top1
 from maskprune.models.pruned import METHODS
@@ -40,13 +40,21 @@ def pipeline_models(params: Params) -> list[str]:
     prune = [PruneVariant(m, i, k).name for m in METHODS for i in params.prune.inits for k in params.prune.keep_rates]
     distill = [DistillVariant(s, t).name for s in params.distill.students for t in params.distill.targets]
     pretrain = [PretrainVariant(o, loss).name for o in params.pretrain.objectives for loss in PRETRAIN_LOSSES]
-    return ["teacher", *(f"pretrain/{name}" for name in pretrain), *(f"finetune/{v}" for v in FINETUNE_VARIANTS),
-            *(f"prune/{name}" for name in prune),
-            *(f"distill/{name}/{how}" for name in distill for how in ("finetune", "probe"))]  # fmt: skip
+    return [
+        "teacher",
+        *(f"pretrain/{name}" for name in pretrain),
+        *(f"finetune/{v}" for v in FINETUNE_VARIANTS),
+        *(f"prune/{name}" for name in prune),
+        *(f"distill/{name}/{how}" for name in distill for how in ("finetune", "probe")),
+    ]
 
 
 def speed_and_cost(
-    model: torch.nn.Module, reference: torch.nn.Module, shape: tuple[int, ...], params: Params, runtime: Runtime
+    model: torch.nn.Module,
+    reference: torch.nn.Module,
+    shape: tuple[int, ...],
+    params: Params,
+    runtime: Runtime,
 ) -> dict[str, float]:
     """GMACs and throughput of `model`, each also as a ratio to `reference` timed alongside it."""
     cfg = params.evaluate
@@ -55,8 +63,14 @@ def speed_and_cost(
     macs, ref_macs = gmacs(model, one), gmacs(reference, one)
     model.eval()
     reference.eval()
-    img_s, ref_img_s = paired_throughput(lambda: model(batch), lambda: reference(batch), len(batch), runtime,
-                                         cfg.throughput_warmup, cfg.throughput_repeats)  # fmt: skip
+    img_s, ref_img_s = paired_throughput(
+        lambda: model(batch),
+        lambda: reference(batch),
+        len(batch),
+        runtime,
+        cfg.throughput_warmup,
+        cfg.throughput_repeats,
+    )
     return {
         "gmacs": macs,
         "gmacs_ratio": macs / ref_macs,
@@ -68,8 +82,10 @@ def speed_and_cost(
 
 def tome_matches(base: TokenViT, targets: dict[str, float], example: torch.Tensor) -> dict[int, list[str]]:
     """ToMe merge rate r -> the models (name -> GMACs) whose GMACs it matches most closely."""
-    costs = {r: gmacs(apply_tome(copy.deepcopy(base), r), example)
-             for r in range(1, max_tome_r(base.num_patches, len(base.blocks)) + 1)}  # fmt: skip
+    costs = {
+        r: gmacs(apply_tome(copy.deepcopy(base), r), example)
+        for r in range(1, max_tome_r(base.num_patches, len(base.blocks)) + 1)
+    }
     matches: dict[int, list[str]] = {}
     for name, target in targets.items():
         r = min(costs, key=lambda k: abs(costs[k] - target))
@@ -109,17 +125,26 @@ def mto_row(objective: str, baseline: pd.DataFrame, mto: pd.DataFrame, ranges: l
     never does), and both runs' last-epoch heterogeneity per mask-carrying layer.
     """
     if list(baseline["epoch"]) != list(mto["epoch"]):
-        raise MaskpruneError(f"pretrain@{objective}-baseline and -mto were trained for different epochs; "
-                             "rerun both with the same pretrain.train")  # fmt: skip
+        raise MaskpruneError(
+            f"pretrain@{objective}-baseline and -mto were trained for different epochs; "
+            "rerun both with the same pretrain.train"
+        )
     epochs = [float(e) for e in baseline["epoch"]]
     s1, s2 = list(baseline["probe_top1"]), list(mto["probe_top1"])
-    row: dict[str, Any] = {"objective": objective, "epochs": len(epochs), "baseline_final_top1": s1[-1],
-                           "mto_final_top1": s2[-1], "mto_minus_baseline_final": s2[-1] - s1[-1]}  # fmt: skip
+    row: dict[str, Any] = {
+        "objective": objective,
+        "epochs": len(epochs),
+        "baseline_final_top1": s1[-1],
+        "mto_final_top1": s2[-1],
+        "mto_minus_baseline_final": s2[-1] - s1[-1],
+    }
     for e1, e2 in ranges:
         end = e2 or int(epochs[-1])
         if end > epochs[-1]:
-            raise MaskpruneError(f"evaluate.rauc_epochs [{e1}, {e2}] goes beyond the {len(epochs)} pre-training "
-                                 "epochs; lower E2 or use 0 for the last epoch")  # fmt: skip
+            raise MaskpruneError(
+                f"evaluate.rauc_epochs [{e1}, {e2}] goes beyond the {len(epochs)} pre-training "
+                "epochs; lower E2 or use 0 for the last epoch"
+            )
         try:
             row[f"rauc_{e1}_{end}"] = rauc(epochs, s1, s2, e1, end)
         except ValueError:
@@ -134,8 +159,15 @@ def mto_row(objective: str, baseline: pd.DataFrame, mto: pd.DataFrame, ranges: l
 
 
 def mto_table(root: Path, params: Params) -> list[dict[str, Any]]:
-    return [mto_row(o, pretrain_history(root, o, "baseline"), pretrain_history(root, o, "mto"),
-                    params.evaluate.rauc_epochs) for o in params.pretrain.objectives]  # fmt: skip
+    return [
+        mto_row(
+            o,
+            pretrain_history(root, o, "baseline"),
+            pretrain_history(root, o, "mto"),
+            params.evaluate.rauc_epochs,
+        )
+        for o in params.pretrain.objectives
+    ]
 
 
 @torch.inference_mode()
@@ -167,9 +199,17 @@ def task_agnostic_table(results: dict[str, dict[str, Any]], params: Params) -> l
         for target in params.distill.targets:
             name = DistillVariant(student, target).name
             tuned, probe = results[f"distill/{name}/finetune"], results[f"distill/{name}/probe"]
-            rows.append({"student": student, "target": target, "finetune_top1": tuned["top1"],
-                         "probe_top1": probe["top1"], "params_m": tuned["params_m"], "gmacs": tuned["gmacs"],
-                         "throughput_ratio": tuned["throughput_ratio"]})  # fmt: skip
+            rows.append(
+                {
+                    "student": student,
+                    "target": target,
+                    "finetune_top1": tuned["top1"],
+                    "probe_top1": probe["top1"],
+                    "params_m": tuned["params_m"],
+                    "gmacs": tuned["gmacs"],
+                    "throughput_ratio": tuned["throughput_ratio"],
+                }
+            )
     return rows
 
 
@@ -189,8 +229,16 @@ class ModelMeter:
         spec = ModelSpec.model_validate(meta["model"])
         normalize = Normalizer(meta["mean"], meta["std"], spec.img_size, runtime.device)
         reference = build_model(spec, meta["num_classes"], meta["in_chans"]).to(runtime.device)
-        curve = occlusion_curve(model, self.occluded, normalize, runtime, cfg.batch_size, cfg.occlusion_drop,
-                                model.num_patches, self.params.seed)  # fmt: skip
+        curve = occlusion_curve(
+            model,
+            self.occluded,
+            normalize,
+            runtime,
+            cfg.batch_size,
+            cfg.occlusion_drop,
+            model.num_patches,
+            self.params.seed,
+        )
         self.occlusion_rows += [{"model": name, **row} for row in curve]
         return {
             "top1": top1(model, self.test, normalize, runtime, cfg.batch_size),
@@ -211,11 +259,15 @@ def evaluate_models(params: Params, root: Path, runtime: Runtime, log=print) -> 
     for name in pipeline_models(params):
         folder = root / "models" / name
         if not (folder / "meta.json").is_file():
-            raise MaskpruneError(f"{folder} is missing: run `dvc repro` (evaluate measures every model of the pipeline)")
+            raise MaskpruneError(
+                f"{folder} is missing: run `dvc repro` (evaluate measures every model of the pipeline)"
+            )
         model, meta = load_model(folder, runtime.device)
         if meta["data"] != data.meta["name"] or meta["num_classes"] != data.num_classes:
-            raise MaskpruneError(f"{folder} was trained on {meta['data']!r}, not on the prepared "
-                                 f"{data.meta['name']!r}; rerun its stage or fix data.name")  # fmt: skip
+            raise MaskpruneError(
+                f"{folder} was trained on {meta['data']!r}, not on the prepared "
+                f"{data.meta['name']!r}; rerun its stage or fix data.name"
+            )
         results[name] = meter.measure(name, model, meta)
         if meta.get("pruning") and name.startswith("prune/"):
             spec = ModelSpec.model_validate(meta["model"])
@@ -230,11 +282,18 @@ def evaluate_models(params: Params, root: Path, runtime: Runtime, log=print) -> 
         "pruning": pruning_table(results, params),
         "task_agnostic": task_agnostic_table(results, params),
         "mto": mto_table(root, params),
-        "tokens": {**tokens, "grid": params.models.student.img_size // params.models.student.patch_size,
-                   "maskedkd_teacher": teacher_patches(params, root, picture_images, runtime)},
-        "setup": {"device": str(runtime.device), "threads": torch.get_num_threads(),
-                  "throughput_batch": params.evaluate.throughput_batch, "test_images": len(meter.test),
-                  "occlusion_images": len(meter.occluded)},  # fmt: skip
+        "tokens": {
+            **tokens,
+            "grid": params.models.student.img_size // params.models.student.patch_size,
+            "maskedkd_teacher": teacher_patches(params, root, picture_images, runtime),
+        },
+        "setup": {
+            "device": str(runtime.device),
+            "threads": torch.get_num_threads(),
+            "throughput_batch": params.evaluate.throughput_batch,
+            "test_images": len(meter.test),
+            "occlusion_images": len(meter.occluded),
+        },
     }
     if runtime.is_main:
         write_outputs(root, report, meter.occlusion_rows)
@@ -242,7 +301,12 @@ def evaluate_models(params: Params, root: Path, runtime: Runtime, log=print) -> 
 
 
 def tome_baselines(
-    init: str, root: Path, params: Params, results: dict[str, Any], meter: ModelMeter, log=print  # noqa: ANN001
+    init: str,
+    root: Path,
+    params: Params,
+    results: dict[str, Any],
+    meter: ModelMeter,
+    log=print,  # noqa: ANN001
 ) -> dict[str, Any]:
     """ToMe on models/finetune/<init> at the r matching each pruned model from that init."""
     model, meta = load_model(root / "models" / "finetune" / init, meter.runtime.device)
@@ -253,10 +317,16 @@ def tome_baselines(
     found = {}
     for r, matched in tome_matches(model, targets, example).items():
         name = f"tome/{init}-r{r}"
-        found[name] = {**meter.measure(name, apply_tome(copy.deepcopy(model), r), meta), "tome_r": r,
-                       "init": init, "matched_to": matched}  # fmt: skip
-        log(f"evaluate: {name} top1 {found[name]['top1']:.4f} {found[name]['gmacs']:.4f} GMACs "
-            f"(matched to {', '.join(matched)})")  # fmt: skip
+        found[name] = {
+            **meter.measure(name, apply_tome(copy.deepcopy(model), r), meta),
+            "tome_r": r,
+            "init": init,
+            "matched_to": matched,
+        }
+        log(
+            f"evaluate: {name} top1 {found[name]['top1']:.4f} {found[name]['gmacs']:.4f} GMACs "
+            f"(matched to {', '.join(matched)})"
+        )
     return found
 
 
@@ -265,10 +335,14 @@ def write_outputs(root: Path, report: dict[str, Any], occlusion_rows: list[dict[
     atomic.write_json(root / "metrics" / "evaluate.json", report)
     plots = root / "plots" / "evaluate"
     for name, rows in pd.DataFrame(occlusion_rows).groupby("model", sort=False):
-        atomic.write_text(plots / "occlusion" / f"{name.replace('/', '-')}.csv",
-                          rows.drop(columns="model").to_csv(index=False))  # fmt: skip
-    cost = [{"model": name, **{k: entry[k] for k in ("top1", "gmacs", "img_per_s", "throughput_ratio")}}
-            for name, entry in report["models"].items()]  # fmt: skip
+        atomic.write_text(
+            plots / "occlusion" / f"{name.replace('/', '-')}.csv",
+            rows.drop(columns="model").to_csv(index=False),
+        )
+    cost = [
+        {"model": name, **{k: entry[k] for k in ("top1", "gmacs", "img_per_s", "throughput_ratio")}}
+        for name, entry in report["models"].items()
+    ]
     atomic.write_text(plots / "cost.csv", pd.DataFrame(cost).to_csv(index=False))
     atomic.write_text(plots / "task_agnostic.csv", pd.DataFrame(report["task_agnostic"]).to_csv(index=False))
     for method, rows in pd.DataFrame(report["pruning"]).groupby("method", sort=False):
@@ -276,11 +350,17 @@ def write_outputs(root: Path, report: dict[str, Any], occlusion_rows: list[dict[
     for row in report["mto"]:
         objective = row["objective"]
         baseline, mto = (pretrain_history(root, objective, loss) for loss in PRETRAIN_LOSSES)
-        curves = pd.DataFrame({"epoch": baseline["epoch"], "baseline_probe_top1": baseline["probe_top1"],
-                               "mto_probe_top1": mto["probe_top1"]})  # fmt: skip
+        curves = pd.DataFrame(
+            {
+                "epoch": baseline["epoch"],
+                "baseline_probe_top1": baseline["probe_top1"],
+                "mto_probe_top1": mto["probe_top1"],
+            }
+        )
         atomic.write_text(plots / "pretrain" / f"{objective}.csv", curves.to_csv(index=False))
-        layers = pd.DataFrame({"layer": range(len(row["baseline_h"])), "baseline_h": row["baseline_h"],
-                               "mto_h": row["mto_h"]})  # fmt: skip
+        layers = pd.DataFrame(
+            {"layer": range(len(row["baseline_h"])), "baseline_h": row["baseline_h"], "mto_h": row["mto_h"]}
+        )
         atomic.write_text(plots / "heterogeneity" / f"{objective}.csv", layers.to_csv(index=False))
 
 

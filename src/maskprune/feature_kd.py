@@ -81,5 +81,6 @@ class FeatureDistillation:
         tokens, patch_idx = model(images)
         with torch.inference_mode():
             teacher_tokens = self.teacher.forward_features(images)
-        return feature_distillation_loss(tokens, patch_idx, teacher_tokens.clone(), self.target, self.kind,
-                                         self.teacher.num_prefix_tokens)  # fmt: skip
+        return feature_distillation_loss(
+            tokens, patch_idx, teacher_tokens.clone(), self.target, self.kind, self.teacher.num_prefix_tokens
+        )

@@ -5,8 +5,8 @@ Series are given as means with optional interval bounds (None where one seed lea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -48,7 +48,9 @@ def curves(
     return _save(fig, path)
 
 
-def grouped_bars(path: Path, groups: Sequence[str], series: dict[str, Sequence[float]], ylabel: str, title: str) -> Path:
+def grouped_bars(
+    path: Path, groups: Sequence[str], series: dict[str, Sequence[float]], ylabel: str, title: str
+) -> Path:
     """Bars per group, one colour per series: {label: one value per group}."""
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     width = 0.8 / max(1, len(series))

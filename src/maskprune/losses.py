@@ -1,8 +1,8 @@
 """Knowledge-distillation losses (DeiT / MaskedKD convention).
 
-    loss = (1 - alpha) * CE(student, labels) + alpha * KD(student, teacher)
-    soft KD = KL(softmax(t / T) || softmax(s / T)) * T^2     (batch mean)
-    hard KD = CE(student, argmax teacher)
+loss = (1 - alpha) * CE(student, labels) + alpha * KD(student, teacher)
+soft KD = KL(softmax(t / T) || softmax(s / T)) * T^2     (batch mean)
+hard KD = CE(student, argmax teacher)
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def distillation_loss(
     base = F.cross_entropy(student_logits.float(), labels, label_smoothing=label_smoothing)
     if teacher_logits is None:
         return base
-    kd = soft_kd(student_logits, teacher_logits, temperature) if kind == "soft" else hard_kd(
-        student_logits, teacher_logits)  # fmt: skip
+    kd = (
+        soft_kd(student_logits, teacher_logits, temperature)
+        if kind == "soft"
+        else hard_kd(student_logits, teacher_logits)
+    )
     return (1.0 - alpha) * base + alpha * kd

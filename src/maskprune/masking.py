@@ -7,7 +7,8 @@ ascending order, so kept tokens stay in their spatial order.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence, get_args
+from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 
@@ -71,4 +72,4 @@ class HybridRatios:
 
     @property
     def mean(self) -> float:
-        return float(sum(r * p for r, p in zip(self.ratios, self.probs.tolist())))
+        return float(sum(r * p for r, p in zip(self.ratios, self.probs.tolist(), strict=True)))

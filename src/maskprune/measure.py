@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils import flop_counter
@@ -85,8 +85,15 @@ if _CPU_SDPA not in flop_counter.flop_registry:
         return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
     @flop_counter.register_flop_formula(_CPU_SDPA_BACKWARD)
-    def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args,  # noqa: ANN001
-                                 out_shape=None, **kwargs) -> int:  # fmt: skip
+    def _cpu_sdpa_backward_flops(
+        grad_out_shape,
+        query_shape,
+        key_shape,
+        value_shape,
+        *args,  # noqa: ANN001
+        out_shape=None,
+        **kwargs,
+    ) -> int:
         return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
@@ -115,9 +122,9 @@ def train_step_flops(model: torch.nn.Module, example: torch.Tensor, **forward_kw
         logits = out[0] if isinstance(out, tuple) else out
         logits.float().sum().backward()
 
-    with torch.random.fork_rng(devices=[example.device] if example.device.type == "cuda" else []):
-        with torch.autocast(example.device.type, enabled=False):
-            flops = count_flops(step)
+    cuda_devices = [example.device] if example.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices), torch.autocast(example.device.type, enabled=False):
+        flops = count_flops(step)
     return flops / example.shape[0]
 
 
@@ -156,9 +163,7 @@ def median_seconds(
     return [statistics.median(t) for t in times]
 
 
-def time_calls(
-    fn: Callable[[], object], batch: int, runtime: Runtime, warmup: int, repeats: int
-) -> dict[str, float]:
+def time_calls(fn: Callable[[], object], batch: int, runtime: Runtime, warmup: int, repeats: int) -> dict[str, float]:
     """Images per second of `fn` (which processes `batch` images): median of timed runs."""
     (median,) = median_seconds([fn], runtime, warmup, repeats)
     return {"img_per_s": batch / median, "median_s": median, "repeats": repeats}

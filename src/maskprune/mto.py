@@ -24,7 +24,7 @@ Choices the paper leaves open, made here (and tested):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

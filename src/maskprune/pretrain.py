@@ -82,8 +82,7 @@ class LinearProbe:
         self.cfg, self.seed, self.runtime = cfg, params.seed, runtime
         self.train = subset(data.splits["train"], cfg.train_limit, params.seed).to(runtime.device)
         self.test = subset(data.splits["test"], cfg.test_limit, params.seed).to(runtime.device)
-        self.normalize = Normalizer(data.meta["mean"], data.meta["std"], params.models.student.img_size,
-                                    runtime.device)  # fmt: skip
+        self.normalize = Normalizer(data.meta["mean"], data.meta["std"], params.models.student.img_size, runtime.device)
         self.num_classes = data.num_classes
         self.head: torch.nn.Linear | None = None
 
@@ -106,8 +105,9 @@ def encoder_cost(encoder: TokenViT, visible: int, shape: tuple[int, ...], device
     return {"encoder_gmacs_masked": masked, "encoder_gmacs_full": full, "encoder_gmacs_ratio": masked / full}
 
 
-def train_pretrain(params: Params, variant: PretrainVariant, root: Path, out_dir: Path,
-                   runtime: Runtime) -> dict[str, Any]:  # fmt: skip
+def train_pretrain(
+    params: Params, variant: PretrainVariant, root: Path, out_dir: Path, runtime: Runtime
+) -> dict[str, Any]:
     """Pre-train one variant; write the encoder (+ probe head), MIM weights, history, metrics."""
     started = time.perf_counter()
     seed_everything(params.seed)
@@ -117,15 +117,44 @@ def train_pretrain(params: Params, variant: PretrainVariant, root: Path, out_dir
     mim, mask_ratio = build_mim(params, variant.objective, data)
     encoder = mim.encoder
     spec = params.models.student
-    objective = MIMObjective(variant.objective, mask_ratio, encoder.num_patches, spec.patch_size,
-                             cfg.mae.norm_pix_loss, cfg.mto, variant.loss == "mto", runtime)  # fmt: skip
+    objective = MIMObjective(
+        variant.objective,
+        mask_ratio,
+        encoder.num_patches,
+        spec.patch_size,
+        cfg.mae.norm_pix_loss,
+        cfg.mto,
+        variant.loss == "mto",
+        runtime,
+    )
     probe = LinearProbe(params, prepared, runtime)
-    digest = config_hash(params.data, spec, variant.name, cfg.train, getattr(cfg, variant.objective),
-                         cfg.mto if variant.loss == "mto" else None, cfg.probe, params.seed, data.meta["sources"],
-                         data.meta["counts"])  # fmt: skip
-    history = fit(mim, data, cfg.train, objective, runtime, params.seed, root / "checkpoints" / "pretrain" / variant.name,
-                  digest, name=f"pretrain@{variant.name}", img_size=spec.img_size, section="pretrain.train",
-                  validate=False, epoch_end=probe)  # fmt: skip
+    digest = config_hash(
+        params.data,
+        spec,
+        variant.name,
+        cfg.train,
+        getattr(cfg, variant.objective),
+        cfg.mto if variant.loss == "mto" else None,
+        cfg.probe,
+        params.seed,
+        data.meta["sources"],
+        data.meta["counts"],
+    )
+    history = fit(
+        mim,
+        data,
+        cfg.train,
+        objective,
+        runtime,
+        params.seed,
+        root / "checkpoints" / "pretrain" / variant.name,
+        digest,
+        name=f"pretrain@{variant.name}",
+        img_size=spec.img_size,
+        section="pretrain.train",
+        validate=False,
+        epoch_end=probe,
+    )
     if probe.head is None:  # NOTE: a run resumed after its last epoch has no probe fitted yet
         probe.fit_and_score(encoder)
     last = history[-1]
@@ -147,9 +176,15 @@ def train_pretrain(params: Params, variant: PretrainVariant, root: Path, out_dir
     if runtime.is_main:
         encoder.reset_classifier(data.num_classes, global_pool=TIMM_POOL[cfg.probe.pool])
         encoder.head = probe.head
-        meta = {**model_meta(params, data, "student"), "stage": f"pretrain@{variant.name}",
-                "objective": variant.objective, "loss": variant.loss, "global_pool": encoder.global_pool,
-                "config_hash": digest, "probe_top1": last["probe_top1"]}  # fmt: skip
+        meta = {
+            **model_meta(params, data, "student"),
+            "stage": f"pretrain@{variant.name}",
+            "objective": variant.objective,
+            "loss": variant.loss,
+            "global_pool": encoder.global_pool,
+            "config_hash": digest,
+            "probe_top1": last["probe_top1"],
+        }
         save_model(out_dir, encoder, meta)
         rest = {k: v for k, v in mim.state_dict().items() if not k.startswith("encoder.")}
         save_tensors(out_dir / MIM_FILE, rest)

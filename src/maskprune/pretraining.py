@@ -49,8 +49,17 @@ class MIMObjective:
         runtime: for averaging the epoch summary over processes.
     """
 
-    def __init__(self, objective: str, mask_ratio: float, num_patches: int, patch_size: int, norm_pix: bool,
-                 mto: MTOSection, train_mto: bool, runtime: Runtime) -> None:  # fmt: skip
+    def __init__(
+        self,
+        objective: str,
+        mask_ratio: float,
+        num_patches: int,
+        patch_size: int,
+        norm_pix: bool,
+        mto: MTOSection,
+        train_mto: bool,
+        runtime: Runtime,
+    ) -> None:
         self.objective = objective
         self.num_patches = num_patches
         self.visible = num_kept(num_patches, 1.0 - mask_ratio)
@@ -86,7 +95,7 @@ class MIMObjective:
             return {}
         sums = all_reduce_sum(self._sums, self.runtime) / (self._steps * self.runtime.world_size)
         values = sums.tolist()
-        summary = dict(zip(TERMS, values[: len(TERMS)]))
+        summary = dict(zip(TERMS, values[: len(TERMS)], strict=True))
         summary.update({f"h_{i}": v for i, v in enumerate(values[len(TERMS) :])})
         self._sums, self._steps = None, 0
         return summary

@@ -9,23 +9,31 @@ raw features and can serve as the model's head.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
-
-from typing import Literal
 
 from maskprune.config import ProbeSection
 from maskprune.data.loader import Normalizer, Split, eval_batches
 from maskprune.runtime import Runtime
 
-
 Pool = Literal["cls", "mean"]
-TIMM_POOL: dict[str, str] = {"cls": "token", "mean": "avg"}  # the timm `global_pool` that feeds a head the same
+TIMM_POOL: dict[str, str] = {
+    "cls": "token",
+    "mean": "avg",
+}  # the timm `global_pool` that feeds a head the same
 
 
 @torch.inference_mode()
-def pooled_features(model: torch.nn.Module, split: Split, normalizer: Normalizer, runtime: Runtime,
-                    batch_size: int, pool: Pool = "cls") -> torch.Tensor:  # fmt: skip
+def pooled_features(
+    model: torch.nn.Module,
+    split: Split,
+    normalizer: Normalizer,
+    runtime: Runtime,
+    batch_size: int,
+    pool: Pool = "cls",
+) -> torch.Tensor:
     """`[n, channels]` features of every image in `split`: the final [CLS] token or mean patch token."""
     was_training = model.training
     model.eval()
@@ -34,14 +42,15 @@ def pooled_features(model: torch.nn.Module, split: Split, normalizer: Normalizer
         images = normalizer(split.images[idx.to(split.images.device)].to(runtime.device))
         with runtime.autocast(inference=True):
             tokens = model.forward_features(images)
-        pooled = tokens[:, 0] if pool == "cls" else tokens[:, model.num_prefix_tokens:].mean(dim=1)
+        pooled = tokens[:, 0] if pool == "cls" else tokens[:, model.num_prefix_tokens :].mean(dim=1)
         parts.append(pooled.float())
     model.train(was_training)
     return torch.cat(parts)
 
 
-def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeSection,
-                     seed: int) -> torch.nn.Linear:  # fmt: skip
+def fit_linear_probe(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ProbeSection, seed: int
+) -> torch.nn.Linear:
     """A linear layer `[channels] -> [classes]` trained with cross-entropy on fixed features."""
     mean, std = features.mean(dim=0), features.std(dim=0).clamp_min(1e-6)
     inputs = (features - mean) / std

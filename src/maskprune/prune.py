@@ -53,8 +53,10 @@ class PruneVariant:
         except ValueError:
             rate = -1.0
         if method not in METHODS or init not in FINETUNE_VARIANTS or not 0.0 < rate <= 1.0:
-            raise MaskpruneError(f"prune variant {text!r} is not <method>-<init>-<keep> with method in "
-                                 f"{METHODS}, init in {FINETUNE_VARIANTS} and keep in (0, 1]")  # fmt: skip
+            raise MaskpruneError(
+                f"prune variant {text!r} is not <method>-<init>-<keep> with method in "
+                f"{METHODS}, init in {FINETUNE_VARIANTS} and keep in (0, 1]"
+            )
         return cls(method, init, rate)
 
 
@@ -64,8 +66,10 @@ def load_init(params: Params, init: str, root: Path, device: torch.device) -> tu
     model, meta = load_model(folder, device)
     expected = params.models.student.model_dump()
     if meta["model"] != expected or meta.get("pruning"):
-        raise MaskpruneError(f"{folder} holds a {meta['model']['name']} ({meta['model']}), not an unpruned "
-                             f"models.student {expected}; rerun `dvc repro finetune@{init}`")  # fmt: skip
+        raise MaskpruneError(
+            f"{folder} holds a {meta['model']['name']} ({meta['model']}), not an unpruned "
+            f"models.student {expected}; rerun `dvc repro finetune@{init}`"
+        )
     return model, meta
 
 
@@ -77,8 +81,12 @@ def train_prune(params: Params, variant: PruneVariant, root: Path, out_dir: Path
     data = load_prepared(root / "data" / "prepared" / params.data.name).limit_train(cfg.train.train_limit, params.seed)
     model, init_meta = load_init(params, variant.init, root, runtime.device)
     unpruned = copy.deepcopy(model).eval().requires_grad_(False)
-    spec = PruningSpec(variant.method, variant.keep_rate, pruning_blocks(len(model.blocks), cfg.locations),
-                       cfg.evit.fuse_token if variant.method == "evit" else False)  # fmt: skip
+    spec = PruningSpec(
+        variant.method,
+        variant.keep_rate,
+        pruning_blocks(len(model.blocks), cfg.locations),
+        cfg.evit.fuse_token if variant.method == "evit" else False,
+    )
     model = make_pruned(model, spec)
     teacher, teacher_hash = load_teacher(params, data, root, runtime.device)
     view = TeacherView(teacher)
@@ -88,17 +96,39 @@ def train_prune(params: Params, variant: PruneVariant, root: Path, out_dir: Path
         method_cfg: Any = cfg.evit
     else:
         method_cfg = cfg.dynamicvit
-        objective = DynamicViTLoss(variant.keep_rate, view, unpruned, method_cfg, cfg.kd.temperature,
-                                   cfg.train.label_smoothing)  # fmt: skip
+        objective = DynamicViTLoss(
+            variant.keep_rate, view, unpruned, method_cfg, cfg.kd.temperature, cfg.train.label_smoothing
+        )
         backbone_lr = BackboneLR(("score_predictor.",), method_cfg.backbone_lr_scale, method_cfg.freeze_epochs)
         for frozen in (model.cls_token, model.pos_embed):  # NOTE: frozen in DynamicViT's recipe
             frozen.requires_grad_(False)
-    digest = config_hash(params.data, params.models.student, spec.to_meta(), init_meta.get("config_hash", ""),
-                         cfg.train, cfg.kd, method_cfg, teacher_hash, params.seed, data.meta["sources"],
-                         data.meta["counts"])  # fmt: skip
-    history = fit(model, data, cfg.train, objective, runtime, params.seed,
-                  root / "checkpoints" / "prune" / variant.name, digest, name=f"prune@{variant.name}",
-                  img_size=params.models.student.img_size, section="prune.train", backbone_lr=backbone_lr)  # fmt: skip
+    digest = config_hash(
+        params.data,
+        params.models.student,
+        spec.to_meta(),
+        init_meta.get("config_hash", ""),
+        cfg.train,
+        cfg.kd,
+        method_cfg,
+        teacher_hash,
+        params.seed,
+        data.meta["sources"],
+        data.meta["counts"],
+    )
+    history = fit(
+        model,
+        data,
+        cfg.train,
+        objective,
+        runtime,
+        params.seed,
+        root / "checkpoints" / "prune" / variant.name,
+        digest,
+        name=f"prune@{variant.name}",
+        img_size=params.models.student.img_size,
+        section="prune.train",
+        backbone_lr=backbone_lr,
+    )
     size = params.models.student.img_size
     example = torch.randn(1, data.in_chans, size, size, device=runtime.device)
     tokens = model.eval().forward_tokens(example, collect_block_tokens=True).block_tokens
@@ -118,10 +148,17 @@ def train_prune(params: Params, variant: PruneVariant, root: Path, out_dir: Path
         "wall_seconds": time.perf_counter() - started,
     }
     if runtime.is_main:
-        meta = {**model_meta(params, data, "student"), "stage": f"prune@{variant.name}", "method": variant.method,
-                "init": variant.init, "keep_rate": variant.keep_rate, "pruning": spec.to_meta(),
-                "tokens_per_block": [t.shape[1] for t in tokens], "config_hash": digest,
-                "val_top1": last["val_top1"]}  # fmt: skip
+        meta = {
+            **model_meta(params, data, "student"),
+            "stage": f"prune@{variant.name}",
+            "method": variant.method,
+            "init": variant.init,
+            "keep_rate": variant.keep_rate,
+            "pruning": spec.to_meta(),
+            "tokens_per_block": [t.shape[1] for t in tokens],
+            "config_hash": digest,
+            "val_top1": last["val_top1"],
+        }
         save_model(out_dir, model, meta)
         atomic.write_text(out_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
         atomic.write_json(out_dir / "metrics.json", metrics)

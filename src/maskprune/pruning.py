@@ -1,12 +1,12 @@
 """Training objectives of the token-pruning methods.
 
-  - EViT: (1 - alpha) * CE + alpha * KD from the teacher, with the keep rate warmed from 1.0 to
-    its target on a cosine schedule (Liang et al.).
-  - DynamicViT: CE + ratio_weight * kept-ratio MSE + kd_weight * KL(teacher || student)
-    + token_weight * MSE of the kept final tokens against the unpruned model (Rao et al.).
-    NOTE: the paper's code takes both targets from the unpruned model; here the logits come from
-    the same teacher that every other stage distils from, so EViT and DynamicViT see one teacher,
-    and the token target from the unpruned init (the only model with the student's width).
+- EViT: (1 - alpha) * CE + alpha * KD from the teacher, with the keep rate warmed from 1.0 to
+  its target on a cosine schedule (Liang et al.).
+- DynamicViT: CE + ratio_weight * kept-ratio MSE + kd_weight * KL(teacher || student)
+  + token_weight * MSE of the kept final tokens against the unpruned model (Rao et al.).
+  NOTE: the paper's code takes both targets from the unpruned model; here the logits come from
+  the same teacher that every other stage distils from, so EViT and DynamicViT see one teacher,
+  and the token target from the unpruned init (the only model with the student's width).
 """
 
 from __future__ import annotations
@@ -48,7 +48,12 @@ class EViTDistillation:
     """EViT's training loss; sets the model's warm-up keep rate before every step."""
 
     def __init__(
-        self, model: EViT, teacher: TeacherView | None, kd: KDSection, label_smoothing: float, keep_warmup_epochs: float
+        self,
+        model: EViT,
+        teacher: TeacherView | None,
+        kd: KDSection,
+        label_smoothing: float,
+        keep_warmup_epochs: float,
     ) -> None:
         self.model = model
         self.teacher = teacher
@@ -62,8 +67,15 @@ class EViTDistillation:
     def __call__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = model(images)
         teacher_logits = self.teacher(images) if self.teacher is not None else None
-        return distillation_loss(logits, teacher_logits, labels, self.kd.alpha, self.kd.temperature,
-                                 self.kd.kind, self.label_smoothing)  # fmt: skip
+        return distillation_loss(
+            logits,
+            teacher_logits,
+            labels,
+            self.kd.alpha,
+            self.kd.temperature,
+            self.kd.kind,
+            self.label_smoothing,
+        )
 
     def epoch_summary(self) -> dict[str, float]:
         rate = self.model.train_keep_rate
@@ -99,7 +111,7 @@ class DynamicViTLoss:
             loss = loss + self.cfg.kd_weight * soft_kd(logits, self.teacher(images), self.temperature)
         if self.reference is not None and self.cfg.token_weight:
             with torch.inference_mode():
-                target = self.reference.forward_features(images)[:, self.reference.num_prefix_tokens:]
+                target = self.reference.forward_features(images)[:, self.reference.num_prefix_tokens :]
             loss = loss + self.cfg.token_weight * kept_token_mse(tokens, target.clone(), policy)
         self._kept_sum = self._kept_sum + decisions[-1].detach().float().mean()
         self._steps += 1

@@ -10,7 +10,7 @@ the trapezoid rule (exact for curves that are linear between samples).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _trapezoid(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -28,8 +28,9 @@ def rauc(epochs: Sequence[float], s1: Sequence[float], s2: Sequence[float], e1: 
     if list(epochs) != sorted(set(epochs)):
         raise ValueError("epochs must be strictly increasing")
     if e1 not in epochs or e2 not in epochs or not e1 < e2:
-        raise ValueError(f"epoch range [{e1}, {e2}] must be two sampled epochs with e1 < e2 "
-                         f"(sampled: {epochs[0]} to {epochs[-1]})")  # fmt: skip
+        raise ValueError(
+            f"epoch range [{e1}, {e2}] must be two sampled epochs with e1 < e2 (sampled: {epochs[0]} to {epochs[-1]})"
+        )
     lo, hi = list(epochs).index(e1), list(epochs).index(e2) + 1
     xs = epochs[lo:hi]
     gain = _trapezoid(xs, [s1[i] - s1[lo] for i in range(lo, hi)])

@@ -6,9 +6,10 @@ import contextlib
 import os
 import random
 import sys
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -16,7 +17,6 @@ import torch.distributed as dist
 
 from maskprune.config import RuntimeSection
 from maskprune.errors import MaskpruneError
-
 
 # NOTE: CPU flags of the units that run bf16 natively; without them bf16 is emulated and slower
 NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
@@ -40,7 +40,7 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def autocast(self, inference: bool = False) -> ContextManager[object]:
+    def autocast(self, inference: bool = False) -> AbstractContextManager[object]:
         """Autocast for a training step, or with `inference` for eval-mode forwards."""
         dtype = self.inference_amp_dtype if inference else self.amp_dtype
         if dtype is None:
@@ -105,8 +105,9 @@ def amp_dtypes(
 
 def setup_runtime(cfg: RuntimeSection) -> Runtime:
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise MaskpruneError("runtime.device is 'cuda' but no CUDA GPU is visible; "
-                             "set runtime.device to 'auto' or 'cpu'")  # fmt: skip
+        raise MaskpruneError(
+            "runtime.device is 'cuda' but no CUDA GPU is visible; set runtime.device to 'auto' or 'cpu'"
+        )
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     rank, world_size, local_rank = _init_distributed("cuda" if use_cuda else "cpu")
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")

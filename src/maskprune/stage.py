@@ -2,10 +2,11 @@
 
     python -m stages.<name> [VARIANT] [--log-only]
 
-A stage with variants (a DVC `foreach` or `matrix`) takes the variant as its one argument and
-passes it to its compute and record functions as `variant=`; `variants` lists the valid names or
-is a parser that raises a MaskpruneError for an invalid one. `--log-only` skips the computation and logs the stage's existing outputs to MLflow again (after
-a tracking outage). Errors in the user's input end the process with one line, exit code 2.
+A stage with variants (a DVC `foreach` or `matrix`) takes the variant as its one argument and passes
+it to its compute and record functions as `variant=`; `variants` lists the valid names or is a
+parser that raises a MaskpruneError for an invalid one. `--log-only` skips the computation and logs
+the stage's existing outputs to MLflow again (after a tracking outage). Errors in the user's input
+end the process with one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
 
 from maskprune.config import Params, find_repo_root, load_params
 from maskprune.errors import MaskpruneError, exit_on_user_error
@@ -27,12 +28,16 @@ Record = Callable[[Params, Path], StageRecord]
 Variants = Sequence[str] | Callable[[str], object]
 
 
-def matrix_item(text: str, stage: str, names: tuple[str, str], choices: tuple[Sequence[str], Sequence[str]]) -> tuple[str, str]:
+def matrix_item(
+    text: str, stage: str, names: tuple[str, str], choices: tuple[Sequence[str], Sequence[str]]
+) -> tuple[str, str]:
     """The two parts of a DVC matrix item '<a>-<b>' (e.g. 'mae-mto'), each checked against its choices."""
     first, _, second = text.partition("-")
     if first not in choices[0] or second not in choices[1]:
-        raise MaskpruneError(f"{stage} variant {text!r} is not <{names[0]}>-<{names[1]}> with {names[0]} in "
-                             f"{tuple(choices[0])} and {names[1]} in {tuple(choices[1])}")  # fmt: skip
+        raise MaskpruneError(
+            f"{stage} variant {text!r} is not <{names[0]}>-<{names[1]}> with {names[0]} in "
+            f"{tuple(choices[0])} and {names[1]} in {tuple(choices[1])}"
+        )
     return first, second
 
 
@@ -50,8 +55,9 @@ def _run(name: str, compute: Compute, record: Record, argv: list[str] | None, va
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
     if variants:
         parser.add_argument("variant", choices=None if callable(variants) else variants)
-    parser.add_argument("--log-only", action="store_true",
-                        help="log the existing outputs to MLflow without recomputing them")  # fmt: skip
+    parser.add_argument(
+        "--log-only", action="store_true", help="log the existing outputs to MLflow without recomputing them"
+    )
     args = parser.parse_args(argv)
     if callable(variants):
         variants(args.variant)
@@ -66,6 +72,10 @@ def _run(name: str, compute: Compute, record: Record, argv: list[str] | None, va
     if os.environ.get("RANK", "0") == "0":
         logged = record(params, root)
         # NOTE: every stage run carries these, so the MLflow compare view lines runs up by them
-        logged.tags = {"seed": str(params.seed), **({"variant": args.variant} if variants else {}), **logged.tags}
+        logged.tags = {
+            "seed": str(params.seed),
+            **({"variant": args.variant} if variants else {}),
+            **logged.tags,
+        }
         log_stage(logged, params.tracking, root)
         print(f"{name}: done in {time.perf_counter() - started:.1f}s")

@@ -63,14 +63,17 @@ def load_distill_teacher(params: Params, data: PreparedData, root: Path, device:
     teacher, meta = load_model(folder, device)
     student = params.models.student
     if teacher.num_patches != (student.img_size // student.patch_size) ** 2 or meta["in_chans"] != data.in_chans:
-        raise MaskpruneError(f"distill.teacher {folder} sees {teacher.num_patches} patches of {meta['in_chans']} "
-                             "channels, the student a different grid or data; use a teacher with the "
-                             "student's patch grid")  # fmt: skip
+        raise MaskpruneError(
+            f"distill.teacher {folder} sees {teacher.num_patches} patches of {meta['in_chans']} "
+            "channels, the student a different grid or data; use a teacher with the "
+            "student's patch grid"
+        )
     return teacher, meta
 
 
-def train_task_agnostic(params: Params, variant: DistillVariant, root: Path, out_dir: Path,
-                        runtime: Runtime) -> dict[str, Any]:  # fmt: skip
+def train_task_agnostic(
+    params: Params, variant: DistillVariant, root: Path, out_dir: Path, runtime: Runtime
+) -> dict[str, Any]:
     """Distil, probe and fine-tune one student; write both models and metrics under `out_dir`."""
     started = time.perf_counter()
     seed_everything(params.seed)
@@ -84,11 +87,32 @@ def train_task_agnostic(params: Params, variant: DistillVariant, root: Path, out
     if spec is not None:
         backbone = make_pruned(backbone, spec)
     student = ProjectedStudent(backbone, teacher.embed_dim)
-    digest = config_hash(params.data, params.models.student, variant.name, cfg.keep_rate, cfg.loss, cfg.train,
-                         teacher_meta.get("config_hash", ""), params.seed, data.meta["sources"], data.meta["counts"])  # fmt: skip
-    history = fit(student, data, cfg.train, FeatureDistillation(teacher, variant.target, cfg.loss), runtime,
-                  params.seed, root / "checkpoints" / "distill" / variant.name, digest, name=f"distill@{variant.name}",
-                  img_size=params.models.student.img_size, section="distill.train", validate=False)  # fmt: skip
+    digest = config_hash(
+        params.data,
+        params.models.student,
+        variant.name,
+        cfg.keep_rate,
+        cfg.loss,
+        cfg.train,
+        teacher_meta.get("config_hash", ""),
+        params.seed,
+        data.meta["sources"],
+        data.meta["counts"],
+    )
+    history = fit(
+        student,
+        data,
+        cfg.train,
+        FeatureDistillation(teacher, variant.target, cfg.loss),
+        runtime,
+        params.seed,
+        root / "checkpoints" / "distill" / variant.name,
+        digest,
+        name=f"distill@{variant.name}",
+        img_size=params.models.student.img_size,
+        section="distill.train",
+        validate=False,
+    )
     del teacher
     size = params.models.student.img_size
     normalize = Normalizer(data.meta["mean"], data.meta["std"], size, runtime.device)
@@ -103,10 +127,19 @@ def train_task_agnostic(params: Params, variant: DistillVariant, root: Path, out
     tuned = copy.deepcopy(backbone).to(runtime.device)
     tuned.reset_classifier(data.num_classes)
     tuned_data = prepared.limit_train(cfg.finetune.train_limit, params.seed)
-    tuned_history = fit(tuned, tuned_data, cfg.finetune, ClassificationObjective(cfg.finetune.label_smoothing),
-                        runtime, params.seed, root / "checkpoints" / "distill" / f"{variant.name}-finetune",
-                        config_hash(digest, cfg.finetune), name=f"distill@{variant.name} finetune", img_size=size,
-                        section="distill.finetune")  # fmt: skip
+    tuned_history = fit(
+        tuned,
+        tuned_data,
+        cfg.finetune,
+        ClassificationObjective(cfg.finetune.label_smoothing),
+        runtime,
+        params.seed,
+        root / "checkpoints" / "distill" / f"{variant.name}-finetune",
+        config_hash(digest, cfg.finetune),
+        name=f"distill@{variant.name} finetune",
+        img_size=size,
+        section="distill.finetune",
+    )
     example = torch.randn(1, data.in_chans, size, size, device=runtime.device)
     metrics = {
         "distill_loss": history[-1]["train_loss"],
@@ -118,13 +151,26 @@ def train_task_agnostic(params: Params, variant: DistillVariant, root: Path, out
         "wall_seconds": time.perf_counter() - started,
     }
     if runtime.is_main:
-        base = {**model_meta(params, data, "student"), "stage": f"distill@{variant.name}", "student": variant.student,
-                "target": variant.target, "teacher": cfg.teacher, "config_hash": digest,
-                **({"pruning": spec.to_meta()} if spec else {})}  # fmt: skip
+        base = {
+            **model_meta(params, data, "student"),
+            "stage": f"distill@{variant.name}",
+            "student": variant.student,
+            "target": variant.target,
+            "teacher": cfg.teacher,
+            "config_hash": digest,
+            **({"pruning": spec.to_meta()} if spec else {}),
+        }
         save_model(out_dir / "probe", probe, {**base, "eval": "probe", "val_top1": probe_top1})
-        save_model(out_dir / "finetune", tuned, {**base, "eval": "finetune", "val_top1": metrics["finetune_val_top1"]})
-        atomic.write_text(out_dir / "history.csv", pd.DataFrame(
-            [{**r, "phase": "distill"} for r in history] + [{**r, "phase": "finetune"} for r in tuned_history]
-        ).to_csv(index=False))  # fmt: skip
+        save_model(
+            out_dir / "finetune",
+            tuned,
+            {**base, "eval": "finetune", "val_top1": metrics["finetune_val_top1"]},
+        )
+        atomic.write_text(
+            out_dir / "history.csv",
+            pd.DataFrame(
+                [{**r, "phase": "distill"} for r in history] + [{**r, "phase": "finetune"} for r in tuned_history]
+            ).to_csv(index=False),
+        )
         atomic.write_json(out_dir / "metrics.json", metrics)
     return metrics

@@ -26,10 +26,17 @@ def train_teacher(params: Params, root: Path, out_dir: Path, runtime: Runtime) -
     model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans)
     digest = config_hash(params.data, spec, params.teacher, data.meta["sources"], data.meta["counts"])
     history = fit(
-        model, data, params.teacher, ClassificationObjective(params.teacher.label_smoothing),
-        runtime, seed, root / "checkpoints" / "teacher", digest, name="teacher",
+        model,
+        data,
+        params.teacher,
+        ClassificationObjective(params.teacher.label_smoothing),
+        runtime,
+        seed,
+        root / "checkpoints" / "teacher",
+        digest,
+        name="teacher",
         img_size=spec.img_size,
-    )  # fmt: skip
+    )
     last = history[-1]
     metrics = {
         "val_top1": last["val_top1"],
@@ -40,8 +47,17 @@ def train_teacher(params: Params, root: Path, out_dir: Path, runtime: Runtime) -
         "wall_seconds": time.perf_counter() - started,  # this invocation
     }
     if runtime.is_main:
-        save_model(out_dir, model, {**model_meta(params, data, "teacher"), "seed": seed, "stage": "teacher",
-                                    "config_hash": digest, "val_top1": last["val_top1"]})  # fmt: skip
+        save_model(
+            out_dir,
+            model,
+            {
+                **model_meta(params, data, "teacher"),
+                "seed": seed,
+                "stage": "teacher",
+                "config_hash": digest,
+                "val_top1": last["val_top1"],
+            },
+        )
         atomic.write_text(out_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
         atomic.write_json(out_dir / "metrics.json", metrics)
     return metrics

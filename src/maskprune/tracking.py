@@ -16,9 +16,10 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -32,9 +33,13 @@ DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 DATABASE_SCHEMES = ("postgresql", "mysql")  # SQLAlchemy stores that take a connect_timeout
 
-for _name, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1"),
-                      ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
-    os.environ.setdefault(_name, _value)  # fmt: skip
+for _name, _value in (
+    ("MLFLOW_DISABLE_TELEMETRY", "true"),
+    ("DO_NOT_TRACK", "1"),
+    ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
+    ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"),
+):
+    os.environ.setdefault(_name, _value)
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,7 @@ class Tracker:
             try:
                 requests.get(self.uri.rstrip("/") + "/health", timeout=5).raise_for_status()
             except requests.RequestException as err:
-                raise ConnectionError(f"MLflow server at {self.uri} is unreachable ({type(err).__name__})")
+                raise ConnectionError(f"MLflow server at {self.uri} is unreachable ({type(err).__name__})") from err
         elif self.uri.startswith(DATABASE_SCHEMES):
             import sqlalchemy
 
@@ -266,18 +271,31 @@ class Tracker:
         from mlflow.types import Schema, TensorSpec
 
         package = Path(__file__).resolve().parent
-        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *model.input_shape))]),
-                                   outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model.num_classes))]))  # fmt: skip
-        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}", "safetensors",
-                        "numpy", "pydantic>=2", "pyyaml"]  # fmt: skip
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *model.input_shape))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model.num_classes))]),
+        )
+        requirements = [
+            f"torch=={torch.__version__.split('+')[0]}",
+            f"timm=={timm.__version__}",
+            "safetensors",
+            "numpy",
+            "pydantic>=2",
+            "pyyaml",
+        ]
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)  # NOTE: MLflow exports it as MLFLOW_TRACKING_URI: restored below
         try:
             with mlflow.start_run(run_id=run_id):
-                info = mlflow.pyfunc.log_model(name="model", python_model=str(package / "registry_model.py"),
-                                               artifacts={"checkpoint": str(model.folder)}, code_paths=[str(package)],
-                                               pip_requirements=requirements, signature=signature,
-                                               registered_model_name=model.name)  # fmt: skip
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(package / "registry_model.py"),
+                    artifacts={"checkpoint": str(model.folder)},
+                    code_paths=[str(package)],
+                    pip_requirements=requirements,
+                    signature=signature,
+                    registered_model_name=model.name,
+                )
         finally:
             mlflow.set_tracking_uri(previous)
         version = str(info.registered_model_version)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -88,8 +89,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float, backbone: Backbone
             continue
         skip = param.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "reg_token"))
         groups.setdefault((not skip, backbone is not None and backbone.is_backbone(name)), []).append(param)
-    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "backbone": is_backbone}
-            for (decay, is_backbone), params in sorted(groups.items(), reverse=True)]  # fmt: skip
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "backbone": is_backbone}
+        for (decay, is_backbone), params in sorted(groups.items(), reverse=True)
+    ]
 
 
 def group_schedules(
@@ -108,8 +111,10 @@ def group_schedules(
 
 def _log_line(prefix: str, record: dict[str, float]) -> str:
     val = "".join(f"{key} {record[key]:.4f} " for key in ("val_top1", "probe_top1") if key in record)
-    return (f"{prefix} epoch {int(record['epoch'])} train_loss {record['train_loss']:.4f} {val}"
-            f"lr {record['lr']:.2e} {record['img_per_s']:.0f} img/s {record['seconds']:.1f}s")  # fmt: skip
+    return (
+        f"{prefix} epoch {int(record['epoch'])} train_loss {record['train_loss']:.4f} {val}"
+        f"lr {record['lr']:.2e} {record['img_per_s']:.0f} img/s {record['seconds']:.1f}s"
+    )
 
 
 def fit(
@@ -144,8 +149,10 @@ def fit(
     normalize = Normalizer(data.meta["mean"], data.meta["std"], img_size or data.image_size, runtime.device)
     steps = steps_per_epoch(len(train_split), cfg.batch_size)
     if steps == 0:
-        raise MaskpruneError(f"{section}.batch_size {cfg.batch_size} exceeds the {len(train_split)} "
-                             "training images; lower it or raise data.train_limit")  # fmt: skip
+        raise MaskpruneError(
+            f"{section}.batch_size {cfg.batch_size} exceeds the {len(train_split)} "
+            "training images; lower it or raise data.train_limit"
+        )
     groups = param_groups(model, cfg.weight_decay, backbone_lr)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=runtime.device.type == "cuda")
     base = warmup_cosine(steps * cfg.epochs, int(cfg.warmup_epochs * steps), cfg.min_lr / cfg.lr)
@@ -165,8 +172,9 @@ def fit(
         net.train()
         started = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
-        batches = train_batches(len(train_split), cfg.batch_size, seed, epoch, runtime.rank, runtime.world_size,
-                                runtime.device)  # fmt: skip
+        batches = train_batches(
+            len(train_split), cfg.batch_size, seed, epoch, runtime.rank, runtime.world_size, runtime.device
+        )
         bar = _progress(runtime, steps, f"{name} {epoch + 1}/{cfg.epochs}")
         set_progress = getattr(objective, "set_progress", None)
         for step, (idx, shifts, flips) in enumerate(batches, start=1):
@@ -197,8 +205,11 @@ def fit(
         record = {"epoch": epoch + 1, "train_loss": train_loss}
         if validate:
             record["val_top1"] = top1(net, val_split, normalize, runtime, max(256, cfg.batch_size))
-        record.update(lr=max(group["lr"] for group in optimizer.param_groups),
-                      img_per_s=steps * cfg.batch_size / seconds, seconds=seconds)  # fmt: skip
+        record.update(
+            lr=max(group["lr"] for group in optimizer.param_groups),
+            img_per_s=steps * cfg.batch_size / seconds,
+            seconds=seconds,
+        )
         summary = getattr(objective, "epoch_summary", None)
         if summary is not None:
             record.update(summary())

@@ -34,9 +34,19 @@ def copy_workspace(source: Path, dest: Path, profile: str | None = None) -> Path
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     if profile:
-        subprocess.run([sys.executable, "-m", "maskprune.profile", profile], cwd=dest, check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run([sys.executable, "-m", "maskprune.profile", profile], cwd=dest, check=True, capture_output=True)
     _git(["init", "-q"], dest)
     _git(["add", "-A"], dest)
-    _git(["-c", "user.email=maskprune@localhost", "-c", "user.name=maskprune", "commit", "-qm", "workspace copy"], dest)
+    _git(
+        [
+            "-c",
+            "user.email=maskprune@localhost",
+            "-c",
+            "user.name=maskprune",
+            "commit",
+            "-qm",
+            "workspace copy",
+        ],
+        dest,
+    )
     return dest

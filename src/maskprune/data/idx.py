@@ -25,7 +25,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as handle:
             raw = handle.read()
     except (OSError, EOFError) as err:
-        raise MaskpruneError(f"{path}: cannot read ({err}); the file is damaged, reinstall it")
+        raise MaskpruneError(f"{path}: cannot read ({err}); the file is damaged, reinstall it") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise MaskpruneError(f"{path}: bad IDX magic number; this is not an IDX file")
     if raw[2] != _UINT8:
@@ -57,7 +57,5 @@ def read_idx_pair(images_path: Path, labels_path: Path, num_classes: int) -> tup
             f"{len(labels)} labels; the pair does not belong together"
         )
     if labels.size and int(labels.max()) >= num_classes:
-        raise MaskpruneError(
-            f"{labels_path}: label {int(labels.max())} is out of range 0..{num_classes - 1}"
-        )
+        raise MaskpruneError(f"{labels_path}: label {int(labels.max())} is out of range 0..{num_classes - 1}")
     return images, labels

@@ -8,9 +8,9 @@ same images with the same augmentations.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device) -> "Split":
+    def to(self, device: torch.device) -> Split:
         pin = device.type == "cuda"
         images = self.images.pin_memory() if pin else self.images
         labels = self.labels.pin_memory() if pin else self.labels
@@ -77,8 +77,7 @@ def load_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> Prepare
             images = np.load(root / f"{split}_images.npy", allow_pickle=False)
             labels = np.load(root / f"{split}_labels.npy", allow_pickle=False)
         except (OSError, ValueError) as err:
-            raise MaskpruneError(f"{root}: cannot load split {split!r} ({err}); "
-                                 "rerun `dvc repro -f prepare`") from None
+            raise MaskpruneError(f"{root}: cannot load split {split!r} ({err}); rerun `dvc repro -f prepare`") from None
         loaded[split] = Split(torch.from_numpy(images), torch.from_numpy(labels))
     return PreparedData(root=root, meta=meta, splits=loaded)
 
@@ -120,8 +119,9 @@ def steps_per_epoch(num_items: int, global_batch: int) -> int:
     return num_items // global_batch
 
 
-def shift_and_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor,
-                   pad: int = CROP_PADDING) -> torch.Tensor:  # fmt: skip
+def shift_and_flip(
+    images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int = CROP_PADDING
+) -> torch.Tensor:
     """Translate each image `[b, c, h, w]` by its (dy, dx) with zero fill, then mirror where flagged.
 
     Shifts must lie within +-`pad` (a constant, so no value is read back from the device).

@@ -17,9 +17,17 @@ from maskprune.data.idx import read_idx_pair
 from maskprune.errors import MaskpruneError
 
 FASHION_MNIST_CLASSES = (
-    "t-shirt/top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
-)  # fmt: skip
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -66,20 +74,24 @@ def read_idx_dataset(cfg: DataSection) -> RawSplits:
     for split, stems in _IDX_FILES.items():
         found = [_find_idx(root, stem) for stem in stems]
         if None in found:
-            missing = [s for s, p in zip(stems, found) if p is None]
+            missing = [s for s, p in zip(stems, found, strict=True) if p is None]
             raise _missing_data(cfg, f"IDX file(s) {', '.join(missing)}[.gz]")
         paths[split] = found
     classes = FASHION_MNIST_CLASSES if cfg.name.startswith("fashion") else tuple(map(str, range(10)))
     train_x, train_y = read_idx_pair(*paths["train"], num_classes=len(classes))
     test_x, test_y = read_idx_pair(*paths["test"], num_classes=len(classes))
     if train_x.shape[1:] != test_x.shape[1:]:
-        raise MaskpruneError(f"{root}: train images {train_x.shape[1:]} and test images "
-                             f"{test_x.shape[1:]} differ in size")
+        raise MaskpruneError(
+            f"{root}: train images {train_x.shape[1:]} and test images {test_x.shape[1:]} differ in size"
+        )
     return RawSplits(
-        train_images=train_x[:, None], train_labels=train_y.astype(np.int64),
-        test_images=test_x[:, None], test_labels=test_y.astype(np.int64),
-        classes=classes, files=[p for pair in paths.values() for p in pair],
-    )  # fmt: skip
+        train_images=train_x[:, None],
+        train_labels=train_y.astype(np.int64),
+        test_images=test_x[:, None],
+        test_labels=test_y.astype(np.int64),
+        classes=classes,
+        files=[p for pair in paths.values() for p in pair],
+    )
 
 
 def read_cifar10(cfg: DataSection) -> RawSplits:
@@ -96,8 +108,9 @@ def read_cifar10(cfg: DataSection) -> RawSplits:
         train_labels=np.asarray(train.targets, dtype=np.int64),
         test_images=np.ascontiguousarray(test.data.transpose(0, 3, 1, 2)),
         test_labels=np.asarray(test.targets, dtype=np.int64),
-        classes=tuple(train.classes), files=files,
-    )  # fmt: skip
+        classes=tuple(train.classes),
+        files=files,
+    )
 
 
 def _read_image_folder(folder: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray, list[Path]]:
@@ -114,9 +127,7 @@ def _read_image_folder(folder: Path, classes: list[str]) -> tuple[np.ndarray, np
             files.append(path)
     shapes = {image.shape for image in images}
     if len(shapes) > 1:
-        raise MaskpruneError(
-            f"{folder}: images differ in size ({sorted(shapes)[:3]}...); resize them to one size"
-        )
+        raise MaskpruneError(f"{folder}: images differ in size ({sorted(shapes)[:3]}...); resize them to one size")
     stacked = np.stack(images).transpose(0, 3, 1, 2) if images else np.zeros((0, 3, 1, 1), np.uint8)
     return np.ascontiguousarray(stacked), np.asarray(labels, dtype=np.int64), files
 

@@ -15,8 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskprune.models.vit import (TokenViT, TokenViTOutput, attention_heads, attention_output, gather_tokens,
-                                  mlp_residual)  # fmt: skip
+from maskprune.models.vit import (
+    TokenViT,
+    TokenViTOutput,
+    attention_heads,
+    attention_output,
+    gather_tokens,
+    mlp_residual,
+)
 
 POLICY_EPS = 1e-6
 
@@ -32,9 +38,13 @@ class TokenScorer(nn.Module):
         super().__init__()
         self.in_conv = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
         self.out_conv = nn.Sequential(
-            nn.Linear(dim, dim // 2), nn.GELU(), nn.Linear(dim // 2, dim // 4), nn.GELU(),
-            nn.Linear(dim // 4, 2), nn.LogSoftmax(dim=-1),
-        )  # fmt: skip
+            nn.Linear(dim, dim // 2),
+            nn.GELU(),
+            nn.Linear(dim // 2, dim // 4),
+            nn.GELU(),
+            nn.Linear(dim // 4, 2),
+            nn.LogSoftmax(dim=-1),
+        )
 
     def forward(self, tokens: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
         x = self.in_conv(tokens)
@@ -135,7 +145,12 @@ class DynamicViT(TokenViT):
         if not return_policy:
             return super().forward(x, keep_idx, return_cls_attn)
         out = self.forward_tokens(x, keep_idx)
-        return self.forward_head(out.tokens), out.tokens[:, self.num_prefix_tokens:], out.policy, out.decisions
+        return (
+            self.forward_head(out.tokens),
+            out.tokens[:, self.num_prefix_tokens :],
+            out.policy,
+            out.decisions,
+        )
 
 
 def make_dynamicvit(model: TokenViT, prune_blocks: tuple[int, ...], keep_rate: float) -> DynamicViT:

@@ -74,8 +74,7 @@ class EViT(TokenViT):
         attn = cls_attention(q, k, blk.attn.scale, self.num_prefix_tokens)
         if want_cls_attn:
             out.cls_attn[index] = attn
-        tokens, out.patch_idx = evit_prune(tokens, attn, out.patch_idx, rate, self.num_prefix_tokens,
-                                           self.fuse_token)  # fmt: skip
+        tokens, out.patch_idx = evit_prune(tokens, attn, out.patch_idx, rate, self.num_prefix_tokens, self.fuse_token)
         out.kept_patches[index] = out.patch_idx
         return mlp_residual(blk, tokens)
 

@@ -66,8 +66,9 @@ def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
     if dim % 4:
         raise ValueError(f"a 2-D sin-cos embedding needs a width divisible by 4, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
-                            indexing="ij")  # fmt: skip
+    ys, xs = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
+    )
 
     def axis(pos: torch.Tensor) -> torch.Tensor:
         angles = pos.reshape(-1, 1) * omega
@@ -83,7 +84,9 @@ def masked_indices(keep_idx: torch.Tensor, num_patches: int) -> torch.Tensor:
     return (~keep).nonzero()[:, 1].reshape(keep_idx.shape[0], num_patches - keep_idx.shape[1])
 
 
-def unshuffle(visible: torch.Tensor, keep_idx: torch.Tensor, mask_token: torch.Tensor, num_patches: int) -> torch.Tensor:
+def unshuffle(
+    visible: torch.Tensor, keep_idx: torch.Tensor, mask_token: torch.Tensor, num_patches: int
+) -> torch.Tensor:
     """Put `visible` `[batch, kept, c]` back at their patches `keep_idx` `[batch, kept]`; mask tokens elsewhere.
 
     Returns `[batch, patches, c]` in input-patch order (MAE's `ids_restore` step).
@@ -111,8 +114,9 @@ class MAE(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         prefix = torch.zeros(encoder.num_prefix_tokens, decoder_dim)
         self.register_buffer("decoder_pos_embed", torch.cat([prefix, sincos_pos_embed(decoder_dim, grid)])[None])
-        self.decoder_blocks = nn.ModuleList(Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True)
-                                            for _ in range(decoder_depth))  # fmt: skip
+        self.decoder_blocks = nn.ModuleList(
+            Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(decoder_depth)
+        )
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, patch * patch * in_chans)
         nn.init.normal_(self.mask_token, std=0.02)
@@ -151,8 +155,14 @@ class SimMIM(nn.Module):
         return MIMOutput(self.decoder_pred(out.tokens[:, p:]), layers)
 
 
-def mim_loss(objective: str, pred: torch.Tensor, images: torch.Tensor, patch_size: int, masked: torch.Tensor,
-             norm_pix: bool) -> torch.Tensor:  # fmt: skip
+def mim_loss(
+    objective: str,
+    pred: torch.Tensor,
+    images: torch.Tensor,
+    patch_size: int,
+    masked: torch.Tensor,
+    norm_pix: bool,
+) -> torch.Tensor:
     """MAE: MSE on masked patches (per-patch normalised targets if `norm_pix`); SimMIM: L1."""
     target = patchify(images, patch_size)
     if objective == "mae":
@@ -163,9 +173,12 @@ def mim_loss(objective: str, pred: torch.Tensor, images: torch.Tensor, patch_siz
 def check_decoder(encoder_dim: int, decoder_dim: int, decoder_heads: int) -> None:
     """MAE's decoder is light: at most as wide as the encoder, with whole heads and a 2-D sin-cos width."""
     if decoder_dim > encoder_dim:
-        raise ValueError(f"pretrain.mae.decoder_dim {decoder_dim} is wider than the encoder ({encoder_dim}); "
-                         f"MAE's decoder must be light: use at most {encoder_dim}")  # fmt: skip
+        raise ValueError(
+            f"pretrain.mae.decoder_dim {decoder_dim} is wider than the encoder ({encoder_dim}); "
+            f"MAE's decoder must be light: use at most {encoder_dim}"
+        )
     if decoder_dim % decoder_heads or decoder_dim % 4:
-        raise ValueError(f"pretrain.mae.decoder_dim {decoder_dim} must be divisible by decoder_heads "
-                         f"({decoder_heads}) and by 4 (sin-cos position embedding)")  # fmt: skip
-
+        raise ValueError(
+            f"pretrain.mae.decoder_dim {decoder_dim} must be divisible by decoder_heads "
+            f"({decoder_heads}) and by 4 (sin-cos position embedding)"
+        )

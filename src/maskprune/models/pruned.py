@@ -6,8 +6,9 @@ needed to turn a freshly built TokenViT into the same pruned model again (checkp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Sequence, get_args
+from typing import Any, Literal, get_args
 
 from maskprune.errors import MaskpruneError
 from maskprune.models.dynamicvit import make_dynamicvit
@@ -27,8 +28,10 @@ def pruning_blocks(depth: int, locations: Sequence[int] = ()) -> tuple[int, ...]
         return tuple(sorted({depth * quarter // 4 for quarter in (1, 2, 3)}))
     bad = [b for b in locations if not 0 <= b < depth]
     if bad:
-        raise MaskpruneError(f"prune.locations {list(locations)}: block(s) {bad} lie beyond the model's "
-                             f"{depth} blocks (0 to {depth - 1}); fix them or give [] for the default")  # fmt: skip
+        raise MaskpruneError(
+            f"prune.locations {list(locations)}: block(s) {bad} lie beyond the model's "
+            f"{depth} blocks (0 to {depth - 1}); fix them or give [] for the default"
+        )
     if list(locations) != sorted(set(locations)):
         raise MaskpruneError(f"prune.locations {list(locations)} must be strictly increasing block indices")
     return tuple(locations)

@@ -9,8 +9,8 @@ it stands for. `apply_tome` swaps a TokenViT's class and `remove_tome` swaps it 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -75,8 +75,10 @@ def max_tome_r(num_patches: int, depth: int) -> int:
 def check_tome_r(r: int, num_patches: int, depth: int) -> int:
     limit = max_tome_r(num_patches, depth)
     if not 0 <= r <= limit:
-        raise MaskpruneError(f"ToMe r={r} must lie in [0, {limit}] for {num_patches} patches and {depth} "
-                             "blocks: more would merge [CLS] or leave no patch token; lower r")  # fmt: skip
+        raise MaskpruneError(
+            f"ToMe r={r} must lie in [0, {limit}] for {num_patches} patches and {depth} "
+            "blocks: more would merge [CLS] or leave no patch token; lower r"
+        )
     return r
 
 
@@ -121,8 +123,10 @@ def _attention_dtype(tokens: torch.Tensor) -> torch.dtype:
 def apply_tome(model: TokenViT, r: int) -> ToMeViT:
     """Make `model` merge `r` tokens per block (in place; no weights change)."""
     if model.num_prefix_tokens != 1 or model.global_pool != "token":
-        raise MaskpruneError("ToMe here needs exactly one prefix token ([CLS]) and [CLS] pooling; "
-                             f"this model has {model.num_prefix_tokens} and pool {model.global_pool!r}")  # fmt: skip
+        raise MaskpruneError(
+            "ToMe here needs exactly one prefix token ([CLS]) and [CLS] pooling; "
+            f"this model has {model.num_prefix_tokens} and pool {model.global_pool!r}"
+        )
     check_tome_r(r, model.num_patches, len(model.blocks))
     model.__class__ = ToMeViT
     model.tome_r = r

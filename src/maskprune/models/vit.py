@@ -20,10 +20,11 @@ Modifications over timm's forward:
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Iterable
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -109,8 +110,9 @@ def attention_residual(
     """
     attn = blk.attn
     q, k, v = attention_heads(attn, blk.norm1(tokens))
-    mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=attn.attn_drop.p if attn.training else 0.0)  # fmt: skip
+    mixed = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=attn.attn_drop.p if attn.training else 0.0
+    )
     return tokens + blk.drop_path1(blk.ls1(attention_output(attn, mixed))), q, k
 
 
@@ -136,10 +138,7 @@ class TokenViT(VisionTransformer):
         if input_mask is not None:
             x = torch.where(input_mask.masked.unsqueeze(-1), input_mask.token.to(x.dtype), x)
         x = self._pos_embed(x)
-        if keep_idx is not None:
-            x = gather_tokens(x, keep_idx, self.num_prefix_tokens)
-        else:
-            x = self.patch_drop(x)
+        x = self.patch_drop(x) if keep_idx is None else gather_tokens(x, keep_idx, self.num_prefix_tokens)
         return self.norm_pre(x)
 
     def forward_tokens(
@@ -212,29 +211,44 @@ def check_model_name(name: str) -> None:
 
 def build_model(spec: ModelSpec, num_classes: int, in_chans: int) -> TokenViT:
     """A TokenViT for `spec`: a preset, or a timm ViT/DeiT (weights from a local file only)."""
-    common = dict(img_size=spec.img_size, patch_size=spec.patch_size, in_chans=in_chans,
-                  num_classes=num_classes, drop_path_rate=spec.drop_path_rate)  # fmt: skip
+    common = dict(
+        img_size=spec.img_size,
+        patch_size=spec.patch_size,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        drop_path_rate=spec.drop_path_rate,
+    )
     if spec.name in PRESETS:
         if spec.pretrained_file:
-            raise MaskpruneError(f"model {spec.name!r} is a preset: pretrained_file applies to timm "
-                                 "names only; init presets from a maskprune checkpoint instead")
+            raise MaskpruneError(
+                f"model {spec.name!r} is a preset: pretrained_file applies to timm "
+                "names only; init presets from a maskprune checkpoint instead"
+            )
         return TokenViT(**common, **PRESETS[spec.name])
     import timm
 
     pretrained = bool(spec.pretrained_file)
     if pretrained and not Path(spec.pretrained_file).is_file():
-        raise MaskpruneError(f"models: pretrained_file {spec.pretrained_file!r} for {spec.name!r} does "
-                             "not exist; give a local .safetensors file (nothing is downloaded)")
+        raise MaskpruneError(
+            f"models: pretrained_file {spec.pretrained_file!r} for {spec.name!r} does "
+            "not exist; give a local .safetensors file (nothing is downloaded)"
+        )
     try:
         model = timm.create_model(
-            spec.name, pretrained=pretrained,
-            pretrained_cfg_overlay=dict(file=spec.pretrained_file) if pretrained else None, **common,
-        )  # fmt: skip
+            spec.name,
+            pretrained=pretrained,
+            pretrained_cfg_overlay=dict(file=spec.pretrained_file) if pretrained else None,
+            **common,
+        )
     except (FileNotFoundError, RuntimeError) as err:
-        raise MaskpruneError(f"cannot load timm weights for {spec.name!r} from "
-                             f"{spec.pretrained_file!r}: {(str(err) or type(err).__name__).splitlines()[0]}") from None
+        raise MaskpruneError(
+            f"cannot load timm weights for {spec.name!r} from "
+            f"{spec.pretrained_file!r}: {(str(err) or type(err).__name__).splitlines()[0]}"
+        ) from None
     if type(model) is not VisionTransformer:
-        raise MaskpruneError(f"{spec.name!r} builds a {type(model).__name__}, not a plain timm "
-                             "VisionTransformer; choose a ViT or non-distilled DeiT")
+        raise MaskpruneError(
+            f"{spec.name!r} builds a {type(model).__name__}, not a plain timm "
+            "VisionTransformer; choose a ViT or non-distilled DeiT"
+        )
     model.__class__ = TokenViT
     return model
