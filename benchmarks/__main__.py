@@ -31,7 +31,7 @@ from maskprune.config import RuntimeSection, find_repo_root
 from maskprune.errors import MaskpruneError, exit_on_user_error
 from maskprune.profile import PROFILES, add_set_argument, apply_sets, profile_params
 from maskprune.runtime import setup_runtime
-from maskprune.tracking import git_tags
+from maskprune.tracking.provenance import git_tags
 
 PARTS = ("pruning", "teacher", "engine", "mae", "precision", "orchestration")
 PER_MODE = ("pruning", "teacher")  # the parts that run once per mode

@@ -1,4 +1,4 @@
-"""The training engine (`maskprune.train.fit`) against a plain hand-written training loop.
+"""The training engine (`maskprune.trainer.fit`) against a plain hand-written training loop.
 
 Both train the profile's student on the same in-memory uint8 images (device-resident, as the
 stages hold them) with the same recipe: AdamW, cross-entropy with label smoothing, gradient
@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from benchmarks.common import IN_CHANS, NUM_CLASSES, BenchSetup
 from maskprune.config import TrainSection
 from maskprune.data.loader import Normalizer, PreparedData, Split
+from maskprune.objectives.classification import ClassificationObjective
 from maskprune.runtime import Runtime
-from maskprune.train import ClassificationObjective, fit
+from maskprune.trainer import fit
 
 LABEL_SMOOTHING = 0.1
 GRAD_CLIP = 1.0

@@ -14,17 +14,17 @@ from typing import Any
 import torch
 
 from benchmarks.common import BenchSetup
-from maskprune.evaluate import tome_matches
+from maskprune.config import PRUNING_METHODS
 from maskprune.measure import gmacs, median_seconds
-from maskprune.models.pruned import METHODS, PruningSpec, make_pruned, pruning_blocks
-from maskprune.models.tome import apply_tome
+from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
+from maskprune.models.tome import apply_tome, tome_matches
 
 
 def pruned_variants(setup: BenchSetup, base: torch.nn.Module, example: torch.Tensor) -> list[dict[str, Any]]:
     """Every pruned model of the comparison, as {method, keep_rate, tome_r, model}."""
     blocks = pruning_blocks(len(base.blocks), setup.params.prune.locations)
     variants = []
-    for method in METHODS:
+    for method in PRUNING_METHODS:
         for keep in setup.params.prune.keep_rates:
             spec = PruningSpec(method, keep, blocks, fuse_token=setup.params.prune.evit.fuse_token)
             variants.append(

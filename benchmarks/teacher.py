@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import BenchSetup
-from maskprune.distill import TeacherView
 from maskprune.measure import gmacs, median_seconds
+from maskprune.objectives.masked_kd import TeacherView
 
 KEEP_RATIOS = (1.0, 0.75, 0.5, 0.25)
 

@@ -27,7 +27,7 @@ from flows.dvc_runner import run_dvc
 from maskprune import atomic
 from maskprune.config import find_repo_root, load_params
 from maskprune.errors import MaskpruneError
-from maskprune.tracking import FLOW_RUN_ENV, PARENT_ENV, Tracker, pipeline_run
+from maskprune.tracking.runs import FLOW_RUN_ENV, PARENT_ENV, Tracker, pipeline_run
 
 
 @task(retries=0, cache_policy=NO_CACHE, task_run_name="experiment {name}", tags=[GPU_TAG])

@@ -29,8 +29,8 @@ from flows import check_prefect_api
 from flows.experiments import add_experiment_options, experiment_file, experiment_refs, run_sweep
 from maskprune.config import MIM_OBJECTIVES, MTOSection, find_repo_root, load_params
 from maskprune.errors import MaskpruneError, exit_on_user_error
-from maskprune.evaluate import mto_row
-from maskprune.pretrain import PretrainVariant
+from maskprune.layout import PretrainVariant
+from maskprune.mto_curves import mto_row
 
 LOSSES = ("spa", "e", "r")
 
@@ -71,7 +71,7 @@ def experiment_name(sweep: str, subset: tuple[str, ...] | None) -> str:
 
 
 def history_of(root: Path, refs: list[str], name: str, variant: PretrainVariant) -> pd.DataFrame:
-    return pd.read_csv(io.StringIO(experiment_file(root, refs, name, f"models/pretrain/{variant.name}/history.csv")))
+    return pd.read_csv(io.StringIO(experiment_file(root, refs, name, (variant.folder / "history.csv").as_posix())))
 
 
 def ablation_table(

@@ -28,7 +28,7 @@ from flows import GPU_TAG, check_prefect_api
 from flows.dvc_runner import DVC, run_dvc
 from maskprune.config import find_repo_root, load_params
 from maskprune.errors import exit_on_user_error
-from maskprune.tracking import FLOW_RUN_ENV, PARENT_ENV, pipeline_run
+from maskprune.tracking.runs import FLOW_RUN_ENV, PARENT_ENV, pipeline_run
 
 CPU_STAGES = ("prepare", "report")
 _EDGE = re.compile(r'^"(?P<src>[^"]+)" -> "(?P<dst>[^"]+)";$')

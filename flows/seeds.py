@@ -31,7 +31,7 @@ from flows.experiments import (
 from maskprune import atomic
 from maskprune.config import find_repo_root, load_params
 from maskprune.errors import MaskpruneError, exit_on_user_error
-from maskprune.results import SEEDS_DIR
+from maskprune.layout import SEEDS_DIR
 
 COLLECTED = ("params.yaml", "metrics/evaluate.json", "plots/evaluate")
 

@@ -1,1 +1,1 @@
-"""One thin command-line program per DVC stage (`python -m stages.<name>`)."""
+"""One program per DVC stage (`python -m stages.<name>`): its params, computation, outputs and MLflow record."""

@@ -5,7 +5,7 @@
 For a machine that has the model stack alone (torch, timm, numpy, pandas, matplotlib,
 safetensors, pydantic, pyyaml): a GPU check, a first look at new data. The stages are those of
 dvc.yaml, its `foreach` and `matrix` items expanded from the params, in the file's order, which is
-a dependency order (tests/test_direct_run.py checks it). Every stage runs afresh in DIR, which
+a dependency order (tests/stages/test_main.py checks it). Every stage runs afresh in DIR, which
 must not exist yet: it gets params.yaml (the profile, or the repository's params.yaml, with the
 `--set` items applied and tracking off) and a copy of dvc.yaml, then the stages' outputs.
 DIR/stages.json lists each finished stage with its seconds.

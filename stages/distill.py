@@ -1,35 +1,159 @@
-"""DVC stage `distill@<student>-<target>`: task-agnostic KD -> models/distill/<variant>/{probe,finetune}/."""
+"""DVC stage `distill@<student>-<target>`: task-agnostic KD into a ViT or EViT student, judged by probe and fine-tune.
+
+`distill@<student>-<target>` distils `distill.teacher` into a fresh student without labels (see
+`objectives.feature_kd`), then evaluates the distilled backbone twice:
+  - linear probe: frozen backbone, linear head on its [CLS] features -> models/distill/<name>/probe/
+  - fine-tune: every weight trained with labels for `distill.finetune` -> models/distill/<name>/finetune/
+Both are complete models (backbone + head) that evaluate measures like every other model.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import torch
 
-from maskprune.config import Params
-from maskprune.runtime import Runtime
-from maskprune.stage import run_stage
-from maskprune.task_agnostic import DistillVariant, train_task_agnostic
-from maskprune.tracking import StageRecord
+from maskprune import atomic
+from maskprune.checkpoint import config_hash, model_meta, save_model
+from maskprune.cli import run_stage
+from maskprune.config import DistillSection, Params
+from maskprune.data.loader import Normalizer, load_prepared
+from maskprune.layout import CHECKPOINTS_DIR, DistillVariant, prepared_dir
+from maskprune.measure import gmacs, top1
+from maskprune.models.loading import load_distill_teacher
+from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
+from maskprune.models.vit import build_model
+from maskprune.objectives.classification import ClassificationObjective
+from maskprune.objectives.feature_kd import FeatureKDObjective, ProjectedStudent
+from maskprune.probe import fit_linear_probe, pooled_features
+from maskprune.runtime import Runtime, seed_everything
+from maskprune.tracking.runs import StageRecord
+from maskprune.trainer import fit
 
-OUT = Path("models") / "distill"
+
+def student_spec(variant: DistillVariant, cfg: DistillSection, depth: int) -> PruningSpec | None:
+    if variant.student == "vit":
+        return None
+    return PruningSpec("evit", cfg.keep_rate, pruning_blocks(depth), fuse_token=True)
 
 
 def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
+    """Distil, probe and fine-tune one student; write both models and metrics."""
     chosen = DistillVariant.parse(variant)
-    metrics = train_task_agnostic(params, chosen, root, root / OUT / chosen.name, runtime)
+    started = time.perf_counter()
+    seed_everything(params.seed)
+    cfg = params.distill
+    prepared = load_prepared(root / prepared_dir(params.data.name))
+    data = prepared.limit_train(cfg.train.train_limit, params.seed)
+    teacher, teacher_meta = load_distill_teacher(params, data, root, runtime.device)
+    backbone = build_model(params.models.student, num_classes=data.num_classes, in_chans=data.in_chans)
+    backbone.reset_classifier(0)  # NOTE: distillation trains no head (DDP refuses unused parameters)
+    spec = student_spec(chosen, cfg, len(backbone.blocks))
+    if spec is not None:
+        backbone = make_pruned(backbone, spec)
+    student = ProjectedStudent(backbone, teacher.embed_dim)
+    digest = config_hash(
+        params.data,
+        params.models.student,
+        chosen.name,
+        cfg.keep_rate,
+        cfg.loss,
+        cfg.train,
+        teacher_meta.get("config_hash", ""),
+        params.seed,
+        data.meta["sources"],
+        data.meta["counts"],
+    )
+    history = fit(
+        student,
+        data,
+        cfg.train,
+        FeatureKDObjective(teacher, chosen.target, cfg.loss),
+        runtime,
+        params.seed,
+        root / CHECKPOINTS_DIR / "distill" / chosen.name,
+        digest,
+        name=f"distill@{chosen.name}",
+        img_size=params.models.student.img_size,
+        section="distill.train",
+        validate=False,
+    )
+    del teacher
+    size = params.models.student.img_size
+    normalize = Normalizer(data.meta["mean"], data.meta["std"], size, runtime.device)
+    train, val = data.splits["train"].to(runtime.device), data.splits["val"].to(runtime.device)
+
+    probe = copy.deepcopy(backbone).to(runtime.device)
+    features = pooled_features(probe, train, normalize, runtime, 256)
+    probe.reset_classifier(data.num_classes)
+    probe.head = fit_linear_probe(features, train.labels, data.num_classes, cfg.probe, params.seed)
+    probe_top1 = top1(probe, val, normalize, runtime, 256)
+
+    tuned = copy.deepcopy(backbone).to(runtime.device)
+    tuned.reset_classifier(data.num_classes)
+    tuned_data = prepared.limit_train(cfg.finetune.train_limit, params.seed)
+    tuned_history = fit(
+        tuned,
+        tuned_data,
+        cfg.finetune,
+        ClassificationObjective(cfg.finetune.label_smoothing),
+        runtime,
+        params.seed,
+        root / CHECKPOINTS_DIR / "distill" / f"{chosen.name}-finetune",
+        config_hash(digest, cfg.finetune),
+        name=f"distill@{chosen.name} finetune",
+        img_size=size,
+        section="distill.finetune",
+    )
+    example = torch.randn(1, data.in_chans, size, size, device=runtime.device)
+    metrics: dict[str, Any] = {
+        "distill_loss": history[-1]["train_loss"],
+        "probe_val_top1": probe_top1,
+        "finetune_val_top1": tuned_history[-1]["val_top1"],
+        "gmacs": gmacs(backbone, example),
+        "distill_images": len(data.splits["train"]),
+        "finetune_images": len(tuned_data.splits["train"]),
+        "wall_seconds": time.perf_counter() - started,
+    }
     if runtime.is_main:
+        out = root / chosen.folder
+        base = {
+            **model_meta(params, data, "student"),
+            "stage": f"distill@{chosen.name}",
+            "student": chosen.student,
+            "target": chosen.target,
+            "teacher": cfg.teacher,
+            "config_hash": digest,
+            **({"pruning": spec.to_meta()} if spec else {}),
+        }
+        save_model(out / "probe", probe, {**base, "eval": "probe", "val_top1": probe_top1})
+        save_model(
+            out / "finetune",
+            tuned,
+            {**base, "eval": "finetune", "val_top1": metrics["finetune_val_top1"]},
+        )
+        atomic.write_text(
+            out / "history.csv",
+            pd.DataFrame(
+                [{**r, "phase": "distill"} for r in history] + [{**r, "phase": "finetune"} for r in tuned_history]
+            ).to_csv(index=False),
+        )
+        atomic.write_json(out / "metrics.json", metrics)
         print(
             f"distill@{chosen.name}: probe val_top1 {metrics['probe_val_top1']:.4f} finetune val_top1 "
             f"{metrics['finetune_val_top1']:.4f} {metrics['gmacs']:.4f} GMACs in {metrics['wall_seconds']:.0f}s "
-            f"-> {OUT / chosen.name}"
+            f"-> {chosen.folder}"
         )
 
 
 def record(params: Params, root: Path, variant: str) -> StageRecord:
     chosen = DistillVariant.parse(variant)
-    out = root / OUT / chosen.name
+    out = root / chosen.folder
     cfg = params.distill
     history = pd.read_csv(out / "history.csv")
     return StageRecord(

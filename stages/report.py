@@ -10,11 +10,13 @@ import json
 from pathlib import Path
 
 from maskprune.checkpoint import read_meta
+from maskprune.cli import run_stage
 from maskprune.config import Params
-from maskprune.report import REPORT_DIR, write_report
+from maskprune.layout import MODELS_DIR, REPORT_DIR, REPORT_FIGURES_DIR
+from maskprune.report.build import write_report
 from maskprune.runtime import Runtime
-from maskprune.stage import run_stage
-from maskprune.tracking import ModelToRegister, StageRecord
+from maskprune.tracking.registry import ModelToRegister
+from maskprune.tracking.runs import StageRecord
 
 
 def compute(params: Params, root: Path, runtime: Runtime) -> None:
@@ -27,8 +29,8 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
 def record(params: Params, root: Path) -> StageRecord:
     out = root / REPORT_DIR
     summary = json.loads((out / "summary.json").read_text())
-    files = [out / "report.html", out / "report.md", out / "summary.json", out / "figures"]
-    folder = root / "models" / summary["best_pruned"]
+    files = [out / "report.html", out / "report.md", out / "summary.json", root / REPORT_FIGURES_DIR]
+    folder = root / MODELS_DIR / summary["best_pruned"]
     meta = read_meta(folder)
     size = meta["model"]["img_size"]
     register = ModelToRegister(

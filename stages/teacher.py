@@ -1,29 +1,79 @@
-"""DVC stage `teacher`: supervised training of the teacher -> models/teacher/."""
+"""DVC stage `teacher`: supervised training of the teacher preset on the prepared data -> models/teacher/.
+
+It writes the weights, meta.json, history.csv (per epoch) and metrics.json.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
 
+from maskprune import atomic
+from maskprune.checkpoint import config_hash, model_meta, save_model
+from maskprune.cli import run_stage
 from maskprune.config import Params
-from maskprune.runtime import Runtime
-from maskprune.stage import run_stage
-from maskprune.teacher import train_teacher
-from maskprune.tracking import StageRecord
-
-OUT = Path("models") / "teacher"
+from maskprune.data.loader import load_prepared
+from maskprune.layout import CHECKPOINTS_DIR, TEACHER_DIR, prepared_dir
+from maskprune.models.vit import build_model
+from maskprune.objectives.classification import ClassificationObjective
+from maskprune.runtime import Runtime, seed_everything
+from maskprune.tracking.runs import StageRecord
+from maskprune.trainer import fit
 
 
 def compute(params: Params, root: Path, runtime: Runtime) -> None:
-    metrics = train_teacher(params, root, root / OUT, runtime)
+    """Train the teacher; write weights, meta, history CSV and metrics JSON into models/teacher/."""
+    started = time.perf_counter()
+    seed = params.teacher.seed
+    seed_everything(seed)
+    data = load_prepared(root / prepared_dir(params.data.name))
+    spec = params.models.teacher
+    model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans)
+    digest = config_hash(params.data, spec, params.teacher, data.meta["sources"], data.meta["counts"])
+    history = fit(
+        model,
+        data,
+        params.teacher,
+        ClassificationObjective(params.teacher.label_smoothing),
+        runtime,
+        seed,
+        root / CHECKPOINTS_DIR / "teacher",
+        digest,
+        name="teacher",
+        img_size=spec.img_size,
+    )
+    last = history[-1]
+    metrics = {
+        "val_top1": last["val_top1"],
+        "train_loss": last["train_loss"],
+        "epochs": len(history),
+        "train_img_per_s": sum(r["img_per_s"] for r in history) / len(history),
+        "train_seconds": sum(r["seconds"] for r in history),  # all epochs, also across a resume
+        "wall_seconds": time.perf_counter() - started,  # this invocation
+    }
     if runtime.is_main:
-        print(f"teacher: val_top1 {metrics['val_top1']:.4f} in {metrics['wall_seconds']:.0f}s -> {OUT}")
+        out = root / TEACHER_DIR
+        save_model(
+            out,
+            model,
+            {
+                **model_meta(params, data, "teacher"),
+                "seed": seed,
+                "stage": "teacher",
+                "config_hash": digest,
+                "val_top1": last["val_top1"],
+            },
+        )
+        atomic.write_text(out / "history.csv", pd.DataFrame(history).to_csv(index=False))
+        atomic.write_json(out / "metrics.json", metrics)
+        print(f"teacher: val_top1 {metrics['val_top1']:.4f} in {metrics['wall_seconds']:.0f}s -> {TEACHER_DIR}")
 
 
 def record(params: Params, root: Path) -> StageRecord:
-    out = root / OUT
+    out = root / TEACHER_DIR
     return StageRecord(
         stage="teacher",
         params={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import shutil
@@ -10,19 +11,23 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from pydantic import BaseModel
 
+from maskprune.config import Params
+from maskprune.profile import profile_params
 from maskprune.workspace import copy_workspace
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
 PRUNED = tuple(f"{m}-{i}-0.5" for m in ("evit", "dynamicvit") for i in ("full", "masked"))  # smoke: keep 0.5
 DISTILLED = ("vit-cls_tokens", "evit-cls_tokens")  # smoke: the cls_tokens target only
-PRETRAINED = ("mae-baseline", "mae-mto")  # smoke: MAE (SimMIM runs through DVC in tests/test_sweep.py)
+PRETRAINED = ("mae-baseline", "mae-mto")  # smoke: MAE (SimMIM runs through DVC in tests/flows/test_sweep.py)
 STAGES = (
     "prepare",
     "teacher",
@@ -41,6 +46,22 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_params() -> Params:
+    """The cpu profile (profiles/cpu.yaml, which sets every key): the recipe that tests build params from.
+
+    Shared between tests, so never change it: take `updated(...)` or `model_dump()` for a changed copy.
+    """
+    return profile_params("cpu", REPO)
+
+
+def updated(section: SectionT, **changes: Any) -> SectionT:
+    """`section` with `changes`, validated again (`model_copy(update=...)` would skip validation)."""
+    return type(section).model_validate({**section.model_dump(), **changes})
 
 
 def write_idx(path: Path, array: np.ndarray, magic_type: int = 0x08, compress: bool = True) -> Path:

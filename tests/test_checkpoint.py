@@ -12,8 +12,9 @@ from maskprune.checkpoint import load_model, save_model
 from maskprune.config import ModelSpec
 from maskprune.errors import MaskpruneError
 from maskprune.models.vit import build_model
+from tests.conftest import cpu_params
 
-SPEC = ModelSpec(name="vit_student")
+SPEC = cpu_params().models.student
 
 
 def meta_for(spec: ModelSpec) -> dict:

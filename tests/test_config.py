@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -9,14 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maskprune.config import Params, load_params, validate_params
+from maskprune.config import load_params, validate_params
 from maskprune.errors import MaskpruneError
 from maskprune.profile import deep_merge, profile_params, render
-from tests.conftest import REPO
+from tests.conftest import REPO, cpu_params, updated
+
+CPU = profile_params("cpu", REPO).model_dump()
 
 
 def full(**overlay: object) -> dict:
-    return deep_merge(Params().model_dump(), overlay)
+    return deep_merge(copy.deepcopy(CPU), overlay)
 
 
 @pytest.mark.parametrize("name", ["smoke", "cpu", "gpu", "gpu-check"])
@@ -109,12 +113,27 @@ def test_bad_params_fail_with_one_line_naming_the_key(raw: object, message: str)
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("section, key", [("teacher", "grad_clip"), ("data", "val_fraction")])
+@pytest.mark.parametrize("section, key", [("teacher", "grad_clip"), ("data", "val_fraction"), ("runtime", "device")])
 def test_missing_key_is_refused_so_dvc_sees_every_value(section: str, key: str) -> None:
-    raw = Params().model_dump()
+    raw = full()
     del raw[section][key]
-    with pytest.raises(MaskpruneError, match=rf"{section}.{key}.*maskprune.profile"):
+    with pytest.raises(MaskpruneError) as info:
         validate_params(raw)
+    assert str(info.value) == (
+        f"params.yaml: {section}.{key} is missing; "
+        "run `python -m maskprune.profile cpu` or add it: DVC must see every parameter"
+    )
+
+
+def test_missing_keys_are_named_together_with_the_profile_to_regenerate() -> None:
+    raw = full(profile="smoke")
+    del raw["prune"]["train"]["epochs"], raw["teacher"]["lr"]
+    with pytest.raises(MaskpruneError) as info:
+        validate_params(raw)
+    assert str(info.value) == (
+        "params.yaml: teacher.lr, prune.train.epochs are missing; "
+        "run `python -m maskprune.profile smoke` or add them: DVC must see every parameter"
+    )
 
 
 def test_broken_yaml_and_missing_file(tmp_path: Path) -> None:
@@ -154,3 +173,13 @@ def test_stage_cli_reports_bad_params_in_one_line(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "maskprune: error: params.yaml: teacher.epochs: Input should be greater than or equal to 1 (got -3)"
     ]
+
+
+def test_keep_rates_and_locations_are_validated_in_params() -> None:
+    with pytest.raises(ValueError, match="keep ratio must lie in"):
+        updated(cpu_params().prune, keep_rates=[0.5, 1.2])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        updated(cpu_params().prune, locations=[3, 1])
+    with pytest.raises(ValueError, match="inits"):
+        updated(cpu_params().prune, inits=["half"])
+    assert math.isclose(cpu_params().prune.keep_rates[-1], 0.5)

@@ -1,9 +1,17 @@
 """params.yaml: schema, validation and loading.
 
-Every section of params.yaml is a pydantic model with `extra="forbid"`. The defaults here are the
-`cpu` profile; `python -m maskprune.profile NAME` writes the full effective parameter set to
+Every section of params.yaml is a pydantic model with `extra="forbid"`: types, bounds and what each
+key means. The recipes live in profiles/*.yaml (`cpu.yaml` sets every key; the other profiles
+override it), and `python -m maskprune.profile NAME` writes a profile's full parameter set to
 params.yaml so that DVC sees every value a stage uses. Loading refuses a params.yaml that lacks a
 key, so no hidden default can change a result behind DVC's back.
+
+NOTE: a key has a default here only where its value is a convention, not a recipe choice: the seeds
+(0), where and how a run executes and is recorded (`runtime`, `tracking`), no pretrained weights file
+(''), the methods' own pruning blocks (`prune.locations: []`), plain soft-label KD (`kind: soft`,
+`temperature: 1`), MTO's numerical `eps` and 95% confidence intervals. Epochs, learning rates, batch
+sizes, limits, models, data, keep and mask rates, loss weights and the rest have none: a recipe value
+comes from a profile.
 """
 
 from __future__ import annotations
@@ -20,10 +28,9 @@ from maskprune.masking import Criterion, HybridRatios, check_keep_ratio
 
 PARAMS_FILE = "params.yaml"
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-REGENERATE = (
-    "DVC must see every parameter: add it, or regenerate params.yaml with "
-    "`python -m maskprune.profile <smoke|cpu|gpu|gpu-check>`"
-)
+ProfileName = Literal["smoke", "cpu", "gpu", "gpu-check"]
+PROFILES: tuple[str, ...] = get_args(ProfileName)
+REGENERATE = "run `python -m maskprune.profile {profile}` or add {it}: DVC must see every parameter"
 
 
 class Section(BaseModel):
@@ -31,20 +38,20 @@ class Section(BaseModel):
 
 
 class DataSection(Section):
-    name: str = Field("fashion_mnist", pattern=r"^[A-Za-z0-9_.-]+$")
-    format: Literal["idx", "cifar10", "imagefolder"] = "idx"
-    root: str = DEFAULT_FASHION_MNIST_ROOT
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    train_limit: int = Field(0, ge=0, description="0 keeps every training image")
-    test_limit: int = Field(0, ge=0, description="0 keeps every test image")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    format: Literal["idx", "cifar10", "imagefolder"]
+    root: str
+    val_fraction: float = Field(gt=0.0, lt=1.0)
+    train_limit: int = Field(ge=0, description="0 keeps every training image")
+    test_limit: int = Field(ge=0, description="0 keeps every test image")
     seed: int = Field(0, ge=0, description="the train/val split and the subsets (fixed across a seed sweep)")
 
 
 class ModelSpec(Section):
     name: str
-    img_size: int = Field(28, ge=8)
-    patch_size: int = Field(4, ge=1)
-    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    img_size: int = Field(ge=8)
+    patch_size: int = Field(ge=1)
+    drop_path_rate: float = Field(ge=0.0, lt=1.0)
     pretrained_file: str = Field("", description="local timm weights (.safetensors); '' = none")
 
     @field_validator("name")
@@ -63,8 +70,8 @@ class ModelSpec(Section):
 
 
 class ModelsSection(Section):
-    student: ModelSpec = ModelSpec(name="vit_student")
-    teacher: ModelSpec = ModelSpec(name="vit_teacher")
+    student: ModelSpec
+    teacher: ModelSpec
 
     @model_validator(mode="after")
     def _same_grid(self) -> ModelsSection:
@@ -113,7 +120,7 @@ class TrainSection(Section):
     warmup_epochs: float = Field(ge=0.0)
     label_smoothing: float = Field(ge=0.0, lt=1.0)
     grad_clip: float = Field(ge=0.0, description="max gradient norm; 0 = off")
-    augment: bool = True
+    augment: bool
 
     @model_validator(mode="after")
     def _schedule(self) -> TrainSection:
@@ -131,31 +138,14 @@ class TeacherSection(TrainSection):
 
 
 class FinetuneTrain(TrainSection):
-    train_limit: int = Field(0, ge=0, description="train on a seeded subset of this many images; 0 = all")
-
-
-def short_recipe(**overrides: Any) -> FinetuneTrain:
-    """The one-epoch cpu recipe that the later stages start from, with `overrides`."""
-    base = dict(
-        epochs=1,
-        batch_size=64,
-        lr=1e-3,
-        min_lr=1e-5,
-        weight_decay=0.05,
-        warmup_epochs=0.1,
-        label_smoothing=0.1,
-        grad_clip=1.0,
-        augment=False,
-        train_limit=0,
-    )
-    return FinetuneTrain(**{**base, **overrides})
+    train_limit: int = Field(ge=0, description="train on a seeded subset of this many images; 0 = all")
 
 
 class HybridMasking(Section):
     """The student's keep ratio per batch: drawn from `keep_ratios` with `probs`."""
 
-    keep_ratios: list[float] = Field(default_factory=lambda: [1.0])
-    probs: list[float] = Field(default_factory=lambda: [1.0])
+    keep_ratios: list[float]
+    probs: list[float]
 
     @model_validator(mode="after")
     def _hybrid_set(self) -> HybridMasking:
@@ -164,27 +154,24 @@ class HybridMasking(Section):
 
 
 class KDSection(Section):
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the KD term")
+    alpha: float = Field(ge=0.0, le=1.0, description="weight of the KD term")
     temperature: float = Field(1.0, gt=0.0)
     kind: Literal["soft", "hard"] = "soft"
 
 
 FinetuneVariant = Literal["full", "masked", "masked_kd"]
+PruningMethod = Literal["evit", "dynamicvit"]
+PRUNING_METHODS: tuple[str, ...] = get_args(PruningMethod)
 FINETUNE_VARIANTS: tuple[str, ...] = get_args(FinetuneVariant)
 
 
 class FullVariant(Section):
-    kd: bool = Field(True, description="distil from the teacher on full images (MaskedKD's keep-1.0 arm)")
-
-
-class MaskedVariant(HybridMasking):
-    keep_ratios: list[float] = Field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
-    probs: list[float] = Field(default_factory=lambda: [0.25, 0.25, 0.25, 0.25])
+    kd: bool = Field(description="distil from the teacher on full images (MaskedKD's keep-1.0 arm)")
 
 
 class MaskedKDVariant(HybridMasking):
-    teacher_keep: float = Field(0.5, description="fraction of patches the teacher sees")
-    criterion: Criterion = "student_attn"
+    teacher_keep: float = Field(description="fraction of patches the teacher sees")
+    criterion: Criterion
 
     _keep = field_validator("teacher_keep")(check_keep_ratio)
 
@@ -192,14 +179,12 @@ class MaskedKDVariant(HybridMasking):
 class FinetuneSection(Section):
     """The finetune stage: a shared recipe and init, then one section per variant."""
 
-    init: str = Field(
-        "models/pretrain/mae-mto", description="scratch | pretrained_file | path to a maskprune model folder"
-    )
-    train: FinetuneTrain = short_recipe()
-    kd: KDSection = KDSection()
-    full: FullVariant = FullVariant()
-    masked: MaskedVariant = MaskedVariant()
-    masked_kd: MaskedKDVariant = MaskedKDVariant()
+    init: str = Field(description="scratch | pretrained_file | path to a maskprune model folder")
+    train: FinetuneTrain
+    kd: KDSection
+    full: FullVariant
+    masked: HybridMasking
+    masked_kd: MaskedKDVariant
 
     @field_validator("init")
     @classmethod
@@ -210,40 +195,55 @@ class FinetuneSection(Section):
 
 
 class EViTSection(Section):
-    fuse_token: bool = Field(True, description="sum the dropped tokens into one, weighted by [CLS] attention")
-    keep_warmup_epochs: float = Field(0.0, ge=0.0, description="cosine warm-up of the keep rate from 1.0")
+    fuse_token: bool = Field(description="sum the dropped tokens into one, weighted by [CLS] attention")
+    keep_warmup_epochs: float = Field(ge=0.0, description="cosine warm-up of the keep rate from 1.0")
 
 
 class DynamicViTSection(Section):
-    ratio_weight: float = Field(2.0, ge=0.0, description="weight of the kept-ratio MSE")
-    kd_weight: float = Field(0.5, ge=0.0, description="weight of KL(teacher || student) on logits")
-    token_weight: float = Field(0.5, ge=0.0, description="weight of the kept-token MSE to the unpruned init")
-    backbone_lr_scale: float = Field(0.01, gt=0.0, le=1.0, description="backbone lr / scorer lr")
-    freeze_epochs: float = Field(0.0, ge=0.0, description="backbone lr is 0 for these epochs")
+    ratio_weight: float = Field(ge=0.0, description="weight of the kept-ratio MSE")
+    kd_weight: float = Field(ge=0.0, description="weight of KL(teacher || student) on logits")
+    token_weight: float = Field(ge=0.0, description="weight of the kept-token MSE to the unpruned init")
+    backbone_lr_scale: float = Field(gt=0.0, le=1.0, description="backbone lr / scorer lr")
+    freeze_epochs: float = Field(ge=0.0, description="backbone lr is 0 for these epochs")
 
 
 class PruneSection(Section):
     """The prune stage: a matrix method x init x keep rate over the finetune variants."""
 
-    inits: list[FinetuneVariant] = Field(
-        default_factory=lambda: ["full", "masked"],
+    inits: list[FinetuneVariant] = Field(min_length=1, description="finetune variants to start from")
+    keep_rates: list[float] = Field(
         min_length=1,
-        description="finetune variants to start from",
+        description="decimal numbers such as 0.5 or 1.0: DVC names each prune stage and its folder from this spelling",
     )
-    keep_rates: list[float] = Field(default_factory=lambda: [0.7, 0.5], min_length=1)
     locations: list[int] = Field(
         default_factory=list, description="0-indexed pruning blocks; [] = at 1/4, 1/2, 3/4 of depth"
     )
-    train: FinetuneTrain = short_recipe(lr=5e-4, train_limit=12000)
-    kd: KDSection = KDSection()
-    evit: EViTSection = EViTSection()
-    dynamicvit: DynamicViTSection = DynamicViTSection()
+    train: FinetuneTrain
+    kd: KDSection
+    evit: EViTSection
+    dynamicvit: DynamicViTSection
+
+    @field_validator("keep_rates", mode="before")
+    @classmethod
+    def _keep_rate_spelling(cls, values: object) -> object:
+        # NOTE: DVC names prune@<method>-<init>-<keep> from the YAML value as written (1 -> '1',
+        # '0.50' -> '0.50'); the code names the folder from the float ('1.0', '0.5'). Only a YAML
+        # float is spelled the same way by both (maskprune.layout.spell).
+        for value in values if isinstance(values, list) else []:
+            if not isinstance(value, float):
+                raise ValueError(
+                    f"write each keep rate as a decimal number such as 0.5 or 1.0, not {value!r}: "
+                    "DVC names each prune stage and its folder from this spelling"
+                )
+        return values
 
     @field_validator("keep_rates")
     @classmethod
     def _keep_rates(cls, values: list[float]) -> list[float]:
         for value in values:
             check_keep_ratio(value)
+        if len(set(values)) != len(values):
+            raise ValueError(f"{values} lists a keep rate twice")
         return values
 
     @field_validator("locations")
@@ -257,14 +257,14 @@ class PruneSection(Section):
 class ProbeSection(Section):
     """A linear classifier on frozen [CLS] features (standardised), trained with AdamW."""
 
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(0.01, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0.0)
+    weight_decay: float = Field(ge=0.0)
 
 
-MIMObjective = Literal["mae", "simmim"]
-MIM_OBJECTIVES: tuple[str, ...] = get_args(MIMObjective)
+MIMMethod = Literal["mae", "simmim"]
+MIM_OBJECTIVES: tuple[str, ...] = get_args(MIMMethod)
 PRETRAIN_LOSSES: tuple[str, ...] = ("baseline", "mto")
 
 
@@ -277,11 +277,11 @@ def check_mask_ratio(value: float) -> float:
 class MAESection(Section):
     """MAE: the encoder sees the visible patches only; a light decoder predicts the masked ones."""
 
-    mask_ratio: float = Field(0.75, description="fraction of patches masked (removed from the encoder)")
-    decoder_dim: int = Field(64, ge=4, description="decoder width; at most the encoder's")
-    decoder_depth: int = Field(2, ge=1)
-    decoder_heads: int = Field(4, ge=1)
-    norm_pix_loss: bool = Field(True, description="targets: each patch standardised by its own mean and std")
+    mask_ratio: float = Field(description="fraction of patches masked (removed from the encoder)")
+    decoder_dim: int = Field(ge=4, description="decoder width; at most the encoder's")
+    decoder_depth: int = Field(ge=1)
+    decoder_heads: int = Field(ge=1)
+    norm_pix_loss: bool = Field(description="targets: each patch standardised by its own mean and std")
 
     _ratio = field_validator("mask_ratio")(check_mask_ratio)
 
@@ -289,7 +289,7 @@ class MAESection(Section):
 class SimMIMSection(Section):
     """SimMIM: masked patches replaced by a mask token in the encoder; a linear pixel head."""
 
-    mask_ratio: float = Field(0.6, description="fraction of patches replaced by the mask token")
+    mask_ratio: float = Field(description="fraction of patches replaced by the mask token")
 
     _ratio = field_validator("mask_ratio")(check_mask_ratio)
 
@@ -299,34 +299,32 @@ class BaselineSection(Section):
 
 
 class MTOSection(Section):
-    """MTO's loss weights (not published; all three together is the paper's best ablation)."""
+    """MTO's loss weights; 0 leaves a term out of the loss (it is still measured)."""
 
-    spa_weight: float = Field(0.001, ge=0.0, description="weight of L_spa (summed entropy over visible rows)")
-    e_weight: float = Field(0.1, ge=0.0, description="weight of L_e = 1 / (H_0 + eps)")
-    r_weight: float = Field(0.1, ge=0.0, description="weight of L_r = sum softplus(H_{l-1} - H_l)")
+    spa_weight: float = Field(ge=0.0, description="weight of L_spa (summed entropy over visible rows)")
+    e_weight: float = Field(ge=0.0, description="weight of L_e = 1 / (H_0 + eps)")
+    r_weight: float = Field(ge=0.0, description="weight of L_r = sum softplus(H_{l-1} - H_l)")
     eps: float = Field(1e-6, gt=0.0)
 
 
 class PretrainProbe(ProbeSection):
     """The per-epoch linear probe on frozen encoder features (train subset -> test split)."""
 
-    pool: Literal["mean", "cls"] = Field("mean", description="mean of the patch tokens, or [CLS]")
-    train_limit: int = Field(10000, ge=0, description="training images the probe fits on (seeded); 0 = all")
-    test_limit: int = Field(0, ge=0, description="test images it is scored on (seeded); 0 = all")
+    pool: Literal["mean", "cls"] = Field(description="mean of the patch tokens, or [CLS]")
+    train_limit: int = Field(ge=0, description="training images the probe fits on (seeded); 0 = all")
+    test_limit: int = Field(ge=0, description="test images it is scored on (seeded); 0 = all")
 
 
 class PretrainSection(Section):
     """The pretrain stage: a matrix objective x {baseline, mto}; its encoder initialises finetune."""
 
-    objectives: list[MIMObjective] = Field(
-        default_factory=lambda: ["mae"], min_length=1, description="add simmim to pre-train with SimMIM too"
-    )
-    train: FinetuneTrain = short_recipe(epochs=6, batch_size=128, lr=1.5e-3, warmup_epochs=1.0, label_smoothing=0.0)
-    mae: MAESection = MAESection()
-    simmim: SimMIMSection = SimMIMSection()
+    objectives: list[MIMMethod] = Field(min_length=1, description="the MIM objectives to pre-train with")
+    train: FinetuneTrain
+    mae: MAESection
+    simmim: SimMIMSection
     baseline: BaselineSection = BaselineSection()
-    mto: MTOSection = MTOSection()
-    probe: PretrainProbe = PretrainProbe(epochs=20)
+    mto: MTOSection
+    probe: PretrainProbe
 
     @field_validator("objectives")
     @classmethod
@@ -336,41 +334,37 @@ class PretrainSection(Section):
         return values
 
 
+DistillStudent = Literal["vit", "evit"]
+DistillTarget = Literal["cls", "cls_tokens"]
+
+
 class DistillSection(Section):
     """Task-agnostic KD: a teacher's features into ViT and EViT students, without labels."""
 
-    teacher: str = Field(
-        "models/pretrain/mae-mto",
-        min_length=1,
-        description="teacher model folder (self-supervised: a pretrain variant)",
-    )
-    students: list[Literal["vit", "evit"]] = Field(default_factory=lambda: ["vit", "evit"], min_length=1)
-    targets: list[Literal["cls", "cls_tokens"]] = Field(default_factory=lambda: ["cls", "cls_tokens"], min_length=1)
-    keep_rate: float = Field(0.5, description="the EViT student's keep rate")
-    loss: Literal["mse", "cosine"] = "mse"
-    train: FinetuneTrain = short_recipe(label_smoothing=0.0, train_limit=12000)
-    probe: ProbeSection = ProbeSection()
-    finetune: FinetuneTrain = short_recipe(train_limit=6000)
+    teacher: str = Field(min_length=1, description="teacher model folder (e.g. a pretrain variant)")
+    students: list[DistillStudent] = Field(min_length=1)
+    targets: list[DistillTarget] = Field(min_length=1)
+    keep_rate: float = Field(description="the EViT student's keep rate")
+    loss: Literal["mse", "cosine"]
+    train: FinetuneTrain
+    probe: ProbeSection
+    finetune: FinetuneTrain
 
     _keep = field_validator("keep_rate")(check_keep_ratio)
 
 
 class EvaluateSection(Section):
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(ge=1)
     occlusion_drop: list[float] = Field(
-        default_factory=lambda: [round(0.1 * i, 1) for i in range(10)],
-        description="fractions of patches removed at random (0 to 0.9)",
-        min_length=1,
+        min_length=1, description="fractions of patches removed at random, one point of each occlusion curve"
     )
-    occlusion_limit: int = Field(2000, ge=0, description="test images per occlusion curve (seeded subset); 0 = all")
-    throughput_batch: int = Field(64, ge=1, description="64 on CPU, 256 on GPU")
-    throughput_warmup: int = Field(3, ge=0)
-    throughput_repeats: int = Field(10, ge=1)
-    token_images: int = Field(6, ge=1, le=64, description="test images whose kept patches the report draws")
+    occlusion_limit: int = Field(ge=0, description="test images per occlusion curve (seeded subset); 0 = all")
+    throughput_batch: int = Field(ge=1, description="images per timed batch")
+    throughput_warmup: int = Field(ge=0)
+    throughput_repeats: int = Field(ge=1)
+    token_images: int = Field(ge=1, le=64, description="test images whose kept patches the report draws")
     rauc_epochs: list[list[int]] = Field(
-        default_factory=lambda: [[1, 0]],
-        min_length=1,
-        description="[E1, E2] pairs for pretrain RAUC; E2 = 0 means the last epoch",
+        min_length=1, description="[E1, E2] pairs for pretrain RAUC; E2 = 0 means the last epoch"
     )
 
     @field_validator("rauc_epochs")
@@ -396,33 +390,23 @@ class ReportSection(Section):
     """How the report aggregates seeds and decides its verdicts."""
 
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="of the Student-t intervals over seeds")
-    margin: float = Field(0.01, ge=0.0, lt=1.0, description="non-inferiority margin on top-1 (0.01 = 1 point)")
+    margin: float = Field(ge=0.0, lt=1.0, description="non-inferiority margin on top-1 (0.01 = 1 point)")
 
 
 class Params(Section):
-    profile: Literal["smoke", "cpu", "gpu", "gpu-check"] = "cpu"
+    profile: ProfileName
     seed: int = Field(0, ge=0, description="the students' seed (pretrain, finetune, prune, distill, evaluate)")
-    data: DataSection = DataSection()
-    models: ModelsSection = ModelsSection()
+    data: DataSection
+    models: ModelsSection
     runtime: RuntimeSection = RuntimeSection()
     tracking: TrackingSection = TrackingSection()
-    teacher: TeacherSection = TeacherSection(
-        epochs=3,
-        batch_size=64,
-        lr=1e-3,
-        min_lr=1e-5,
-        weight_decay=0.05,
-        warmup_epochs=0.2,
-        label_smoothing=0.1,
-        grad_clip=1.0,
-        augment=False,  # NOTE: schedules this short learn faster without augmentation (measured)
-    )
-    pretrain: PretrainSection = PretrainSection()
-    finetune: FinetuneSection = FinetuneSection()
-    prune: PruneSection = PruneSection()
-    distill: DistillSection = DistillSection()
-    evaluate: EvaluateSection = EvaluateSection()
-    report: ReportSection = ReportSection()
+    teacher: TeacherSection
+    pretrain: PretrainSection
+    finetune: FinetuneSection
+    prune: PruneSection
+    distill: DistillSection
+    evaluate: EvaluateSection
+    report: ReportSection
 
     @model_validator(mode="after")
     def _finetune_init(self) -> Params:
@@ -440,9 +424,22 @@ class Params(Section):
         return self
 
 
-def format_validation_error(err: ValidationError, source: str = PARAMS_FILE) -> str:
-    """One line per problem: `<source>: <key.path>: <what is wrong and what is allowed>`."""
-    lines = []
+def _missing_keys_message(
+    keys: list[str], source: str = PARAMS_FILE, fix: str = REGENERATE, profile: str = "cpu"
+) -> str:
+    """`<source>: <key>[, <key>...] is/are missing; <fix>`, `fix` naming them `{it}`, the profile `{profile}`."""
+    shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    one = len(keys) == 1
+    what = fix.format(it="it" if one else "them", profile=profile)
+    return f"{source}: {shown} {'is' if one else 'are'} missing; {what}"
+
+
+def format_validation_error(
+    err: ValidationError, source: str = PARAMS_FILE, fix: str = REGENERATE, profile: str = "cpu"
+) -> str:
+    """One line: `<source>: <key.path>: <what is wrong and what is allowed>` for each problem, and the
+    missing keys together (see `_missing_keys_message`)."""
+    lines, missing = [], []
     for item in err.errors():
         loc = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
@@ -451,12 +448,14 @@ def format_validation_error(err: ValidationError, source: str = PARAMS_FILE) -> 
             lines.append(f"{source}: {loc}: unknown key; allowed keys here: {allowed}")
             continue
         if item["type"] == "missing":
-            lines.append(f"{source}: {loc}: missing key; {REGENERATE}")
+            missing.append(loc)
             continue
         msg = item["msg"].removeprefix("Value error, ")
         got = item.get("input")
         shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
         lines.append(f"{source}: {loc}: {msg}{shown}" if loc else f"{source}: {msg}")
+    if missing:
+        lines.append(_missing_keys_message(missing, source, fix, profile))
     return "; ".join(lines)
 
 
@@ -480,18 +479,23 @@ def _leaf_paths(tree: Any, prefix: str = "") -> set[str]:
     return {prefix.rstrip(".")}
 
 
-def validate_params(raw: Any, source: str = PARAMS_FILE, complete: bool = True) -> Params:
-    """Validate a parsed params tree; with `complete`, every key of the schema must be present."""
+def validate_params(raw: Any, source: str = PARAMS_FILE, complete: bool = True, fix: str = REGENERATE) -> Params:
+    """Validate a parsed params tree; with `complete`, the keys that have a default must be present too.
+
+    A missing key is named with `fix` (see `_missing_keys_message`): by default, regenerate `raw`'s
+    own profile (cpu if it names none) or add the key.
+    """
     if not isinstance(raw, dict):
         raise MaskpruneError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    profile = raw.get("profile") if raw.get("profile") in PROFILES else "cpu"
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
-        raise MaskpruneError(format_validation_error(err, source)) from None
+        raise MaskpruneError(format_validation_error(err, source, fix, profile)) from None
     if complete:
         missing = sorted(_leaf_paths(params.model_dump()) - _leaf_paths(raw))
         if missing:
-            raise MaskpruneError(f"{source}: missing key(s) {', '.join(missing[:5])}; {REGENERATE}")
+            raise MaskpruneError(_missing_keys_message(missing, source, fix, profile))
     return params
 
 

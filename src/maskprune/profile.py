@@ -2,7 +2,7 @@
 
     python -m maskprune.profile smoke|cpu|gpu|gpu-check [--output params.yaml]
 
-A profile is the schema's defaults (the `cpu` profile) deep-merged with `profiles/<name>.yaml`.
+`profiles/cpu.yaml` sets every key; any other profile is it deep-merged with `profiles/<name>.yaml`.
 Every key is written out, so DVC sees each value and reruns exactly the stages whose values moved.
 """
 
@@ -15,10 +15,11 @@ from typing import Any
 import yaml
 
 from maskprune import atomic
-from maskprune.config import PARAMS_FILE, Params, find_repo_root, read_yaml, validate_params
+from maskprune.config import PARAMS_FILE, PROFILES, Params, find_repo_root, read_yaml, validate_params
 from maskprune.errors import MaskpruneError, exit_on_user_error
 
-PROFILES = ("smoke", "cpu", "gpu", "gpu-check")
+BASE_PROFILE = "cpu"
+ADD_TO_BASE = f"add {{it}} to profiles/{BASE_PROFILE}.yaml, which every profile extends"
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -32,15 +33,25 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def read_profile(name: str, root: Path) -> dict[str, Any]:
+    """`profiles/<name>.yaml` as written, with `profile: <name>`."""
+    path = root / "profiles" / f"{name}.yaml"
+    tree = read_yaml(path) or {}
+    if not isinstance(tree, dict):
+        raise MaskpruneError(f"{path}: expected a mapping of sections")
+    return {**tree, "profile": name}
+
+
 def profile_params(name: str, root: Path) -> Params:
+    """The `cpu` profile, or it deep-merged with `profiles/<name>.yaml`; each file's errors name it."""
     if name not in PROFILES:
         raise MaskpruneError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
-    overlay_path = root / "profiles" / f"{name}.yaml"
-    overlay = read_yaml(overlay_path) or {}
-    if not isinstance(overlay, dict):
-        raise MaskpruneError(f"{overlay_path}: expected a mapping of sections")
-    merged = deep_merge(Params().model_dump(), {**overlay, "profile": name})
-    return validate_params(merged, source=str(overlay_path.relative_to(root)))
+    base = read_profile(BASE_PROFILE, root)
+    params = validate_params(base, source=f"profiles/{BASE_PROFILE}.yaml", fix=ADD_TO_BASE)
+    if name == BASE_PROFILE:
+        return params
+    merged = deep_merge(base, read_profile(name, root))
+    return validate_params(merged, source=f"profiles/{name}.yaml", fix=ADD_TO_BASE)
 
 
 def apply_sets(params: Params, sets: list[str]) -> Params:

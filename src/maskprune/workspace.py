@@ -14,7 +14,7 @@ import sys
 from fnmatch import fnmatch
 from pathlib import Path
 
-# NOTE: where flows.seeds and the sweep flows write (results.SEEDS_DIR, report.SWEEPS_DIR)
+# NOTE: where flows.seeds and the sweep flows write (layout.SEEDS_DIR, layout.SWEEPS_DIR)
 COLLECTED_RESULTS = ("reports/seeds/seed-*", "reports/sweeps/*.csv")
 
 

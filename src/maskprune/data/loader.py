@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskprune.data.prepare import SPLITS, subset_indices
+from maskprune.data.splits import SPLITS, subset_indices
 from maskprune.errors import MaskpruneError
 
 CROP_PADDING = 2

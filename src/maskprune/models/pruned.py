@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
+from maskprune.config import PRUNING_METHODS as METHODS
+from maskprune.config import PruningMethod
 from maskprune.errors import MaskpruneError
 from maskprune.models.dynamicvit import make_dynamicvit
 from maskprune.models.evit import make_evit
 from maskprune.models.vit import TokenViT
-
-Method = Literal["evit", "dynamicvit"]
-METHODS: tuple[str, ...] = get_args(Method)
 
 
 def pruning_blocks(depth: int, locations: Sequence[int] = ()) -> tuple[int, ...]:
@@ -39,7 +38,7 @@ def pruning_blocks(depth: int, locations: Sequence[int] = ()) -> tuple[int, ...]
 
 @dataclass(frozen=True)
 class PruningSpec:
-    method: Method
+    method: PruningMethod
     keep_rate: float
     blocks: tuple[int, ...]
     fuse_token: bool = True  # EViT only

@@ -4,17 +4,20 @@ In every block, between attention and MLP, the tokens are split alternately into
 B; each A token finds its most similar B token (cosine of the head-averaged keys), and the `r`
 most similar pairs are merged by a size-weighted average. [CLS] is never merged. Attention is
 size-aware: log(size) is added to the attention logits, so a merged token counts as the tokens
-it stands for. `apply_tome` swaps a TokenViT's class and `remove_tome` swaps it back.
+it stands for. `apply_tome` swaps a TokenViT's class and `remove_tome` swaps it back;
+`tome_matches` finds the merge rate whose GMACs come closest to a pruned model's.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from maskprune.errors import MaskpruneError
+from maskprune.measure import gmacs
 from maskprune.models.vit import TokenViT, TokenViTOutput, attention_residual, mlp_residual
 
 Merge = Callable[[torch.Tensor, str], torch.Tensor]
@@ -138,3 +141,16 @@ def remove_tome(model: ToMeViT) -> TokenViT:
     model.__class__ = TokenViT
     model.__dict__.pop("tome_r", None)
     return model
+
+
+def tome_matches(base: TokenViT, targets: dict[str, float], example: torch.Tensor) -> dict[int, list[str]]:
+    """ToMe merge rate r -> the models (name -> GMACs) whose GMACs it matches most closely."""
+    costs = {
+        r: gmacs(apply_tome(copy.deepcopy(base), r), example)
+        for r in range(1, max_tome_r(base.num_patches, len(base.blocks)) + 1)
+    }
+    matches: dict[int, list[str]] = {}
+    for name, target in targets.items():
+        r = min(costs, key=lambda k: abs(costs[k] - target))
+        matches.setdefault(r, []).append(name)
+    return dict(sorted(matches.items()))

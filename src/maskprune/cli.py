@@ -1,0 +1,68 @@
+"""The command-line shell every DVC stage shares: load params, compute, write, then log.
+
+    python -m stages.<name> [VARIANT] [--log-only]
+
+A stage with variants (a DVC `foreach` or `matrix`) takes the variant as its one argument and passes
+it to its compute and record functions as `variant=`; `variants` lists the valid names or is a
+parser that raises a MaskpruneError for an invalid one. `--log-only` skips the computation and logs
+the stage's existing outputs to MLflow again (after a tracking outage). Errors in the user's input
+end the process with one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+from maskprune.config import Params, find_repo_root, load_params
+from maskprune.errors import exit_on_user_error
+from maskprune.runtime import Runtime, setup_runtime
+from maskprune.tracking.runs import StageRecord, log_stage
+
+Compute = Callable[[Params, Path, Runtime], None]
+Record = Callable[[Params, Path], StageRecord]
+Variants = Sequence[str] | Callable[[str], object]
+
+
+def run_stage(
+    name: str,
+    compute: Compute,
+    record: Record,
+    argv: list[str] | None = None,
+    variants: Variants = (),
+) -> None:
+    exit_on_user_error(_run)(name, compute, record, argv, variants)
+
+
+def _run(name: str, compute: Compute, record: Record, argv: list[str] | None, variants: Variants) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
+    if variants:
+        parser.add_argument("variant", choices=None if callable(variants) else variants)
+    parser.add_argument(
+        "--log-only", action="store_true", help="log the existing outputs to MLflow without recomputing them"
+    )
+    args = parser.parse_args(argv)
+    if callable(variants):
+        variants(args.variant)
+    if variants:
+        name = f"{name}@{args.variant}"
+        compute, record = partial(compute, variant=args.variant), partial(record, variant=args.variant)
+    root = find_repo_root()
+    params = load_params(root / "params.yaml")
+    started = time.perf_counter()
+    if not args.log_only:
+        compute(params, root, setup_runtime(params.runtime))
+    if os.environ.get("RANK", "0") == "0":
+        logged = record(params, root)
+        # NOTE: every stage run carries these, so the MLflow compare view lines runs up by them
+        logged.tags = {
+            "seed": str(params.seed),
+            **({"variant": args.variant} if variants else {}),
+            **logged.tags,
+        }
+        log_stage(logged, params.tracking, root)
+        print(f"{name}: done in {time.perf_counter() - started:.1f}s")

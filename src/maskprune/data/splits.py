@@ -1,0 +1,59 @@
+"""The parts of preparing a dataset: seeded splits and subsets, channel statistics, source checksums.
+
+The prepare stage (stages/prepare.py) builds data/prepared/<name>/ from them; the loader and the
+stages that draw seeded subsets of a split use `subset_indices`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from maskprune.config import DataSection
+from maskprune.data.sources import RawSplits, sha256_of
+
+SPLITS = ("train", "val", "test")
+
+
+def split_indices(n: int, val_fraction: float, limit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, val) index arrays over `n` items; `limit` > 0 first keeps that many items."""
+    order = np.random.default_rng(seed).permutation(n)
+    if limit:
+        order = order[: min(limit, n)]
+    n_val = max(1, int(round(len(order) * val_fraction)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def subset_indices(n: int, limit: int, seed: int) -> np.ndarray:
+    if not limit or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed + 1).permutation(n)[:limit])
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images `[n, c, h, w]`, on the 0..1 scale."""
+    pixels = images.transpose(1, 0, 2, 3).reshape(images.shape[1], -1).astype(np.float64) / 255.0
+    return pixels.mean(axis=1).round(6).tolist(), pixels.std(axis=1).round(6).tolist()
+
+
+def source_checksums(files: list[Path], max_listed: int = 16) -> dict[str, str]:
+    """sha256 per source file; beyond `max_listed` files, one digest over all of them."""
+    if len(files) <= max_listed:
+        return {str(path): sha256_of(path) for path in files}
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(f"{path}:{sha256_of(path)}\n".encode())
+    return {f"{len(files)} files under {os.path.commonpath(files)}": digest.hexdigest()}
+
+
+def build_splits(raw: RawSplits, cfg: DataSection, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    train_idx, val_idx = split_indices(len(raw.train_labels), cfg.val_fraction, cfg.train_limit, seed)
+    test_idx = subset_indices(len(raw.test_labels), cfg.test_limit, seed)
+    return {
+        "train": (raw.train_images[train_idx], raw.train_labels[train_idx]),
+        "val": (raw.train_images[val_idx], raw.train_labels[val_idx]),
+        "test": (raw.test_images[test_idx], raw.test_labels[test_idx]),
+    }

@@ -1,0 +1,106 @@
+"""The pipeline's stage checkpoints loaded as the model a stage needs, checked against params.
+
+Each loader refuses, in one line that names the fix, a checkpoint that does not fit the model the
+params describe: another architecture, image size or patch grid, or other prepared data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maskprune.checkpoint import WEIGHTS_FILE, load_model, load_tensors, read_meta
+from maskprune.config import ModelSpec, Params
+from maskprune.data.loader import PreparedData
+from maskprune.errors import MaskpruneError
+from maskprune.layout import FINETUNE_DIR, TEACHER_DIR
+from maskprune.models.vit import TokenViT, build_model
+
+
+def init_student(params: Params, data: PreparedData, root: Path) -> tuple[TokenViT, dict[str, Any]]:
+    """The student as `finetune.init` says, and a description of where its weights came from."""
+    spec = params.models.student
+    model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans)
+    init = params.finetune.init
+    if init in ("scratch", "pretrained_file"):
+        return model, {"init": init, "init_file": spec.pretrained_file}
+    folder = (root / init) if not Path(init).is_absolute() else Path(init)
+    if not folder.is_dir():
+        raise MaskpruneError(
+            f"finetune.init {init!r} is not scratch, pretrained_file or an existing "
+            "model folder; run the stage that writes it or fix the path"
+        )
+    meta = load_backbone(model, folder, spec)
+    return model, {"init": init, "init_config_hash": meta.get("config_hash", "")}
+
+
+def load_backbone(model: TokenViT, folder: Path, spec: ModelSpec) -> dict[str, Any]:
+    """Load every weight of a maskprune checkpoint except the classifier head into `model`."""
+    meta = read_meta(folder)
+    theirs = ModelSpec.model_validate(meta["model"])
+    if (theirs.name, theirs.img_size, theirs.patch_size) != (spec.name, spec.img_size, spec.patch_size):
+        raise MaskpruneError(
+            f"{folder} holds a {theirs.name} at {theirs.img_size}px / patch {theirs.patch_size}, "
+            f"but models.student is a {spec.name} at {spec.img_size}px / patch "
+            f"{spec.patch_size}; make them match or init from scratch"
+        )
+    tensors = load_tensors(folder / WEIGHTS_FILE)
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    missing = [k for k in own if k not in tensors]
+    wrong = [k for k, v in own.items() if k in tensors and tensors[k].shape != v.shape]
+    if missing or wrong:
+        raise MaskpruneError(
+            f"{folder}: weights do not fit models.student (missing {missing[:3]}, "
+            f"wrong shape {wrong[:3]}); rerun the stage that wrote it"
+        )
+    model.load_state_dict({k: tensors[k] for k in own}, strict=False)
+    return meta
+
+
+def load_teacher(spec: ModelSpec, data: PreparedData, root: Path, device: torch.device) -> tuple[TokenViT, str]:
+    """models/teacher, checked against `spec` (models.teacher) and the prepared data."""
+    folder = root / TEACHER_DIR
+    meta = read_meta(folder)
+    expected = spec.model_dump()
+    if meta["model"] != expected:
+        raise MaskpruneError(
+            f"{TEACHER_DIR} was trained as {meta['model']} but params.yaml has "
+            f"models.teacher {expected}; rerun `dvc repro teacher`"
+        )
+    if meta["data"] != data.meta["name"] or meta["num_classes"] != data.num_classes:
+        raise MaskpruneError(
+            f"{TEACHER_DIR} was trained on {meta['data']!r}, not on the prepared "
+            f"{data.meta['name']!r}; rerun `dvc repro teacher`"
+        )
+    model, _ = load_model(folder, device)
+    return model, str(meta.get("config_hash", ""))
+
+
+def load_init(spec: ModelSpec, init: str, root: Path, device: torch.device) -> tuple[TokenViT, dict[str, Any]]:
+    """The unpruned finetune variant `init`, checked against `spec` (models.student)."""
+    folder = root / FINETUNE_DIR / init
+    model, meta = load_model(folder, device)
+    expected = spec.model_dump()
+    if meta["model"] != expected or meta.get("pruning"):
+        raise MaskpruneError(
+            f"{folder} holds a {meta['model']['name']} ({meta['model']}), not an unpruned "
+            f"models.student {expected}; rerun `dvc repro finetune@{init}`"
+        )
+    return model, meta
+
+
+def load_distill_teacher(params: Params, data: PreparedData, root: Path, device: torch.device) -> tuple[TokenViT, dict]:
+    """`distill.teacher`, checked to see the student's patch grid and the prepared data's channels."""
+    folder = Path(params.distill.teacher)
+    folder = folder if folder.is_absolute() else root / folder
+    teacher, meta = load_model(folder, device)
+    student = params.models.student
+    if teacher.num_patches != (student.img_size // student.patch_size) ** 2 or meta["in_chans"] != data.in_chans:
+        raise MaskpruneError(
+            f"distill.teacher {folder} sees {teacher.num_patches} patches of {meta['in_chans']} "
+            "channels, the student a different grid or data; use a teacher with the "
+            "student's patch grid"
+        )
+    return teacher, meta

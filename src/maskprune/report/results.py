@@ -1,0 +1,99 @@
+"""The pipeline's results per seed, for the report.
+
+A result root is a folder laid out like the repository: params.yaml, metrics/evaluate.json,
+plots/evaluate/... and models/<stage>/<variant>/metrics.json. The workspace is the root of its own
+seed; the seed sweep (`python -m flows.seeds`) collects the other seeds' roots under
+reports/seeds/seed-<n>/. A collected seed counts only if its params match the workspace's in
+everything but the seed (and settings that cannot change a result); otherwise it is listed as
+excluded, with the keys that differ.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from maskprune.errors import MaskpruneError
+from maskprune.layout import EVALUATE_FILE, MODELS_DIR, SEEDS_DIR
+from maskprune.tracking.runs import flatten
+
+# NOTE: keys that cannot change a result (or are the seed itself) do not make seeds incomparable
+NEUTRAL_KEYS = ("seed", "tracking.", "runtime.progress", "runtime.threads", "report.")
+
+
+@dataclass
+class SeedResult:
+    """One seed's results, read from its result root."""
+
+    seed: int
+    root: Path
+    evaluate: dict[str, Any] = field(repr=False)
+
+    def model(self, name: str) -> dict[str, Any] | None:
+        """The evaluate report's entry of model `name` (e.g. 'finetune/masked'), or None."""
+        return self.evaluate["models"].get(name)
+
+    def stage_metrics(self, stage_folder: str) -> dict[str, Any]:
+        """models/<stage_folder>/metrics.json (e.g. 'finetune/masked_kd'), or {} if missing."""
+        path = self.root / MODELS_DIR / stage_folder / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def csv(self, relative: str | Path) -> pd.DataFrame | None:
+        """The CSV at `relative` under the result root, or None if missing."""
+        path = self.root / relative
+        return pd.read_csv(path) if path.is_file() else None
+
+
+def differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Dotted params keys whose values differ between two params trees (neutral keys ignored)."""
+    fa, fb = flatten(a), flatten(b)
+    keys = sorted(k for k in set(fa) | set(fb) if not k.startswith(NEUTRAL_KEYS) and fa.get(k) != fb.get(k))
+    return keys
+
+
+def read_result(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(params, evaluate report) of a result root."""
+    params_file, evaluate_file = root / "params.yaml", root / EVALUATE_FILE
+    if not evaluate_file.is_file():
+        raise MaskpruneError(f"{evaluate_file} is missing: run `dvc repro evaluate` first")
+    return yaml.safe_load(params_file.read_text()), json.loads(evaluate_file.read_text())
+
+
+def load_results(root: Path) -> tuple[list[SeedResult], list[dict[str, Any]]]:
+    """The workspace's seed and every comparable collected seed; and the excluded ones, with reasons."""
+    params, evaluate = read_result(root)
+    included = [SeedResult(int(params["seed"]), root, evaluate)]
+    excluded = []
+    for folder in sorted((root / SEEDS_DIR).glob("seed-*")):
+        try:
+            theirs, their_eval = read_result(folder)
+        except (MaskpruneError, OSError, ValueError, yaml.YAMLError) as err:
+            excluded.append({"folder": str(folder.relative_to(root)), "reason": f"unreadable ({err})"})
+            continue
+        seed = int(theirs.get("seed", -1))
+        reason = ""
+        if seed in {r.seed for r in included}:
+            reason = f"seed {seed} is already included"
+        elif diffs := differing_keys(params, theirs):
+            reason = f"params differ from the workspace's: {', '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}"
+        if reason:
+            excluded.append({"folder": str(folder.relative_to(root)), "seed": seed, "reason": reason})
+        else:
+            included.append(SeedResult(seed, folder, their_eval))
+    return sorted(included, key=lambda r: r.seed), excluded
+
+
+def per_seed(results: list[SeedResult], value: Callable[[SeedResult], float | None]) -> dict[int, float]:
+    """{seed: value} over the seeds where `value` gives a number."""
+    out = {}
+    for result in results:
+        v = value(result)
+        if v is not None:
+            out[result.seed] = float(v)
+    return out

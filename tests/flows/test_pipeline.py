@@ -1,0 +1,80 @@
+"""The pipeline as a Prefect flow under prefect_test_harness, on a fresh smoke-profile copy."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import copy_repo, narrow
+
+pytestmark = pytest.mark.integration
+# NOTE: the flow runs a narrower matrix (tests.conftest.narrow) and only its first stage: what is under
+# test is the orchestration, not the stages (test_pipeline runs them all; ops/test_prefect.py up to the teacher).
+ALL = (
+    "prepare",
+    "teacher",
+    "pretrain@mae-baseline",
+    "pretrain@mae-mto",
+    "finetune@full",
+    "finetune@masked",
+    "finetune@masked_kd",
+    "prune@evit-masked-0.5",
+    "prune@dynamicvit-masked-0.5",
+    "distill@evit-cls",
+    "evaluate",
+    "report",
+)
+STAGES = ("prepare",)
+
+
+def test_flow_runs_stages_through_dvc_and_nests_mlflow_runs(
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.pipeline import pipeline, stage_order
+
+    repo = copy_repo(tmp_path)
+    narrow(repo)
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    order = stage_order(repo)
+    assert sorted(order) == sorted(ALL) and order[0] == "prepare" and order[-2:] == ["evaluate", "report"]
+    assert order.index("pretrain@mae-mto") < order.index("finetune@full") < order.index("prune@evit-masked-0.5")
+    assert stage_order(repo, "teacher") == ["prepare", "teacher"]
+    assert sorted(stage_order(repo, "finetune@full")) == [
+        "finetune@full",
+        "prepare",
+        "pretrain@mae-baseline",
+        "pretrain@mae-mto",
+        "teacher",
+    ]
+
+    first = pipeline(stage="prepare")
+    assert first == {stage: "ran" for stage in STAGES}
+    assert (repo / "data" / "prepared" / "fashion_mnist" / "meta.json").is_file()
+    second = pipeline(stage="prepare")
+    assert second == {stage: "skipped" for stage in STAGES}
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("maskprune")
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        "tags.`maskprune.source` = 'prefect'",
+        order_by=["attributes.start_time ASC"],
+    )
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    assert parents[0].data.tags["prefect.flow_run_id"]
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    assert sorted(run.data.tags["maskprune.stage"] for run in children) == sorted(STAGES)
+    assert {run.data.tags["prefect.flow_run_id"] for run in children} == {parents[0].data.tags["prefect.flow_run_id"]}
+
+
+def test_serve_refuses_without_a_prefect_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.pipeline import main
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with pytest.raises(SystemExit, match="--serve needs a Prefect server: run `prefect server start`"):
+        main(["--serve", "--cron", "0 3 * * *"])

@@ -1,0 +1,81 @@
+"""The report built from the smoke run's results with hand-made seeds (integration)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maskprune.config import validate_params
+from maskprune.report.build import build_report
+
+T_975_2 = 4.302652729911275  # Student t quantile, 2 degrees of freedom, 97.5% (tables)
+
+
+def result_root(smoke_repo: Path, dest: Path) -> Path:
+    """The smoke run's results (what the report reads) in a folder of their own."""
+    dest.mkdir(parents=True)
+    for relative in ("params.yaml", "metrics", "plots", "data/prepared", "reports/sweeps"):
+        source = smoke_repo / relative
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, dest / relative)
+    for metrics in (smoke_repo / "models").rglob("metrics.json"):
+        target = dest / metrics.relative_to(smoke_repo)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(metrics, target)
+    return dest
+
+
+def hand_made_seed(root: Path, folder: Path, seed: int, full: float, masked: float) -> None:
+    """A copy of `root`'s results as seed `seed`, with every pruned model's top-1 set by hand."""
+    shutil.copytree(root / "plots", folder / "plots")
+    for metrics in (root / "models").rglob("metrics.json"):
+        (folder / metrics.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(metrics, folder / metrics.relative_to(root))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    (folder / "params.yaml").write_text(yaml.safe_dump({**params, "seed": seed}, sort_keys=False))
+    set_pruned_top1(root / "metrics" / "evaluate.json", folder / "metrics" / "evaluate.json", full, masked)
+
+
+def set_pruned_top1(source: Path, target: Path, full: float, masked: float) -> None:
+    report = json.loads(source.read_text())
+    for name, entry in report["models"].items():
+        if name.startswith("prune/"):
+            entry["top1"] = masked if "-masked-" in name else full
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report))
+
+
+@pytest.mark.integration
+def test_report_aggregates_seeds_with_paired_intervals_and_excludes_other_configs(
+    smoke_repo: Path, tmp_path: Path
+) -> None:
+    root = result_root(smoke_repo, tmp_path / "results")
+    fulls, gains = [0.70, 0.71, 0.72], [0.030, 0.032, 0.034]
+    set_pruned_top1(
+        root / "metrics" / "evaluate.json", root / "metrics" / "evaluate.json", fulls[0], fulls[0] + gains[0]
+    )
+    for seed in (1, 2):
+        hand_made_seed(root, root / "reports" / "seeds" / f"seed-{seed}", seed, fulls[seed], fulls[seed] + gains[seed])
+    other = root / "reports" / "seeds" / "seed-3"
+    hand_made_seed(root, other, 3, 0.5, 0.5)
+    changed = yaml.safe_load((other / "params.yaml").read_text())
+    changed["prune"]["train"]["epochs"] = 7
+    (other / "params.yaml").write_text(yaml.safe_dump(changed))
+
+    params = validate_params(yaml.safe_load((root / "params.yaml").read_text()))
+    report = build_report(root, params, tmp_path / "figures")
+    assert report.seeds == [0, 1, 2]
+    assert report.excluded[0]["seed"] == 3 and "prune.train.epochs" in report.excluded[0]["reason"]
+    rows = next(frame for kind, frame in report.sections[0].blocks if kind == "table")
+    row = rows[(rows["method"] == "evit") & (rows["keep rate"] == 0.5)].iloc[0]
+    half = T_975_2 * 0.01 / math.sqrt(3)  # full top-1 0.70, 0.71, 0.72: mean 0.71, sd 0.01
+    assert row["init full"] == f"71.00 [{(0.71 - half) * 100:.2f}, {(0.71 + half) * 100:.2f}] (n=3)"
+    half = T_975_2 * 0.002 / math.sqrt(3)  # differences 0.030, 0.032, 0.034: mean 0.032, sd 0.002
+    assert row["masked - full (points)"] == f"+3.20 [{(0.032 - half) * 100:+.2f}, {(0.032 + half) * 100:+.2f}] (n=3)"
+    assert row["verdict"] == "effect reproduced"
+    assert report.sections[0].verdict.startswith("Masked fine-tuning as the init changes pruned top-1 by +3.20")
+    assert report.sections[0].verdict.endswith("effect reproduced.")

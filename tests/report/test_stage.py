@@ -1,0 +1,65 @@
+"""The report stage on the smoke run: its files, and the best pruned model it registers (integration)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.report.structure import parse
+
+SECTIONS = ("A", "B", "C", "D", "E", "T")
+
+
+@pytest.mark.integration
+def test_report_stage_writes_a_self_contained_report_with_a_verdict_per_section(smoke_repo: Path) -> None:
+    out = smoke_repo / "reports"
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["verdicts"]) == sorted(SECTIONS) and summary["seeds"] == [0]
+    assert all(summary["verdicts"][k] for k in SECTIONS) and summary["best_pruned"].startswith("prune/")
+    page = (out / "report.html").read_text()
+    structure = parse(page)
+    assert not structure.errors and not structure.stack, structure.errors
+    assert all(src.startswith("data:image/png;base64,") for src in structure.images)
+    markdown = (out / "report.md").read_text()
+    referenced = [line.split("](")[1].rstrip(")") for line in markdown.splitlines() if line.startswith("![")]
+    assert len(referenced) == len(structure.images) >= 10  # every figure of the markdown is embedded in the HTML
+    assert all((out / path).is_file() for path in referenced)
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(Path(p).name for p in referenced)
+    assert [h.split(".")[0] for h in structure.headings[1:]] == list(SECTIONS)
+    assert "inconclusive at 95%" in markdown  # one seed: no interval, so no effect is decided
+    assert "tokens-prune-evit-masked-0.5.png" in markdown and "tokens-maskedkd-teacher.png" in markdown
+
+
+@pytest.mark.integration
+def test_best_pruned_model_is_registered_with_an_alias_and_serves_predictions(
+    smoke_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    import torch
+
+    from maskprune.checkpoint import load_model
+    from maskprune.data.loader import Normalizer, load_prepared
+
+    uri = f"sqlite:///{smoke_repo / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    summary = json.loads((smoke_repo / "reports" / "summary.json").read_text())
+    version = client.get_model_version_by_alias("maskprune-pruned", "champion")
+    run = client.get_run(version.run_id)
+    assert run.data.tags["maskprune.stage"] == "report" and run.data.tags["best_pruned"] == summary["best_pruned"]
+    assert run.data.tags["verdict.A"] == summary["verdicts"]["A"]
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert {"report.html", "report.md"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    served = mlflow.pyfunc.load_model("models:/maskprune-pruned@champion")
+    test = load_prepared(smoke_repo / "data" / "prepared" / "fashion_mnist", splits=("test",)).splits["test"]
+    images = test.images[:16]
+    probabilities = served.predict(images.numpy())
+    model, meta = load_model(smoke_repo / "models" / summary["best_pruned"])
+    with torch.inference_mode():
+        expected = model.eval()(
+            Normalizer(meta["mean"], meta["std"], meta["model"]["img_size"], torch.device("cpu"))(images)
+        ).softmax(-1)
+    np.testing.assert_allclose(probabilities, expected.numpy(), atol=1e-5)

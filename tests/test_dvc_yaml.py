@@ -1,0 +1,98 @@
+"""dvc.yaml against the code: every stage lists as deps each project file its program imports.
+
+DVC reruns a stage when a dep changes, so a module missing from `deps:` is a change DVC never
+sees. The imports are followed statically (every `import` in a file, also inside functions),
+from `stages/<name>.py` through the `maskprune` package, to a fixed point.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = {"maskprune": ROOT / "src", "stages": ROOT}
+# NOTE: modules that cannot change a stage's outputs, so a change to them must not rerun the
+# pipeline: the MLflow records are written after the outputs, from the files on disk, and an
+# error's wording is not an output.
+OUTPUT_NEUTRAL = ("src/maskprune/tracking/", "src/maskprune/errors.py")
+
+
+def module_file(dotted: str) -> Path | None:
+    """The project file of a dotted module name (a package's non-empty __init__.py), or None."""
+    top = dotted.split(".")[0]
+    if top not in SOURCES:
+        return None
+    base = SOURCES[top].joinpath(*dotted.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Dotted names a file imports; for `from a import b`, both `a` and `a.b` (b may be a module)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def project_closure(start: Path) -> set[str]:
+    """Repository-relative paths of the project files `start` imports, directly or transitively."""
+    seen: set[Path] = set()
+    todo = [start]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imported_modules(path):
+            found = module_file(name)
+            if found is not None and found.read_text().strip():
+                todo.append(found)
+    return {p.relative_to(ROOT).as_posix() for p in seen if p.is_relative_to(ROOT)}
+
+
+def stage_programs() -> dict[str, tuple[Path, list[str]]]:
+    """Stage name -> (its program file, its code deps) from dvc.yaml."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    found = {}
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        module = re.search(r"python -m (stages\.\w+)", body["cmd"])
+        assert module, f"{name}: cmd {body['cmd']!r} does not run a stages.<name> module"
+        deps = [d for d in body.get("deps", []) if isinstance(d, str) and d.startswith(("src/", "stages/"))]
+        found[name] = (module_file(module.group(1)), deps)
+    return found
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+@pytest.mark.parametrize("stage", sorted(stage_programs()))
+def test_deps_list_every_module_the_stage_imports(stage: str) -> None:
+    program, deps = stage_programs()[stage]
+    assert program is not None, f"{stage}: its stages module does not exist"
+    needed = {p for p in project_closure(program) if not p.startswith(OUTPUT_NEUTRAL)}
+    missing = sorted(p for p in needed if not covered(p, deps))
+    assert not missing, f"dvc.yaml stage {stage!r} imports these files but does not list them as deps: {missing}"
+    assert all((ROOT / dep).exists() for dep in deps), f"{stage}: a dep does not exist: {deps}"
+
+
+def test_closure_follows_imports_inside_functions_and_from_package_imports(tmp_path: Path) -> None:
+    """A hand-written program: `from maskprune.report import figures` inside a function reaches
+    report/figures.py, and nothing else of the project (figures imports only matplotlib and numpy)."""
+    program = tmp_path / "program.py"
+    program.write_text("def main():\n    from maskprune.report import figures\n")
+    closure = project_closure(program)
+    assert closure == {"src/maskprune/report/figures.py"}  # the empty package __init__ files add nothing

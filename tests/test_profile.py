@@ -1,0 +1,108 @@
+"""Profiles: profiles/cpu.yaml holds the whole cpu recipe, the others override it, the schema holds none."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from maskprune.config import PROFILES, FinetuneTrain, KDSection, ModelSpec, Params, validate_params
+from maskprune.errors import MaskpruneError
+from maskprune.profile import deep_merge, profile_params, read_profile, render
+from tests.conftest import REPO
+
+# The keys whose value is a convention, not a recipe choice (see the top of src/maskprune/config.py).
+NEUTRAL = {
+    "seed",
+    "data.seed",
+    "teacher.seed",
+    *(f"models.{m}.pretrained_file" for m in ("student", "teacher")),
+    *(f"runtime.{key}" for key in ("device", "threads", "amp", "compile", "progress")),
+    *(f"tracking.{key}" for key in ("enabled", "uri", "experiment", "required", "registered_model", "model_alias")),
+    *(f"{section}.kd.{key}" for section in ("finetune", "prune") for key in ("temperature", "kind")),
+    "prune.locations",
+    "pretrain.mto.eps",
+    "report.confidence",
+}
+
+
+def keys_with_defaults(model: type[BaseModel], prefix: str = "") -> set[str]:
+    found = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found |= keys_with_defaults(annotation, f"{prefix}{name}.")
+        elif not field.is_required():
+            found.add(f"{prefix}{name}")
+    return found
+
+
+def test_cpu_profile_renders_to_the_committed_params_yaml() -> None:
+    assert render(profile_params("cpu", REPO)) == (REPO / "params.yaml").read_text(encoding="utf-8")
+
+
+def test_cpu_yaml_sets_every_key_as_rendered() -> None:
+    assert read_profile("cpu", REPO) == profile_params("cpu", REPO).model_dump()
+
+
+@pytest.mark.parametrize("name", [name for name in PROFILES if name != "cpu"])
+def test_other_profiles_are_cpu_with_their_own_keys_over_it(name: str) -> None:
+    overlay = read_profile(name, REPO)
+    expected = deep_merge(profile_params("cpu", REPO).model_dump(), overlay)
+    assert profile_params(name, REPO).model_dump() == expected
+    assert validate_params(expected) == profile_params(name, REPO)
+
+
+def test_the_schema_has_defaults_only_for_conventions() -> None:
+    assert keys_with_defaults(Params) == NEUTRAL
+
+
+def test_params_and_recipe_sections_cannot_be_built_from_defaults() -> None:
+    with pytest.raises(ValidationError) as info:
+        Params()
+    assert {"profile", "data", "models", "teacher", "prune"} <= {e["loc"][0] for e in info.value.errors()}
+    for section, recipe_keys in (
+        (FinetuneTrain, {"epochs", "lr", "batch_size", "train_limit", "augment"}),
+        (KDSection, {"alpha"}),
+        (ModelSpec, {"name", "img_size", "patch_size", "drop_path_rate"}),
+    ):
+        with pytest.raises(ValidationError) as info:
+            section()
+        assert {e["loc"][0] for e in info.value.errors()} >= recipe_keys
+    with pytest.raises(MaskpruneError, match=r"^params.yaml: profile, data, models, teacher, pretrain and 5 more"):
+        validate_params({})
+
+
+@pytest.fixture
+def profiles_copy(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    return tmp_path
+
+
+def edit(root: Path, name: str, change: dict) -> None:
+    path = root / "profiles" / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(path.read_text()), change)))
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_a_key_missing_from_cpu_yaml_is_named_with_the_fix(profiles_copy: Path, name: str) -> None:
+    tree = yaml.safe_load((profiles_copy / "profiles" / "cpu.yaml").read_text())
+    del tree["distill"]["probe"]["lr"]
+    (profiles_copy / "profiles" / "cpu.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.raises(MaskpruneError) as info:
+        profile_params(name, profiles_copy)
+    assert str(info.value) == (
+        "profiles/cpu.yaml: distill.probe.lr is missing; add it to profiles/cpu.yaml, which every profile extends"
+    )
+
+
+def test_a_bad_value_names_the_profile_file_that_sets_it(profiles_copy: Path) -> None:
+    edit(profiles_copy, "gpu", {"teacher": {"epochs": 0}})
+    with pytest.raises(MaskpruneError, match=r"^profiles/gpu.yaml: teacher.epochs: .* equal to 1 \(got 0\)$"):
+        profile_params("gpu", profiles_copy)
+    edit(profiles_copy, "cpu", {"prune": {"keep_rates": [0.5, 0.5]}})
+    with pytest.raises(MaskpruneError, match=r"^profiles/cpu.yaml: prune.keep_rates: \[0.5, 0.5\] lists a keep rate"):
+        profile_params("smoke", profiles_copy)
