@@ -1,4 +1,4 @@
-"""Task-agnostic KD: feature losses by hand, the linear probe, variant names and teacher checks."""
+"""Linear probing on frozen features (maskprune.probe)."""
 
 from __future__ import annotations
 

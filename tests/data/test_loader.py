@@ -1,4 +1,4 @@
-"""Preparing datasets and feeding them: splits, statistics, atomic output, augmentation, sharding."""
+"""Prepared data in memory: augmentation, rank shards, normalisation, missing data (maskprune.data.loader)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Preparing datasets and feeding them: splits, statistics, atomic output, augmentation, sharding."""
+"""Raw datasets on disk: a missing dataset names its install command; ImageFolder trees."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Preparing datasets and feeding them: splits, statistics, atomic output, augmentation, sharding."""
+"""Seeded train/val splits, limits and channel statistics (maskprune.data.splits)."""
 
 from __future__ import annotations
 

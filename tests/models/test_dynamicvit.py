@@ -1,4 +1,4 @@
-"""EViT, DynamicViT and ToMe over the token-aware ViT: equivalences, token counts, hand checks."""
+"""DynamicViT: equal to the unpruned model at all-ones decisions, training path = inference path."""
 
 from __future__ import annotations
 
@@ -8,14 +8,7 @@ import pytest
 import torch
 
 from maskprune.models.dynamicvit import make_dynamicvit, policy_softmax
-from maskprune.models.vit import TokenViT
-
-TINY = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=6, num_heads=4)
-
-
-def tiny() -> TokenViT:
-    torch.manual_seed(0)
-    return TokenViT(**TINY).eval()
+from tests.models.tiny import tiny
 
 
 def test_dynamicvit_with_all_ones_decisions_equals_the_unpruned_model() -> None:

@@ -1,4 +1,4 @@
-"""EViT, DynamicViT and ToMe over the token-aware ViT: equivalences, token counts, hand checks."""
+"""EViT over the token-aware ViT: equal to timm at keep 1, token counts, attentive tokens kept and fused."""
 
 from __future__ import annotations
 
@@ -7,14 +7,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from maskprune.models.evit import evit_kept, evit_prune, make_evit
-from maskprune.models.vit import TokenViT
-
-TINY = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=6, num_heads=4)
-
-
-def tiny() -> TokenViT:
-    torch.manual_seed(0)
-    return TokenViT(**TINY).eval()
+from tests.models.tiny import TINY, tiny
 
 
 def test_evit_at_keep_one_equals_timm_forward() -> None:

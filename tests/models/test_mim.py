@@ -1,4 +1,4 @@
-"""MAE and SimMIM around a TokenViT, their losses, and the MIM + MTO objective."""
+"""MAE and SimMIM around a TokenViT: token order, targets, losses, position embeddings, encoder cost."""
 
 from __future__ import annotations
 

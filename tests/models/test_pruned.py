@@ -1,4 +1,4 @@
-"""EViT, DynamicViT and ToMe over the token-aware ViT: equivalences, token counts, hand checks."""
+"""Pruning specs: default blocks, GMACs at half the tokens, pruned checkpoints round-trip."""
 
 from __future__ import annotations
 
@@ -15,13 +15,7 @@ from maskprune.models.dynamicvit import DynamicViT
 from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
 from maskprune.models.vit import TokenViT
 from tests.conftest import cpu_params
-
-TINY = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=6, num_heads=4)
-
-
-def tiny() -> TokenViT:
-    torch.manual_seed(0)
-    return TokenViT(**TINY).eval()
+from tests.models.tiny import tiny
 
 
 def test_pruning_blocks_are_quarters_of_the_depth_and_checked() -> None:

@@ -1,4 +1,4 @@
-"""EViT, DynamicViT and ToMe over the token-aware ViT: equivalences, token counts, hand checks."""
+"""ToMe over the token-aware ViT: r = 0 is the model, r tokens merged per block, matching by hand."""
 
 from __future__ import annotations
 
@@ -8,13 +8,7 @@ import torch
 from maskprune.errors import MaskpruneError
 from maskprune.models.tome import apply_tome, bipartite_soft_matching, max_tome_r, merge_weighted, remove_tome
 from maskprune.models.vit import TokenViT
-
-TINY = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=6, num_heads=4)
-
-
-def tiny() -> TokenViT:
-    torch.manual_seed(0)
-    return TokenViT(**TINY).eval()
+from tests.models.tiny import tiny
 
 
 def test_tome_r0_equals_the_model_and_removal_restores_it() -> None:

@@ -1,4 +1,4 @@
-"""Task-agnostic KD: feature losses by hand, the linear probe, variant names and teacher checks."""
+"""Task-agnostic feature KD by hand: the [CLS] target and the per-patch token target."""
 
 from __future__ import annotations
 

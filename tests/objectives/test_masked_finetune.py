@@ -1,4 +1,4 @@
-"""The masked fine-tuning objective: what student and teacher see, the loss, and the cost ledger."""
+"""The masked fine-tuning objective: the student's kept tokens, the loss, and the cost ledger."""
 
 from __future__ import annotations
 
@@ -8,39 +8,13 @@ import torch
 from maskprune.config import KDSection
 from maskprune.masking import HybridRatios
 from maskprune.measure import gmacs, train_step_flops
-from maskprune.models.vit import TokenViT
 from maskprune.objectives.classification import distillation_loss
 from maskprune.objectives.masked_finetune import MaskedFinetuneObjective
 from maskprune.objectives.masked_kd import TeacherView
 from tests.conftest import cpu_params
-
-GRID = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10)
+from tests.objectives.teacher_student import Seen, batch, tiny
 
 KD = cpu_params().finetune.kd  # alpha 0.5, temperature 1, soft labels
-
-
-def tiny(dim: int = 32, heads: int = 2, depth: int = 2) -> TokenViT:
-    return TokenViT(**GRID, embed_dim=dim, depth=depth, num_heads=heads)
-
-
-class Seen:
-    """Records what a TokenViT's first block receives and how it was called."""
-
-    def __init__(self, model: TokenViT) -> None:
-        self.tokens: list[int] = []
-        self.inference: list[bool] = []
-        self.training: list[bool] = []
-        model.blocks[0].register_forward_pre_hook(self._hook)
-
-    def _hook(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        self.tokens.append(args[0].shape[1])
-        self.inference.append(torch.is_inference_mode_enabled())
-        self.training.append(module.training)
-
-
-def batch(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return torch.randn(n, 1, 28, 28, generator=gen), torch.randint(0, 10, (n,), generator=gen)
 
 
 @pytest.mark.parametrize("ratio, tokens", [(1.0, 50), (0.75, 37), (0.5, 25), (0.25, 13)])

@@ -1,4 +1,4 @@
-"""MAE and SimMIM around a TokenViT, their losses, and the MIM + MTO objective."""
+"""The MIM objective adds MTO's terms only when asked and summarises every term."""
 
 from __future__ import annotations
 

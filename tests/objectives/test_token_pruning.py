@@ -1,4 +1,4 @@
-"""Token-pruning training: objectives, schedules, backbone learning rates, the prune stage's checks."""
+"""Token-pruning objectives by hand: the keep-rate warm-up, the kept-ratio loss, the kept-token MSE."""
 
 from __future__ import annotations
 

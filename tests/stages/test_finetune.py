@@ -1,4 +1,4 @@
-"""The finetune stage's inputs: student init sources and the teacher check, with one-line errors."""
+"""The finetune stage refuses an unknown variant before any work."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Preparing datasets and feeding them: splits, statistics, atomic output, augmentation, sharding."""
+"""The prepare stage: splits, meta and checksums on disk, atomic output that survives a failure."""
 
 from __future__ import annotations
 

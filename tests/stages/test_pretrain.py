@@ -1,4 +1,4 @@
-"""MAE and SimMIM around a TokenViT, their losses, and the MIM + MTO objective."""
+"""The pretrain stage: bad decoder and pretrain params stop in one line; probe checkpoints round-trip."""
 
 from __future__ import annotations
 
