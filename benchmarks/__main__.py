@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from benchmarks import engine, mae, orchestration, precision, pruning, teacher
+from benchmarks import engine, mae, masked_teacher, orchestration, precision, pruning
 from benchmarks.common import GRAPH_MODES, IN_CHANS, MODES, NUM_CLASSES, PRESETS, BenchSetup, device_info
-from benchmarks.report import check_targets, markdown
+from benchmarks.summary import check_targets, markdown
 from maskprune import atomic
 from maskprune.config import RuntimeSection, find_repo_root
 from maskprune.errors import MaskpruneError, exit_on_user_error
@@ -37,7 +37,7 @@ PARTS = ("pruning", "teacher", "engine", "mae", "precision", "orchestration")
 PER_MODE = ("pruning", "teacher")  # the parts that run once per mode
 RUNNERS = {
     "pruning": pruning.run,
-    "teacher": teacher.run,
+    "teacher": masked_teacher.run,
     "engine": engine.run,
     "mae": mae.run,
     "precision": precision.run,

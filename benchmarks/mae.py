@@ -15,7 +15,7 @@ import torch
 from benchmarks.common import IN_CHANS, NUM_CLASSES, BenchSetup
 from maskprune.masking import num_kept, random_keep_idx
 from maskprune.measure import count_flops, median_seconds
-from maskprune.models.mim import MAE, masked_indices, mim_loss
+from maskprune.models.mim_heads import MAE, masked_indices, mim_loss
 from maskprune.models.vit import build_model
 
 

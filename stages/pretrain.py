@@ -31,9 +31,9 @@ from maskprune.errors import MaskpruneError
 from maskprune.layout import CHECKPOINTS_DIR, PretrainVariant, prepared_dir
 from maskprune.masking import random_keep_idx
 from maskprune.measure import gmacs
-from maskprune.models.mim import MAE, SimMIM, check_decoder
+from maskprune.models.mim_heads import MAE, SimMIM, check_decoder
 from maskprune.models.vit import TokenViT, build_model
-from maskprune.objectives.mim import MIMObjective
+from maskprune.objectives.masked_image_modelling import MIMObjective
 from maskprune.probe import TIMM_POOL, fit_linear_probe, pooled_features, probe_top1
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.tracking.runs import StageRecord

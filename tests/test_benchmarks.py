@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import engine, mae, orchestration, precision, pruning, teacher
+from benchmarks import engine, mae, masked_teacher, orchestration, precision, pruning
 from benchmarks.__main__ import main, run_parts
 from benchmarks.common import PRESETS, BenchSetup, device_info
-from benchmarks.report import check_targets, markdown
+from benchmarks.summary import check_targets, markdown
 from maskprune.measure import gmacs
 from maskprune.profile import apply_sets, profile_params
 from maskprune.runtime import Runtime
@@ -46,7 +46,7 @@ def test_pruning_rows_compare_each_pruned_model_with_the_unpruned_one(setup: Ben
 
 
 def test_teacher_rows_scale_gmacs_with_the_keep_ratio(setup: BenchSetup) -> None:
-    rows = teacher.run(setup)
+    rows = masked_teacher.run(setup)
     assert [r["keep_ratio"] for r in rows] == [1.0, 0.75, 0.5, 0.25]
     assert [r["patches"] for r in rows] == [49, 36, 24, 12]
     assert rows[0]["time_ratio"] == 1.0 and rows[0]["gmacs_ratio"] == 1.0
@@ -140,7 +140,7 @@ def test_cli_writes_json_and_markdown_with_every_setting(tmp_path: Path, monkeyp
 def test_every_row_carries_its_mode_and_an_a_a_control(setup: BenchSetup) -> None:
     compiled = replace(setup, mode="compile")
     assert compiled.compile and not setup.compile
-    for row in pruning.run(setup) + teacher.run(setup):
+    for row in pruning.run(setup) + masked_teacher.run(setup):
         assert row["mode"] == "eager"
         assert row.get("aa_speedup", row.get("aa_time_ratio")) > 0
 

@@ -10,7 +10,7 @@ import torch
 from maskprune.checkpoint import load_model, save_model
 from maskprune.config import validate_params
 from maskprune.errors import MaskpruneError
-from maskprune.models.mim import (
+from maskprune.models.mim_heads import (
     check_decoder,
 )
 from maskprune.models.vit import build_model

@@ -16,7 +16,7 @@ import torch
 
 from maskprune.config import MTOSection
 from maskprune.masking import num_kept, random_keep_idx
-from maskprune.models.mim import masked_indices, mim_loss
+from maskprune.models.mim_heads import masked_indices, mim_loss
 from maskprune.objectives.mto import embedding_loss, heterogeneity, rank_loss, spatial_loss
 from maskprune.runtime import Runtime, all_reduce_sum
 

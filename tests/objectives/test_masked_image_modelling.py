@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from maskprune.config import MTOSection
-from maskprune.models.mim import (
+from maskprune.models.mim_heads import (
     MAE,
 )
 from maskprune.models.vit import TokenViT
-from maskprune.objectives.mim import TERMS, MIMObjective
+from maskprune.objectives.masked_image_modelling import TERMS, MIMObjective
 from maskprune.runtime import Runtime
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, compile=False, progress=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from maskprune.masking import random_keep_idx
-from maskprune.models.mim import (
+from maskprune.models.mim_heads import (
     MAE,
     SimMIM,
     masked_indices,
