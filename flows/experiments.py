@@ -27,6 +27,7 @@ from flows.dvc_runner import run_dvc
 from maskprune import atomic
 from maskprune.config import find_repo_root, load_params
 from maskprune.errors import MaskpruneError
+from maskprune.layout import SWEEPS_DIR
 from maskprune.tracking.runs import FLOW_RUN_ENV, PARENT_ENV, Tracker, pipeline_run
 
 
@@ -139,7 +140,7 @@ def run_sweep(
 
 def write_table(root: Path, sweep: str, table: pd.DataFrame, parent: tuple[Tracker, str] | None) -> Path:
     """reports/sweeps/<sweep>.csv, also logged to the parent run."""
-    out = root / "reports" / "sweeps" / f"{sweep}.csv"
+    out = root / SWEEPS_DIR / f"{sweep}.csv"
     atomic.write_text(out, table.to_csv(index=False))
     if parent is not None:
         parent[0].client.log_artifact(parent[1], str(out))

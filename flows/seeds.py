@@ -29,23 +29,23 @@ from flows.experiments import (
     sweep_run,
 )
 from maskprune import atomic
-from maskprune.config import find_repo_root, load_params
+from maskprune.config import PARAMS_FILE, find_repo_root, load_params
 from maskprune.errors import MaskpruneError, exit_on_user_error
-from maskprune.layout import SEEDS_DIR
+from maskprune.layout import EVALUATE_FILE, MODELS_DIR, PLOTS_DIR, SEEDS_DIR
 
-COLLECTED = ("params.yaml", "metrics/evaluate.json", "plots/evaluate")
+COLLECTED = (PARAMS_FILE, EVALUATE_FILE.as_posix(), PLOTS_DIR.as_posix())
 
 
 def result_files(root: Path, ref: str) -> list[str]:
     """The files of a seed's results in commit `ref`: params, evaluate report, plot data, stage metrics."""
     listed = subprocess.run(
-        ["git", "ls-tree", "-r", "--name-only", ref, "--", *COLLECTED, "models"],
+        ["git", "ls-tree", "-r", "--name-only", ref, "--", *COLLECTED, MODELS_DIR.as_posix()],
         cwd=root,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
-    return [f for f in listed if not f.startswith("models/") or f.endswith("/metrics.json")]
+    return [f for f in listed if not f.startswith(f"{MODELS_DIR}/") or f.endswith("/metrics.json")]
 
 
 def collect(root: Path, refs: list[str], name: str, seed: int) -> Path:

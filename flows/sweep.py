@@ -25,10 +25,11 @@ from prefect import flow
 from flows import check_prefect_api
 from flows.experiments import add_experiment_options, experiment_file, experiment_refs, run_sweep
 from maskprune.errors import MaskpruneError, exit_on_user_error
+from maskprune.layout import FINETUNE_DIR
 from maskprune.masking import CRITERIA
 
 STAGE = "finetune@masked_kd"
-METRICS = "models/finetune/masked_kd/metrics.json"
+METRICS = (FINETUNE_DIR / "masked_kd" / "metrics.json").as_posix()
 KEEP_RATIOS = (1.0, 0.75, 0.5, 0.25)
 MAIN_CRITERIA = ("student_attn", "random")
 COLUMNS = (

@@ -45,7 +45,7 @@ def test_keep_rates_are_spelled_as_dvc_names_its_stages(tmp_path: Path) -> None:
     run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], tmp_path)
     listed = run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], tmp_path).stdout.split()
     dvc_names = sorted(name.split("@", 1)[1] for name in listed if name.startswith("prune@"))
-    ours = sorted(v.name for v in prune_variants(validate_params(params)))
+    ours = sorted(v.name for v in prune_variants(validate_params(params).prune))
     assert dvc_names == ours
     assert "evit-full-1.0" in ours and "dynamicvit-masked-0.25" in ours
     assert PruneVariant.parse("evit-full-1.0").folder == Path("models/prune/evit-full-1.0")

@@ -30,9 +30,12 @@ from maskprune.config import (
     MIM_OBJECTIVES,
     PRETRAIN_LOSSES,
     PRUNING_METHODS,
+    DistillSection,
     DistillStudent,
     DistillTarget,
     Params,
+    PretrainSection,
+    PruneSection,
 )
 from maskprune.errors import MaskpruneError
 
@@ -161,25 +164,27 @@ class DistillVariant:
         return cls(*matrix_item(text, "distill", ("student", "target"), (STUDENTS, TARGETS)))
 
 
-def pretrain_variants(params: Params) -> list[PretrainVariant]:
-    return [PretrainVariant(o, loss) for o in params.pretrain.objectives for loss in PRETRAIN_LOSSES]
+def pretrain_variants(cfg: PretrainSection) -> list[PretrainVariant]:
+    """The pretrain matrix: each objective with and without MTO."""
+    return [PretrainVariant(o, loss) for o in cfg.objectives for loss in PRETRAIN_LOSSES]
 
 
-def prune_variants(params: Params) -> list[PruneVariant]:
-    cfg = params.prune
+def prune_variants(cfg: PruneSection) -> list[PruneVariant]:
+    """The prune matrix: method x init x keep rate."""
     return [PruneVariant(m, i, k) for m in PRUNING_METHODS for i in cfg.inits for k in cfg.keep_rates]
 
 
-def distill_variants(params: Params) -> list[DistillVariant]:
-    return [DistillVariant(s, t) for s in params.distill.students for t in params.distill.targets]
+def distill_variants(cfg: DistillSection) -> list[DistillVariant]:
+    """The distill matrix: student x target."""
+    return [DistillVariant(s, t) for s in cfg.students for t in cfg.targets]
 
 
 def pipeline_models(params: Params) -> list[str]:
     """Folders under models/ that the pipeline in params.yaml produces, in pipeline order."""
     return [
         TEACHER_DIR.name,
-        *(f"{PRETRAIN_DIR.name}/{v.name}" for v in pretrain_variants(params)),
+        *(f"{PRETRAIN_DIR.name}/{v.name}" for v in pretrain_variants(params.pretrain)),
         *(f"{FINETUNE_DIR.name}/{v}" for v in FINETUNE_VARIANTS),
-        *(f"{PRUNE_DIR.name}/{v.name}" for v in prune_variants(params)),
-        *(f"{DISTILL_DIR.name}/{v.name}/{head}" for v in distill_variants(params) for head in DISTILL_HEADS),
+        *(f"{PRUNE_DIR.name}/{v.name}" for v in prune_variants(params.prune)),
+        *(f"{DISTILL_DIR.name}/{v.name}/{head}" for v in distill_variants(params.distill) for head in DISTILL_HEADS),
     ]

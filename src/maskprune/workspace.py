@@ -14,8 +14,10 @@ import sys
 from fnmatch import fnmatch
 from pathlib import Path
 
-# NOTE: where flows.seeds and the sweep flows write (layout.SEEDS_DIR, layout.SWEEPS_DIR)
-COLLECTED_RESULTS = ("reports/seeds/seed-*", "reports/sweeps/*.csv")
+from maskprune.layout import SEEDS_DIR, SWEEPS_DIR
+
+# NOTE: where flows.seeds and the sweep flows write
+COLLECTED_RESULTS = (f"{SEEDS_DIR.as_posix()}/seed-*", f"{SWEEPS_DIR.as_posix()}/*.csv")
 
 
 def _git(args: list[str], cwd: Path) -> str:
