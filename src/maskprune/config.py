@@ -298,12 +298,18 @@ class BaselineSection(Section):
     """The objective alone, without MTO: nothing to set (the MTO terms are still measured)."""
 
 
+RankDirection = Literal["falling", "printed"]
+
+
 class MTOSection(Section):
     """MTO's loss weights; 0 leaves a term out of the loss (it is still measured)."""
 
     spa_weight: float = Field(ge=0.0, description="weight of L_spa (summed entropy over visible rows)")
     e_weight: float = Field(ge=0.0, description="weight of L_e = 1 / (H_0 + eps)")
-    r_weight: float = Field(ge=0.0, description="weight of L_r = sum softplus(H_{l-1} - H_l)")
+    r_weight: float = Field(ge=0.0, description="weight of L_r, which orders H_l across layers")
+    rank_direction: RankDirection = Field(
+        description="L_r's sign: falling = H falls with depth (the paper's text), printed = Eq. 7 as printed"
+    )
     eps: float = Field(1e-6, gt=0.0)
 
 

@@ -87,7 +87,7 @@ def test_mto_ablation_subsets_and_bad_input() -> None:
 
     assert len(loss_subsets()) == 7 and loss_subsets()[-1] == ("spa", "e", "r")
     assert loss_subsets(["r+e", "spa"]) == [("e", "r"), ("spa",)]
-    weights = MTOSection(spa_weight=0.001, e_weight=0.1, r_weight=0.2)
+    weights = MTOSection(spa_weight=0.001, e_weight=0.1, r_weight=0.2, rank_direction="falling")
     assert subset_sets(("e", "r"), weights, ["x=1"]) == [
         "pretrain.mto.spa_weight=0.0",
         "pretrain.mto.e_weight=0.1",
@@ -97,7 +97,7 @@ def test_mto_ablation_subsets_and_bad_input() -> None:
     with pytest.raises(MaskpruneError, match="give subsets of spa, e, r"):
         loss_subsets(["spa+x"])
     with pytest.raises(MaskpruneError, match="pretrain.mto.e_weight is 0"):
-        subset_sets(("e",), MTOSection(spa_weight=0.001, e_weight=0.0, r_weight=0.1), [])
+        subset_sets(("e",), MTOSection(spa_weight=0.001, e_weight=0.0, r_weight=0.1, rank_direction="falling"), [])
 
 
 def test_mto_ablation_runs_the_baseline_and_each_subset_as_experiments(

@@ -23,7 +23,7 @@ def encoder(depth: int = 2) -> TokenViT:
 
 @pytest.mark.parametrize("train_mto", [False, True])
 def test_objective_adds_mto_only_when_asked_and_summarises_every_term(train_mto: bool) -> None:
-    mto = MTOSection(spa_weight=0.01, e_weight=0.1, r_weight=0.1)
+    mto = MTOSection(spa_weight=0.01, e_weight=0.1, r_weight=0.1, rank_direction="falling")
     model = MAE(encoder(), decoder_dim=16, decoder_depth=2, decoder_heads=2, in_chans=1)
     objective = MIMObjective("mae", 0.75, 16, 4, True, mto, train_mto, CPU)
     loss = objective(model, torch.randn(4, 1, 16, 16), torch.zeros(4, dtype=torch.long))

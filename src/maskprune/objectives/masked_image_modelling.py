@@ -17,21 +17,25 @@ import torch
 from maskprune.config import MTOSection
 from maskprune.masking import num_kept, random_keep_idx
 from maskprune.models.mim_heads import masked_indices, mim_loss
-from maskprune.objectives.mto import embedding_loss, heterogeneity, rank_loss, spatial_loss
+from maskprune.objectives.mto import RankDirection, embedding_loss, heterogeneity, rank_loss, spatial_loss
 from maskprune.runtime import Runtime, all_reduce_sum
 
 TERMS = ("rec_loss", "mto_spa", "mto_e", "mto_r")
 
 
 def mto_terms(
-    layers: list[torch.Tensor], masked_idx: torch.Tensor, visible_idx: torch.Tensor, eps: float
+    layers: list[torch.Tensor],
+    masked_idx: torch.Tensor,
+    visible_idx: torch.Tensor,
+    eps: float,
+    rank_direction: RankDirection = "falling",
 ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
     """MTO's losses and the per-layer heterogeneity of the mask-carrying `layers` `[batch, patches, c]`."""
     h = [heterogeneity(tokens, masked_idx, visible_idx) for tokens in layers]
     terms = {
         "mto_spa": spatial_loss(layers[0], visible_idx),
         "mto_e": embedding_loss(h[0], eps),
-        "mto_r": rank_loss(h),
+        "mto_r": rank_loss(h, rank_direction),
     }
     return terms, h
 
@@ -79,7 +83,7 @@ class MIMObjective:
         masked.scatter_(1, masked_idx, True)
         rec = mim_loss(self.objective, out.pred, images, self.patch_size, masked, self.norm_pix)
         with torch.set_grad_enabled(self.train_mto and torch.is_grad_enabled()):
-            terms, h = mto_terms(out.layers, masked_idx, keep_idx, self.mto.eps)
+            terms, h = mto_terms(out.layers, masked_idx, keep_idx, self.mto.eps, self.mto.rank_direction)
         loss = rec
         if self.train_mto:
             loss = loss + self.mto.spa_weight * terms["mto_spa"] + self.mto.e_weight * terms["mto_e"]

@@ -7,7 +7,14 @@ visible patches:
     H_l   = mean over masked rows of the entropy of row-softmax(X_M X_V^T)       (heterogeneity)
     L_spa = sum over visible rows i of the entropy of row-softmax(X X^T)_i      (input embedding)
     L_e   = 1 / (H_0 + eps)
-    L_r   = sum_l log(1 + exp(H_{l-1} - H_l))
+    L_r   = sum_l log(1 + exp(H_l - H_{l-1}))                                      (H falls with depth)
+
+Why L_r differs from the paper's printed Eq. 7, softplus(H_{l-1} - H_l): that form is small when H
+*rises* layer by layer, while the paper's text asks three times for the opposite ("subsequent
+layers ... progressively lower heterogeneity", "a gradual reduction"), says L_e (which raises H_0)
+and L_r act "in a common direction", and warns that L_r alone risks "all heterogeneity converging
+to zero", which only a loss that pushes deeper layers *down* can do. The printed sign is taken as a
+typo; `direction="printed"` keeps it as an ablation (`pretrain.mto.rank_direction`).
 
 Choices the paper leaves open, made here (and tested):
   - Scaling: affinities are X X^T / sqrt(channels), as in attention. Unscaled dot products of
@@ -25,9 +32,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
+
+from maskprune.config import RankDirection
+
+RANK_DIRECTIONS: tuple[str, ...] = get_args(RankDirection)
 
 
 def affinity(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -75,9 +87,16 @@ def embedding_loss(h0: torch.Tensor, eps: float) -> torch.Tensor:
     return 1.0 / (h0 + eps)
 
 
-def rank_loss(h: Sequence[torch.Tensor]) -> torch.Tensor:
-    """L_r = sum over consecutive layers of softplus(H_{l-1} - H_l): small while H rises layer by layer."""
+def rank_loss(h: Sequence[torch.Tensor], direction: RankDirection = "falling") -> torch.Tensor:
+    """L_r over consecutive layers' heterogeneity `h` (scalars, input layer first).
+
+    "falling" (the paper's text): sum softplus(H_l - H_{l-1}), small while H falls layer by layer.
+    "printed" (the paper's Eq. 7 as printed): sum softplus(H_{l-1} - H_l), small while H rises.
+    """
     if len(h) < 2:
         raise ValueError("L_r needs the heterogeneity of at least two layers")
+    if direction not in RANK_DIRECTIONS:
+        raise ValueError(f"rank direction {direction!r} is not one of {RANK_DIRECTIONS}")
     stacked = torch.stack(list(h))
-    return F.softplus(stacked[:-1] - stacked[1:]).sum()
+    rise = stacked[1:] - stacked[:-1]
+    return F.softplus(rise if direction == "falling" else -rise).sum()
