@@ -32,7 +32,7 @@ from maskprune.config import (
     PruneSection,
 )
 from maskprune.data.loader import Normalizer, Split, load_prepared
-from maskprune.data.splits import subset_indices
+from maskprune.data.splits import stratified_indices, subset_indices
 from maskprune.errors import MaskpruneError
 from maskprune.layout import (
     EVALUATE_FILE,
@@ -276,8 +276,11 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
     seed_everything(params.seed)
     data = load_prepared(root / prepared_dir(params.data.name), splits=("test",))
     meter = ModelMeter(params, data.splits["test"].to(runtime.device), runtime)
-    picture_images = meter.test.images[: params.evaluate.token_images]
-    tokens: dict[str, Any] = {"images": list(range(len(picture_images))), "models": {}}
+    # NOTE: a seeded class-stratified sample, the same for every seed (data.seed), so a class-sorted
+    # test split still shows several classes
+    pictures = stratified_indices(data.splits["test"].labels.numpy(), params.evaluate.token_images, params.data.seed)
+    picture_images = meter.test.images[pictures]
+    tokens: dict[str, Any] = {"images": pictures, "models": {}}
     results: dict[str, Any] = {}
     for name in pipeline_models(params):
         folder = root / MODELS_DIR / name

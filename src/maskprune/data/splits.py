@@ -33,6 +33,24 @@ def subset_indices(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed + 1).permutation(n)[:limit])
 
 
+def stratified_indices(labels: np.ndarray, count: int, seed: int) -> list[int]:
+    """`count` distinct indices into `labels` `[n]`, a seeded draw that takes the classes in turn.
+
+    The classes come in a seeded order and each turn takes one not-yet-drawn image per class, so
+    `count` images cover min(count, classes) classes and no class is drawn twice before every class
+    with images left is drawn once, however the split is sorted.
+    """
+    rng = np.random.default_rng(seed)
+    classes = rng.permutation(np.unique(labels))
+    pools = {int(c): list(rng.permutation(np.flatnonzero(labels == c))) for c in classes}
+    picked: list[int] = []
+    while len(picked) < min(count, len(labels)):
+        for c in classes:
+            if pools[int(c)] and len(picked) < count:
+                picked.append(int(pools[int(c)].pop()))
+    return picked
+
+
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images `[n, c, h, w]`, on the 0..1 scale."""
     pixels = images.transpose(1, 0, 2, 3).reshape(images.shape[1], -1).astype(np.float64) / 255.0
