@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maskprune.config import load_params, validate_params
+from maskprune.config import load_params, read_yaml, validate_params
 from maskprune.errors import MaskpruneError
 from maskprune.profile import deep_merge, profile_params, render
 from tests.conftest import REPO, cpu_params, updated
@@ -183,3 +183,21 @@ def test_keep_rates_and_locations_are_validated_in_params() -> None:
     with pytest.raises(ValueError, match="inits"):
         updated(cpu_params().prune, inits=["half"])
     assert math.isclose(cpu_params().prune.keep_rates[-1], 0.5)
+
+
+def test_a_yaml_syntax_error_keeps_the_parsers_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: 0\nteacher:\n\tepochs: 3\n")
+    with pytest.raises(MaskpruneError) as err:
+        read_yaml(bad)
+    assert str(err.value) == (
+        f"{bad}: not valid YAML at line 3, column 1 (found character '\\t' that cannot start any token): fix the syntax"
+    )
+
+
+def test_a_range_error_names_its_value_once() -> None:
+    params = cpu_params().model_dump()
+    params["prune"]["keep_rates"] = [1.5]
+    with pytest.raises(MaskpruneError) as err:
+        validate_params(params)
+    assert str(err.value) == "params.yaml: prune.keep_rates: keep ratio must lie in (0, 1], got 1.5"

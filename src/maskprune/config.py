@@ -458,7 +458,8 @@ def format_validation_error(
             continue
         msg = item["msg"].removeprefix("Value error, ")
         got = item.get("input")
-        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+        said = "got " in msg  # NOTE: our own validators name the value already
+        shown = "" if said or isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
         lines.append(f"{source}: {loc}: {msg}{shown}" if loc else f"{source}: {msg}")
     if missing:
         lines.append(_missing_keys_message(missing, source, fix, profile))
@@ -514,8 +515,11 @@ def read_yaml(path: Path) -> Any:
         ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise MaskpruneError(f"{path}: not valid YAML{where}: fix the syntax") from None
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(err, "problem", None)
+        raise MaskpruneError(
+            f"{path}: not valid YAML{where}{f' ({reason})' if reason else ''}: fix the syntax"
+        ) from None
 
 
 def find_repo_root(start: Path | None = None) -> Path:
