@@ -140,6 +140,21 @@ def test_unknown_and_unsupported_models() -> None:
         )
     with pytest.raises(MaskpruneError, match="pretrained_file applies to timm names only"):
         build_model(updated(cpu_params().models.student, pretrained_file="/x.safetensors"), 10, 1)
+    with pytest.raises(ValueError, match="is a distilled DeiT"):  # it would fail only when the stage builds it
+        ModelSpec(name="deit_small_distilled_patch16_224", img_size=28, patch_size=4, drop_path_rate=0.0)
+    with pytest.raises(
+        ValueError, match="no pretrained tag 'nope' for 'vit_small_patch16_224'; use one of .*augreg_in21k"
+    ):
+        ModelSpec(name="vit_small_patch16_224.nope", img_size=28, patch_size=4, drop_path_rate=0.0)
+
+
+def test_a_timm_name_with_a_pretrained_tag_builds_the_same_architecture() -> None:
+    tagged = ModelSpec(name="vit_tiny_patch16_224.augreg_in21k", img_size=32, patch_size=8, drop_path_rate=0.0)
+    plain = ModelSpec(name="vit_tiny_patch16_224", img_size=32, patch_size=8, drop_path_rate=0.0)
+    a, b = build_model(tagged, 10, 1), build_model(plain, 10, 1)
+    assert type(a) is TokenViT and {k: v.shape for k, v in a.state_dict().items()} == {
+        k: v.shape for k, v in b.state_dict().items()
+    }
 
 
 def test_local_timm_weights_load_offline(tmp_path) -> None:

@@ -193,14 +193,33 @@ class TokenViT(VisionTransformer):
 
 @lru_cache(maxsize=1)
 def timm_vit_names() -> frozenset[str]:
+    """timm's plain ViT and DeiT architectures (the distilled DeiTs build another class, so not them)."""
     import timm
 
-    return frozenset(name for module in _TIMM_MODULES for name in timm.list_models(module=module))
+    return frozenset(
+        name for module in _TIMM_MODULES for name in timm.list_models(module=module) if "distilled" not in name
+    )
 
 
 def check_model_name(name: str) -> None:
+    """A ValueError naming the fix unless `name` is a preset or a timm ViT/DeiT name, with or
+    without a pretrained tag (`vit_small_patch16_224.augreg_in21k`; its weights come from a local file)."""
     if name in PRESETS or name in timm_vit_names():
         return
+    import timm
+    from timm.models import split_model_name_tag
+
+    base, tag = split_model_name_tag(name)
+    if tag and base in timm_vit_names():
+        tags = timm.list_pretrained(f"{base}.*")
+        if name in tags:
+            return
+        raise ValueError(f"timm has no pretrained tag {tag!r} for {base!r}; use one of {', '.join(tags) or base}")
+    if "distilled" in name:
+        raise ValueError(
+            f"{name!r} is a distilled DeiT, whose extra distillation token the token-aware ViT does not carry; "
+            "use the plain DeiT of the same size"
+        )
     close = difflib.get_close_matches(name, [*PRESETS, *timm_vit_names()], n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise ValueError(
