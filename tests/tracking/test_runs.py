@@ -108,3 +108,5 @@ def test_default_store_is_an_absolute_sqlite_file_with_local_artifacts(tmp_path:
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["maskprune.kind"] == "pipeline" and parent.info.status == "FINISHED"
+    experiment = client.get_experiment(run.info.experiment_id)  # the UI opens it on the runs table
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

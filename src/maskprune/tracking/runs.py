@@ -28,6 +28,8 @@ PARENT_ENV = "MASKPRUNE_PARENT_RUN_ID"
 FLOW_RUN_ENV = "MASKPRUNE_PREFECT_FLOW_RUN_ID"
 INVOCATION_TAG = "maskprune.invocation"
 DEFAULT_DB = "mlflow.db"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 DEFAULT_ARTIFACTS = "mlartifacts"
 DATABASE_SCHEMES = ("postgresql", "mysql")  # SQLAlchemy stores that take a connect_timeout
 
@@ -122,13 +124,21 @@ class Tracker:
                 engine.dispose()
 
     def _experiment(self, name: str) -> str:
+        """The experiment's id, created on first use, marked as model training for the UI."""
         found = self.client.get_experiment_by_name(name)
-        if found is not None:
+        if found is not None and found.tags.get(EXPERIMENT_KIND_TAG) == MODEL_TRAINING_KIND:
             return found.experiment_id
-        location = None
-        if self.uri.startswith("sqlite:"):
-            location = (self.root / DEFAULT_ARTIFACTS).resolve().as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        if found is None:
+            location = None
+            if self.uri.startswith("sqlite:"):
+                location = (self.root / DEFAULT_ARTIFACTS).resolve().as_uri()
+            experiment_id = self.client.create_experiment(name, artifact_location=location)
+        else:
+            experiment_id = found.experiment_id
+        # NOTE: MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces);
+        # with it, on the training runs table
+        self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+        return experiment_id
 
     def parent_run(self) -> str:
         """The pipeline-level run this stage belongs to (found or created)."""
