@@ -9,10 +9,10 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from maskprune.config import PROFILES, FinetuneTrain, KDSection, ModelSpec, Params, validate_params
+from maskprune.config import PROFILES, FinetuneTrain, KDSection, ModelSpec, Params, load_params, validate_params
 from maskprune.errors import MaskpruneError
-from maskprune.profile import deep_merge, profile_params, read_profile, render
-from tests.conftest import REPO
+from maskprune.profile import deep_merge, main, profile_params, read_profile, render
+from tests.conftest import REPO, cpu_params
 
 # The keys whose value is a convention, not a recipe choice (see the top of src/maskprune/config.py).
 NEUTRAL = {
@@ -106,3 +106,18 @@ def test_a_bad_value_names_the_profile_file_that_sets_it(profiles_copy: Path) ->
     edit(profiles_copy, "cpu", {"prune": {"keep_rates": [0.5, 0.5]}})
     with pytest.raises(MaskpruneError, match=r"^profiles/cpu.yaml: prune.keep_rates: \[0.5, 0.5\] lists a keep rate"):
         profile_params("smoke", profiles_copy)
+
+
+def test_switching_profile_keeps_your_data_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    own = {**cpu_params().data.model_dump(), "name": "shoes", "format": "imagefolder", "root": str(tmp_path)}
+    out = tmp_path / "params.yaml"
+    out.write_text(yaml.safe_dump({**cpu_params().model_dump(), "data": own}))
+    main(["smoke", "--output", str(out), "--keep-data", "--set", "seed=3"])
+    kept = load_params(out)
+    assert kept.data.model_dump() == own and kept.seed == 3 and kept.profile == "smoke"
+    main(["smoke", "--output", str(out)])
+    assert (
+        "data section (data.name='shoes') is replaced by the profile's; keep it with --keep-data"
+        in capsys.readouterr().out
+    )
+    assert load_params(out).data.name == "fashion_mnist"

@@ -9,6 +9,7 @@ Every key is written out, so DVC sees each value and reruns exactly the stages w
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +103,26 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m maskprune.profile", description=__doc__)
     parser.add_argument("name", choices=PROFILES)
     parser.add_argument("--output", type=Path, default=None, help="default: <repo>/params.yaml")
+    parser.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="keep the data section of the params file being replaced (your own dataset) instead of the profile's",
+    )
+    add_set_argument(parser)
     args = parser.parse_args(argv)
     root = find_repo_root()
     output = args.output or root / PARAMS_FILE
-    atomic.write_text(output, render(profile_params(args.name, root)))
+    params = profile_params(args.name, root)
+    current = read_yaml(output).get("data") if output.is_file() else None
+    if args.keep_data and current is not None:
+        params = apply_sets(params, [f"data={json.dumps(current)}"])
+    elif isinstance(current, dict) and current != params.data.model_dump():
+        print(
+            f"note: {output}'s data section (data.name={current.get('name')!r}) is replaced by the "
+            "profile's; keep it with --keep-data"
+        )
+    params = apply_sets(params, args.sets)
+    atomic.write_text(output, render(params))
     print(f"wrote the '{args.name}' profile to {output}")
 
 
