@@ -137,6 +137,12 @@ def copy_run(smoke_repo: Path, dest: Path) -> Path:
     return dest
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """tests/test_dvc_repro.py first: it checks the shared smoke run as `dvc repro` left it, before the
+    sweep and seed tests add experiments, sweep tables and MLflow runs to it."""
+    items.sort(key=lambda item: item.path.name != "test_dvc_repro.py")
+
+
 @pytest.fixture(scope="session")
 def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the repository set to the smoke profile, after one `dvc repro`, committed.

@@ -13,7 +13,8 @@ from tests.conftest import copy_repo, narrow
 
 pytestmark = pytest.mark.integration
 # NOTE: the flow runs a narrower matrix (tests.conftest.narrow) and only its first stage: what is under
-# test is the orchestration, not the stages (test_pipeline runs them all; ops/test_prefect.py up to the teacher).
+# test is the orchestration, not the stages (tests/test_dvc_repro.py runs them all; ops/test_prefect.py
+# up to the teacher).
 ALL = (
     "prepare",
     "teacher",
