@@ -17,16 +17,40 @@ The sections are built in `sections_pruning` (A, E, T) and `sections_training` (
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from maskprune import atomic
 from maskprune.config import Params
-from maskprune.layout import REPORT_DIR, REPORT_FIGURES_DIR
+from maskprune.layout import REPORT_DIR, REPORT_FIGURES_DIR, prepared_dir
 from maskprune.report.model import Context, Report
 from maskprune.report.render import render_html, render_markdown
 from maskprune.report.sections_pruning import section_cost, section_masked_finetuning, section_tokens
 from maskprune.report.sections_training import section_maskedkd, section_mto, section_task_agnostic
+
+
+def near_chance(top1: dict[str, float], num_classes: int) -> list[str]:
+    """Models whose mean test top-1 (a fraction) has not gone a tenth of the way from chance to 100%,
+    worst first: below 1/k + 0.1 (1 - 1/k) for k classes (0.19 for 10 classes, 0.55 for 2)."""
+    chance = 1.0 / num_classes
+    floor = chance + 0.1 * (1.0 - chance)
+    return sorted((name for name, value in top1.items() if value < floor), key=lambda name: top1[name])
+
+
+def chance_warning(ctx: Context) -> str | None:
+    """One line naming the models too close to chance for their comparisons to mean much, or None."""
+    meta = json.loads((ctx.root / prepared_dir(ctx.params.data.name) / "meta.json").read_text())
+    names = [n for n in ctx.results[0].evaluate["models"] if ctx.model_metric(n, "top1")]
+    top1 = {n: ctx.interval(ctx.model_metric(n, "top1")).mean for n in names}
+    low = near_chance(top1, meta["num_classes"])
+    if not low:
+        return None
+    listed = ", ".join(f"{n} {top1[n]:.1%}" for n in low)
+    return (
+        f"Warning: {len(low)} of {len(top1)} models are barely above chance ({meta['num_classes']} classes: "
+        f"chance {1 / meta['num_classes']:.1%}), so the comparisons that involve them say little: {listed}."
+    )
 
 
 def build_report(root: Path, params: Params, figures_dir: Path) -> Report:
@@ -42,6 +66,9 @@ def build_report(root: Path, params: Params, figures_dir: Path) -> Report:
         intro.append("Fewer than 3 seeds: run `python -m flows.seeds` for the intervals the verdicts need.")
     for item in ctx.excluded:
         intro.append(f"Excluded {item['folder']}: {item['reason']}.")
+    warning = chance_warning(ctx)
+    if warning:
+        intro.append(warning)
     sections = [
         section_masked_finetuning(ctx),
         section_maskedkd(ctx),
