@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     root = find_repo_root()
     output = args.output or root / PARAMS_FILE
     params = profile_params(args.name, root)
-    current = read_yaml(output).get("data") if output.is_file() else None
+    existing = read_yaml(output) if output.is_file() else None
+    current = existing.get("data") if isinstance(existing, dict) else None
     if args.keep_data and current is not None:
         params = apply_sets(params, [f"data={json.dumps(current)}"])
     elif isinstance(current, dict) and current != params.data.model_dump():

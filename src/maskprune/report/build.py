@@ -41,8 +41,8 @@ def near_chance(top1: dict[str, float], num_classes: int) -> list[str]:
 def chance_warning(ctx: Context) -> str | None:
     """One line naming the models too close to chance for their comparisons to mean much, or None."""
     meta = json.loads((ctx.root / prepared_dir(ctx.params.data.name) / "meta.json").read_text())
-    names = [n for n in ctx.results[0].evaluate["models"] if ctx.model_metric(n, "top1")]
-    top1 = {n: ctx.interval(ctx.model_metric(n, "top1")).mean for n in names}
+    per_model = {n: ctx.model_metric(n, "top1") for n in ctx.results[0].evaluate["models"]}
+    top1 = {n: ctx.interval(values).mean for n, values in per_model.items() if values}
     low = near_chance(top1, meta["num_classes"])
     if not low:
         return None
