@@ -86,7 +86,7 @@ def markdown(results: dict[str, Any]) -> str:
                     "mode",
                     "method",
                     "keep_rate",
-                    "tome_r",
+                    "tome_schedule",
                     "gmacs",
                     "gmacs_ratio",
                     "img_per_s",

@@ -49,8 +49,8 @@ def interpolate(text: str, scope: dict[str, Any]) -> str:
     return _REFERENCE.sub(lambda m: str(lookup(scope, m.group(1))), text)
 
 
-def items_of(value: str | list[Any], params: dict[str, Any]) -> list[Any]:
-    """A `foreach` list or `matrix` axis: written out, or a `${key}` naming a params list."""
+def items_of(value: str | list[Any] | dict[str, Any], params: dict[str, Any]) -> list[Any] | dict[str, Any]:
+    """A `foreach` list or dict (its keys are `${key}`) or a `matrix` axis: written out, or a params list's `${key}`."""
     return lookup(params, _REFERENCE.fullmatch(value).group(1)) if isinstance(value, str) else value
 
 
@@ -60,7 +60,9 @@ def expand_stages(dvc: dict[str, Any], params: dict[str, Any]) -> list[tuple[str
     for name, stage in dvc["stages"].items():
         if "foreach" in stage:
             cmd = stage["do"]["cmd"]
-            expanded = [(f"{name}@{item}", {**params, "item": item}) for item in items_of(stage["foreach"], params)]
+            items = items_of(stage["foreach"], params)
+            pairs = items.items() if isinstance(items, dict) else ((item, item) for item in items)
+            expanded = [(f"{name}@{key}", {**params, "key": key, "item": item}) for key, item in pairs]
         elif "matrix" in stage:
             axes = {axis: items_of(value, params) for axis, value in stage["matrix"].items()}
             cmd = stage["cmd"]

@@ -1,7 +1,8 @@
 """DVC stage `distill@<student>-<target>`: task-agnostic KD into a ViT or EViT student, judged by probe and fine-tune.
 
 `distill@<student>-<target>` distils `distill.teacher` into a fresh student without labels (see
-`objectives.feature_kd`), then evaluates the distilled backbone twice:
+`objectives.feature_kd`), then evaluates the distilled backbone twice. The target `scratch` is claim
+C's control: the same student, never distilled, evaluated the same way.
   - linear probe: frozen backbone, linear head on its [CLS] features -> models/distill/<name>/probe/
   - fine-tune: every weight trained with labels for `distill.finetune` -> models/distill/<name>/finetune/
 Both are complete models (backbone + head) that evaluate measures like every other model.
@@ -22,12 +23,12 @@ from maskprune import atomic
 from maskprune.checkpoint import config_hash, model_meta, save_model
 from maskprune.cli import run_stage
 from maskprune.config import DistillSection, Params
-from maskprune.data.loader import Normalizer, load_prepared
+from maskprune.data.loader import Normalizer, PreparedData, load_prepared
 from maskprune.layout import CHECKPOINTS_DIR, DistillVariant, prepared_dir
 from maskprune.measure import gmacs, top1
 from maskprune.models.loading import load_distill_teacher
 from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
-from maskprune.models.vit import build_model
+from maskprune.models.vit import TokenViT, build_model
 from maskprune.objectives.classification import ClassificationObjective
 from maskprune.objectives.feature_kd import FeatureKDObjective, ProjectedStudent
 from maskprune.probe import fit_linear_probe, pooled_features
@@ -42,35 +43,23 @@ def student_spec(variant: DistillVariant, cfg: DistillSection, depth: int) -> Pr
     return PruningSpec("evit", cfg.keep_rate, pruning_blocks(depth), fuse_token=True)
 
 
-def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
-    """Distil, probe and fine-tune one student; write both models and metrics."""
-    chosen = DistillVariant.parse(variant)
-    started = time.perf_counter()
-    seed_everything(params.seed)
+def distil(
+    params: Params,
+    root: Path,
+    runtime: Runtime,
+    chosen: DistillVariant,
+    data: PreparedData,
+    backbone: TokenViT,
+) -> tuple[str, list[dict[str, Any]]]:
+    """Distil `distill.teacher` into `backbone` without labels (nothing for `scratch`); its config hash and history."""
     cfg = params.distill
-    prepared = load_prepared(root / prepared_dir(params.data.name))
-    data = prepared.limit_train(cfg.train.train_limit, params.seed)
+    common = (params.data, params.models.student, chosen.name, cfg.keep_rate, params.seed, data.meta["sources"])
+    if chosen.target == "scratch":
+        return config_hash(*common, data.meta["counts"]), []
     teacher, teacher_meta = load_distill_teacher(params, data, root, runtime.device)
-    backbone = build_model(params.models.student, num_classes=data.num_classes, in_chans=data.in_chans)
-    backbone.reset_classifier(0)  # NOTE: distillation trains no head (DDP refuses unused parameters)
-    spec = student_spec(chosen, cfg, len(backbone.blocks))
-    if spec is not None:
-        backbone = make_pruned(backbone, spec)
-    student = ProjectedStudent(backbone, teacher.embed_dim)
-    digest = config_hash(
-        params.data,
-        params.models.student,
-        chosen.name,
-        cfg.keep_rate,
-        cfg.loss,
-        cfg.train,
-        teacher_meta.get("config_hash", ""),
-        params.seed,
-        data.meta["sources"],
-        data.meta["counts"],
-    )
+    digest = config_hash(*common, data.meta["counts"], cfg.loss, cfg.train, teacher_meta.get("config_hash", ""))
     history = fit(
-        student,
+        ProjectedStudent(backbone, teacher.embed_dim),
         data,
         cfg.train,
         FeatureKDObjective(teacher, chosen.target, cfg.loss),
@@ -83,7 +72,23 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         section="distill.train",
         validate=False,
     )
-    del teacher
+    return digest, history
+
+
+def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
+    """Distil, probe and fine-tune one student; write both models and metrics."""
+    chosen = DistillVariant.parse(variant)
+    started = time.perf_counter()
+    seed_everything(params.seed)
+    cfg = params.distill
+    prepared = load_prepared(root / prepared_dir(params.data.name))
+    data = prepared.limit_train(cfg.train.train_limit, params.seed)
+    backbone = build_model(params.models.student, num_classes=data.num_classes, in_chans=data.in_chans)
+    backbone.reset_classifier(0)  # NOTE: distillation trains no head (DDP refuses unused parameters)
+    spec = student_spec(chosen, cfg, len(backbone.blocks))
+    if spec is not None:
+        backbone = make_pruned(backbone, spec)
+    digest, history = distil(params, root, runtime, chosen, data, backbone)
     size = params.models.student.img_size
     normalize = Normalizer(data.meta["mean"], data.meta["std"], size, runtime.device)
     train, val = data.splits["train"].to(runtime.device), data.splits["val"].to(runtime.device)
@@ -112,7 +117,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
     )
     example = torch.randn(1, data.in_chans, size, size, device=runtime.device)
     metrics: dict[str, Any] = {
-        "distill_loss": history[-1]["train_loss"],
+        "distill_loss": history[-1]["train_loss"] if history else None,
         "probe_val_top1": probe_top1,
         "finetune_val_top1": tuned_history[-1]["val_top1"],
         "gmacs": gmacs(backbone, example),
@@ -127,7 +132,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
             "stage": f"distill@{chosen.name}",
             "student": chosen.student,
             "target": chosen.target,
-            "teacher": cfg.teacher,
+            "teacher": None if chosen.target == "scratch" else cfg.teacher,
             "config_hash": digest,
             **({"pruning": spec.to_meta()} if spec else {}),
         }

@@ -2,8 +2,9 @@
 
 Accuracy, occlusion, params, GMACs and throughput of the models params.yaml defines (teacher,
 pre-trained encoders with their linear probes, finetune variants, the prune and distill matrices),
-plus ToMe applied to each finetune variant the prune matrix starts from, at the merge rate r whose
-GMACs come closest to each pruned model's (a training-free baseline at a matched budget). The
+plus ToMe applied to each finetune variant the prune matrix starts from, at the per-block merge
+schedule whose GMACs come closest to each pruned model's (a training-free baseline at a matched
+budget); the raw-pixel floor of the pre-training probe; throughput beside an A/A control. The
 pruning table lines up init=full against init=masked at every method and keep rate; the MTO
 table compares each objective's pre-training with and without MTO by their per-epoch probe curves.
 """
@@ -31,8 +32,8 @@ from maskprune.config import (
     Params,
     PruneSection,
 )
-from maskprune.data.loader import Normalizer, Split, load_prepared
-from maskprune.data.splits import stratified_indices, subset_indices
+from maskprune.data.loader import Normalizer, PreparedData, Split, load_prepared
+from maskprune.data.splits import stratified_indices
 from maskprune.errors import MaskpruneError
 from maskprune.layout import (
     EVALUATE_FILE,
@@ -43,21 +44,18 @@ from maskprune.layout import (
     TEACHER_DIR,
     DistillVariant,
     PruneVariant,
+    model_name,
     pipeline_models,
     prepared_dir,
 )
 from maskprune.measure import count_params, gmacs, occlusion_curve, paired_throughput, top1
-from maskprune.models.tome import apply_tome, tome_matches
+from maskprune.models.tome import apply_tome, tome_schedule_for
 from maskprune.models.vit import TokenViT, build_model
 from maskprune.mto_curves import mto_row, pretrain_history
 from maskprune.objectives.masked_kd import TeacherView
+from maskprune.probe import pixel_floor
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.tracking.runs import StageRecord, flatten
-
-
-def model_key(folder: Path) -> str:
-    """A pipeline model's name in the results: its folder under models/ ('prune/evit-full-0.5')."""
-    return folder.relative_to(MODELS_DIR).as_posix()
 
 
 def speed_and_cost(
@@ -73,7 +71,7 @@ def speed_and_cost(
     macs, ref_macs = gmacs(model, one), gmacs(reference, one)
     model.eval()
     reference.eval()
-    img_s, ref_img_s = paired_throughput(
+    speed = paired_throughput(
         lambda: model(batch),
         lambda: reference(batch),
         len(batch),
@@ -84,9 +82,10 @@ def speed_and_cost(
     return {
         "gmacs": macs,
         "gmacs_ratio": macs / ref_macs,
-        "img_per_s": img_s,
-        "throughput_ratio": img_s / ref_img_s,
-        "reference_img_per_s": ref_img_s,
+        "img_per_s": speed.img_per_s,
+        "throughput_ratio": speed.ratio,
+        "reference_img_per_s": speed.reference_img_per_s,
+        "aa_ratio": speed.aa_ratio,
     }
 
 
@@ -97,7 +96,7 @@ def pruning_table(results: dict[str, dict[str, Any]], cfg: PruneSection) -> list
         for keep in cfg.keep_rates:
             row: dict[str, Any] = {"method": method, "keep_rate": keep}
             for init in cfg.inits:
-                entry = results[model_key(PruneVariant(method, init, keep).folder)]
+                entry = results[model_name(PruneVariant(method, init, keep).folder)]
                 row[f"{init}_top1"] = entry["top1"]
                 row[f"{init}_gmacs"] = entry["gmacs"]
                 row[f"{init}_throughput_ratio"] = entry["throughput_ratio"]
@@ -146,7 +145,7 @@ def task_agnostic_table(results: dict[str, dict[str, Any]], cfg: DistillSection)
     for student in cfg.students:
         for target in cfg.targets:
             folder = DistillVariant(student, target).folder
-            tuned, probe = results[model_key(folder / "finetune")], results[model_key(folder / "probe")]
+            tuned, probe = results[model_name(folder / "finetune")], results[model_name(folder / "probe")]
             rows.append(
                 {
                     "student": student,
@@ -166,10 +165,7 @@ class ModelMeter:
 
     def __init__(self, params: Params, test: Split, runtime: Runtime) -> None:
         self.params, self.test, self.runtime = params, test, runtime
-        self.occluded = test
-        if params.evaluate.occlusion_limit:
-            keep = torch.from_numpy(subset_indices(len(test), params.evaluate.occlusion_limit, params.seed))
-            self.occluded = Split(test.images[keep.to(test.images.device)], test.labels[keep.to(test.labels.device)])
+        self.occluded = test.subset(params.evaluate.occlusion_limit, params.seed)
         self.occlusion_rows: list[dict[str, Any]] = []
 
     def measure(self, name: str, model: TokenViT, meta: dict[str, Any]) -> dict[str, Any]:
@@ -204,24 +200,29 @@ def tome_baselines(
     meter: ModelMeter,
     log=print,  # noqa: ANN001
 ) -> dict[str, Any]:
-    """ToMe on models/finetune/<init> at the r matching each pruned model from that init."""
+    """ToMe on models/finetune/<init>, once per pruned model from that init, at the schedule matching its GMACs.
+
+    The sham arms (keep 1.0) drop nothing, so they get no ToMe twin.
+    """
     model, meta = load_model(root / FINETUNE_DIR / init, meter.runtime.device)
-    pruned = [PruneVariant(m, init, k) for m in PRUNING_METHODS for k in cfg.keep_rates]
-    targets = {variant.name: results[model_key(variant.folder)]["gmacs"] for variant in pruned}
     spec = ModelSpec.model_validate(meta["model"])
     example = torch.randn(1, meta["in_chans"], spec.img_size, spec.img_size, device=meter.runtime.device)
     found = {}
-    for r, matched in tome_matches(model, targets, example).items():
-        name = f"tome/{init}-r{r}"
+    for variant in (PruneVariant(m, init, k) for m in PRUNING_METHODS for k in cfg.keep_rates if k < 1.0):
+        target = results[model_name(variant.folder)]["gmacs"]
+        schedule = tome_schedule_for(model, target, example)
+        name = f"tome/{init}-{variant.name}"
+        entry = meter.measure(name, apply_tome(copy.deepcopy(model), schedule), meta)
         found[name] = {
-            **meter.measure(name, apply_tome(copy.deepcopy(model), r), meta),
-            "tome_r": r,
+            **entry,
+            "tome_schedule": schedule,
             "init": init,
-            "matched_to": matched,
+            "matched_to": variant.name,
+            "gmacs_gap": entry["gmacs"] / target - 1,
         }
         log(
-            f"evaluate: {name} top1 {found[name]['top1']:.4f} {found[name]['gmacs']:.4f} GMACs "
-            f"(matched to {', '.join(matched)})"
+            f"evaluate: {name} top1 {entry['top1']:.4f} {entry['gmacs']:.4f} GMACs, schedule {schedule} "
+            f"({found[name]['gmacs_gap']:+.1%} against {variant.name})"
         )
     return found
 
@@ -270,11 +271,20 @@ def _area(curve: list[dict[str, float]]) -> float:
     return area / (xs[-1] - xs[0])
 
 
+def probe_floor(params: Params, data: PreparedData, runtime: Runtime) -> float:
+    """The pre-training probe fitted on raw pixels, with its training and test images: claim D's floor."""
+    cfg = params.pretrain.probe
+    normalize = Normalizer(data.meta["mean"], data.meta["std"], params.models.student.img_size, runtime.device)
+    train = data.splits["train"].subset(cfg.train_limit, params.seed).to(runtime.device)
+    test = data.splits["test"].subset(cfg.test_limit, params.seed).to(runtime.device)
+    return pixel_floor(train, test, normalize, cfg, params.seed, data.num_classes)
+
+
 def compute(params: Params, root: Path, runtime: Runtime) -> None:
     """Measure every model; write metrics/evaluate.json and the plot CSVs under plots/evaluate/."""
     log = print if runtime.is_main else lambda _: None
     seed_everything(params.seed)
-    data = load_prepared(root / prepared_dir(params.data.name), splits=("test",))
+    data = load_prepared(root / prepared_dir(params.data.name), splits=("train", "test"))
     meter = ModelMeter(params, data.splits["test"].to(runtime.device), runtime)
     # NOTE: a seeded class-stratified sample, the same for every seed (data.seed), so a class-sorted
     # test split still shows several classes
@@ -295,7 +305,7 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
                 f"{data.meta['name']!r}; rerun its stage or fix data.name"
             )
         results[name] = meter.measure(name, model, meta)
-        if meta.get("pruning") and name.startswith(f"{PRUNE_DIR.name}/"):
+        if meta.get("pruning") and name.startswith(f"{PRUNE_DIR.name}/") and meta["keep_rate"] < 1.0:  # not the sham
             spec = ModelSpec.model_validate(meta["model"])
             normalize = Normalizer(meta["mean"], meta["std"], spec.img_size, runtime.device)
             tokens["models"][name] = kept_patches(model, picture_images, normalize)
@@ -305,6 +315,7 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
         results.update(tome_baselines(init, root, params.prune, results, meter, log))
     report = {
         "models": results,
+        "pixel_floor": probe_floor(params, data, runtime),
         "pruning": pruning_table(results, params.prune),
         "task_agnostic": task_agnostic_table(results, params.distill),
         "mto": mto_table(root, params),

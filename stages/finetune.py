@@ -1,11 +1,18 @@
-"""DVC stage `finetune@<variant>`: the student fine-tuned as `full`, `masked` or `masked_kd`.
+"""DVC stage `finetune@<arm>`: the student fine-tuned as one arm of claims A and B.
 
-Each variant starts from `finetune.init` (scratch, the student's local timm weights, or a
-maskprune model folder such as a pre-trained backbone), trains with the shared recipe
-`finetune.train`, and distils from models/teacher where it uses a teacher. Besides the model it
-reports the cost of training: the teacher's GMACs per image as it ran, its measured throughput
-against the unmasked teacher timed in the same process, and the stage's total training FLOPs.
-It writes models/finetune/<variant>/: weights, meta.json, history.csv and metrics.json.
+Every arm starts from `finetune.init` (scratch, the student's local timm weights, or a maskprune
+model folder such as a pre-trained backbone) and trains with the shared recipe `finetune.train`:
+  - full:      labels only (MaskedKD's no-KD arm; the full init of claim A)
+  - full_kd:   + KD from models/teacher on the full image (MaskedKD's keep-1.0 arm)
+  - masked_kd: + KD from models/teacher seeing `teacher_keep` of the patches, those the student's
+               last-block [CLS] attention ranks highest (MaskedKD)
+  - random_kd: + KD from models/teacher seeing as many patches, chosen at random (its control)
+  - masked:    masked fine-tuning: the student sees a random subset of patches and distils from
+               the fine-tuned `full` model (Shi & Wang learn from the fully fine-tuned model)
+Besides the model it reports the cost of training: the teacher's GMACs per image as it ran, its
+measured throughput against the same teacher on the full image timed in the same process (with an
+A/A control), and the stage's total training FLOPs.
+It writes models/finetune/<arm>/: weights, meta.json, history.csv and metrics.json.
 """
 
 from __future__ import annotations
@@ -22,12 +29,12 @@ from maskprune import atomic
 from maskprune.checkpoint import config_hash, model_meta, save_model
 from maskprune.cli import run_stage
 from maskprune.config import FINETUNE_VARIANTS, EvaluateSection, FinetuneSection, Params
-from maskprune.data.loader import load_prepared
+from maskprune.data.loader import PreparedData, load_prepared
 from maskprune.errors import MaskpruneError
 from maskprune.layout import CHECKPOINTS_DIR, FINETUNE_DIR, prepared_dir
 from maskprune.masking import HybridRatios
 from maskprune.measure import gmacs, paired_throughput
-from maskprune.models.loading import init_student, load_teacher
+from maskprune.models.loading import init_student, load_init, load_teacher
 from maskprune.models.vit import TokenViT
 from maskprune.objectives.masked_finetune import MaskedFinetuneObjective
 from maskprune.objectives.masked_kd import TeacherView
@@ -37,18 +44,34 @@ from maskprune.trainer import fit
 
 
 def teacher_view(cfg: FinetuneSection, variant: str, teacher: TokenViT | None) -> TeacherView | None:
+    """The patches the arm's teacher sees: all of them, MaskedKD's choice, or as many at random."""
     if teacher is None:
         return None
     if variant == "masked_kd":
         return TeacherView(teacher, cfg.masked_kd.teacher_keep, cfg.masked_kd.criterion)
+    if variant == "random_kd":
+        return TeacherView(teacher, cfg.masked_kd.teacher_keep, "random")
     return TeacherView(teacher)
 
 
 def student_masking(cfg: FinetuneSection, variant: str) -> HybridRatios:
-    if variant == "full":
+    """The student's keep ratios: masked fine-tuning's, MaskedKD's (both of its arms), or the full image."""
+    masking = {"masked": cfg.masked, "masked_kd": cfg.masked_kd, "random_kd": cfg.masked_kd}.get(variant)
+    if masking is None:
         return HybridRatios([1.0], [1.0])
-    masking = getattr(cfg, variant)
     return HybridRatios(masking.keep_ratios, masking.probs)
+
+
+def arm_teacher(
+    params: Params, variant: str, data: PreparedData, root: Path, device: torch.device
+) -> tuple[TokenViT | None, str]:
+    """The arm's teacher and its config hash: none, models/teacher, or the fine-tuned `full` arm."""
+    if variant == "full":
+        return None, ""
+    if variant == "masked":
+        model, meta = load_init(params.models.student, "full", root, device)
+        return model.eval().requires_grad_(False), str(meta.get("config_hash", ""))
+    return load_teacher(params.models.teacher, data, root, device)
 
 
 def teacher_speed(
@@ -62,7 +85,7 @@ def teacher_speed(
     scores = torch.rand(cfg.throughput_batch, view.num_patches, device=runtime.device)
     teacher = view.teacher
 
-    own_img_s, full_img_s = paired_throughput(
+    speed = paired_throughput(
         lambda: teacher(batch, keep_idx=view.select(batch, None, scores)),
         lambda: teacher(batch),
         len(batch),
@@ -72,9 +95,10 @@ def teacher_speed(
     )
     return {
         "teacher_gmacs_full": gmacs(teacher, batch[:1]),
-        "teacher_img_per_s": own_img_s,
-        "teacher_img_per_s_full": full_img_s,
-        "teacher_throughput_ratio": own_img_s / full_img_s,
+        "teacher_img_per_s": speed.img_per_s,
+        "teacher_img_per_s_full": speed.reference_img_per_s,
+        "teacher_throughput_ratio": speed.ratio,
+        "teacher_aa_ratio": speed.aa_ratio,
     }
 
 
@@ -87,10 +111,8 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
     cfg = params.finetune
     data = load_prepared(root / prepared_dir(params.data.name)).limit_train(cfg.train.train_limit, params.seed)
     student, init = init_student(params, data, root)
-    uses_teacher = variant != "full" or cfg.full.kd
-    teacher, teacher_hash = (
-        load_teacher(params.models.teacher, data, root, runtime.device) if uses_teacher else (None, "")
-    )
+    teacher, teacher_hash = arm_teacher(params, variant, data, root, runtime.device)
+    uses_teacher = teacher is not None
     view = teacher_view(cfg, variant, teacher)
     objective = MaskedFinetuneObjective(
         student.num_patches,
@@ -100,7 +122,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         cfg.train.label_smoothing,
         runtime.world_size,
     )
-    variant_cfg = getattr(cfg, variant)
+    variant_cfg = cfg.masked_kd if variant == "random_kd" else getattr(cfg, variant)
     digest = config_hash(
         params.data,
         params.models.student,
@@ -138,7 +160,8 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         "student_keep_mean": sum(r["student_keep_mean"] for r in history) / len(history),
     }
     if view is not None:
-        shape = (data.in_chans, params.models.teacher.img_size, params.models.teacher.img_size)
+        size = (params.models.student if variant == "masked" else params.models.teacher).img_size
+        shape = (data.in_chans, size, size)
         speed = teacher_speed(view, shape, params.evaluate, runtime)
         per_image = sum(r["teacher_gmacs_per_image"] for r in history) / len(history)
         metrics.update(

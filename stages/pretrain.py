@@ -1,9 +1,12 @@
-"""DVC stage `pretrain@<objective>-<loss>`: masked image modelling of the student backbone, with or without MTO.
+"""DVC stages `pretrain@<objective>-<loss>` and `distill_teacher`: masked image modelling of a fresh encoder.
 
 `pretrain@<objective>-<loss>` (objective mae | simmim, loss baseline | mto) trains a fresh student
-encoder with that objective and, after every epoch, fits a linear probe on its frozen features
-(a seeded subset of the training split) and scores it on the test split, so convergence is
-measured per epoch. It writes models/pretrain/<objective>-<loss>/:
+encoder with that objective (claim D). `distill_teacher` (`python -m stages.pretrain teacher`)
+trains models.teacher with plain MAE on `distill.teacher_train`, once per data (seed
+`teacher.seed`): claim C's self-supervised teacher, larger than the student. After every epoch a
+linear probe is fitted on the frozen features (a seeded subset of the training split) and scored on
+the test split, so convergence is measured per epoch. Each writes its folder
+(models/pretrain/<objective>-<loss>/ or models/distill_teacher/):
   - model.safetensors + meta.json: the encoder with the last probe as its head (a complete model
     that evaluate measures; finetune and distill use the encoder);
   - mim.safetensors: the rest of the MIM model (decoder or pixel head, mask token);
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +28,10 @@ import torch
 from maskprune import atomic
 from maskprune.checkpoint import config_hash, model_meta, save_model, save_tensors
 from maskprune.cli import run_stage
-from maskprune.config import Params
-from maskprune.data.loader import Normalizer, PreparedData, Split, load_prepared
-from maskprune.data.splits import subset_indices
+from maskprune.config import FinetuneTrain, Params, PretrainProbe
+from maskprune.data.loader import Normalizer, PreparedData, load_prepared
 from maskprune.errors import MaskpruneError
-from maskprune.layout import CHECKPOINTS_DIR, PretrainVariant, prepared_dir
+from maskprune.layout import CHECKPOINTS_DIR, DISTILL_TEACHER_DIR, MODELS_DIR, PretrainVariant, prepared_dir
 from maskprune.masking import random_keep_idx
 from maskprune.measure import gmacs
 from maskprune.models.mim_heads import MAE, SimMIM, check_decoder
@@ -42,9 +45,58 @@ from maskprune.trainer import fit
 MIM_FILE = "mim.safetensors"
 
 
-def build_mim(params: Params, objective: str, data: PreparedData) -> tuple[MAE | SimMIM, float]:
-    """A fresh student encoder (no head) inside the MIM model; and the objective's mask ratio."""
-    encoder = build_model(params.models.student, num_classes=data.num_classes, in_chans=data.in_chans)
+@dataclass(frozen=True)
+class PretrainJob:
+    """What one run pre-trains: a pretrain variant of the student, or claim C's teacher."""
+
+    name: str  # the run's name: 'pretrain@mae-mto', 'distill_teacher'
+    objective: str
+    loss: str
+    role: str  # the models.* entry it trains: student | teacher
+    folder: Path
+    train: FinetuneTrain
+    seed: int
+
+    @property
+    def mto(self) -> bool:
+        return self.loss == "mto"
+
+
+def pretrain_job(params: Params, variant: str) -> PretrainJob:
+    """`teacher` (claim C's teacher) or a pretrain variant `<objective>-<loss>` of the student."""
+    if variant == "teacher":
+        return PretrainJob(
+            "distill_teacher",
+            "mae",
+            "baseline",
+            "teacher",
+            DISTILL_TEACHER_DIR,
+            params.distill.teacher_train,
+            params.teacher.seed,
+        )
+    chosen = PretrainVariant.parse(variant)
+    return PretrainJob(
+        f"pretrain@{chosen.name}",
+        chosen.objective,
+        chosen.loss,
+        "student",
+        chosen.folder,
+        params.pretrain.train,
+        params.seed,
+    )
+
+
+def parse_variant(variant: str) -> None:
+    """Refuse a variant that is neither `teacher` nor `<objective>-<loss>`."""
+    if variant != "teacher":
+        PretrainVariant.parse(variant)
+
+
+def build_mim(params: Params, job: PretrainJob, data: PreparedData) -> tuple[MAE | SimMIM, float]:
+    """A fresh encoder (no head) inside the MIM model; and the objective's mask ratio."""
+    spec = getattr(params.models, job.role)
+    objective = job.objective
+    encoder = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans)
     encoder.reset_classifier(0)
     if objective == "mae":
         cfg = params.pretrain.mae
@@ -56,20 +108,14 @@ def build_mim(params: Params, objective: str, data: PreparedData) -> tuple[MAE |
     return SimMIM(encoder, data.in_chans), params.pretrain.simmim.mask_ratio
 
 
-def subset(split: Split, limit: int, seed: int) -> Split:
-    keep = torch.from_numpy(subset_indices(len(split), limit, seed))
-    return Split(split.images[keep], split.labels[keep])
-
-
 class LinearProbe:
     """Fits a linear probe on the frozen encoder's pooled features and scores it (after every epoch)."""
 
-    def __init__(self, params: Params, data: PreparedData, runtime: Runtime) -> None:
-        cfg = params.pretrain.probe
-        self.cfg, self.seed, self.runtime = cfg, params.seed, runtime
-        self.train = subset(data.splits["train"], cfg.train_limit, params.seed).to(runtime.device)
-        self.test = subset(data.splits["test"], cfg.test_limit, params.seed).to(runtime.device)
-        self.normalize = Normalizer(data.meta["mean"], data.meta["std"], params.models.student.img_size, runtime.device)
+    def __init__(self, cfg: PretrainProbe, seed: int, img_size: int, data: PreparedData, runtime: Runtime) -> None:
+        self.cfg, self.seed, self.runtime = cfg, seed, runtime
+        self.train = data.splits["train"].subset(cfg.train_limit, seed).to(runtime.device)
+        self.test = data.splits["test"].subset(cfg.test_limit, seed).to(runtime.device)
+        self.normalize = Normalizer(data.meta["mean"], data.meta["std"], img_size, runtime.device)
         self.num_classes = data.num_classes
         self.head: torch.nn.Linear | None = None
 
@@ -93,58 +139,58 @@ def encoder_cost(encoder: TokenViT, visible: int, shape: tuple[int, ...], device
 
 
 def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
-    """Pre-train one variant; write the encoder (+ probe head), MIM weights, history, metrics."""
-    chosen = PretrainVariant.parse(variant)
+    """Pre-train one variant (or claim C's teacher); write the encoder (+ probe head), MIM weights, history, metrics."""
+    job = pretrain_job(params, variant)
     started = time.perf_counter()
-    seed_everything(params.seed)
+    seed_everything(job.seed)
     cfg = params.pretrain
     prepared = load_prepared(root / prepared_dir(params.data.name))
-    data = prepared.limit_train(cfg.train.train_limit, params.seed)
-    mim, mask_ratio = build_mim(params, chosen.objective, data)
+    data = prepared.limit_train(job.train.train_limit, job.seed)
+    mim, mask_ratio = build_mim(params, job, data)
     encoder = mim.encoder
-    spec = params.models.student
+    spec = getattr(params.models, job.role)
     objective = MIMObjective(
-        chosen.objective,
+        job.objective,
         mask_ratio,
         encoder.num_patches,
         spec.patch_size,
         cfg.mae.norm_pix_loss,
         cfg.mto,
-        chosen.loss == "mto",
+        job.mto,
         runtime,
     )
-    probe = LinearProbe(params, prepared, runtime)
+    probe = LinearProbe(cfg.probe, job.seed, spec.img_size, prepared, runtime)
     digest = config_hash(
         params.data,
         spec,
-        chosen.name,
-        cfg.train,
-        getattr(cfg, chosen.objective),
-        cfg.mto if chosen.loss == "mto" else None,
+        job.name,
+        job.train,
+        getattr(cfg, job.objective),
+        cfg.mto if job.mto else None,
         cfg.probe,
-        params.seed,
+        job.seed,
         data.meta["sources"],
         data.meta["counts"],
     )
     history = fit(
         mim,
         data,
-        cfg.train,
+        job.train,
         objective,
         runtime,
-        params.seed,
-        root / CHECKPOINTS_DIR / "pretrain" / chosen.name,
+        job.seed,
+        root / CHECKPOINTS_DIR / job.folder.relative_to(MODELS_DIR),
         digest,
-        name=f"pretrain@{chosen.name}",
+        name=job.name,
         img_size=spec.img_size,
-        section="pretrain.train",
+        section="distill.teacher_train" if job.role == "teacher" else "pretrain.train",
         validate=False,
         epoch_end=probe,
     )
     if probe.head is None:  # NOTE: a run resumed after its last epoch has no probe fitted yet
         probe.fit_and_score(encoder)
     last = history[-1]
-    seen = objective.visible if chosen.objective == "mae" else encoder.num_patches  # SimMIM: mask tokens too
+    seen = objective.visible if job.objective == "mae" else encoder.num_patches  # SimMIM: mask tokens too
     cost = encoder_cost(encoder, seen, (data.in_chans, spec.img_size, spec.img_size), runtime.device)
     metrics: dict[str, Any] = {
         "probe_top1": last["probe_top1"],
@@ -160,14 +206,14 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         "wall_seconds": time.perf_counter() - started,
     }
     if runtime.is_main:
-        out = root / chosen.folder
+        out = root / job.folder
         encoder.reset_classifier(data.num_classes, global_pool=TIMM_POOL[cfg.probe.pool])
         encoder.head = probe.head
         meta = {
-            **model_meta(params, data, "student"),
-            "stage": f"pretrain@{chosen.name}",
-            "objective": chosen.objective,
-            "loss": chosen.loss,
+            **model_meta(params, data, job.role),
+            "stage": job.name,
+            "objective": job.objective,
+            "loss": job.loss,
             "global_pool": encoder.global_pool,
             "config_hash": digest,
             "probe_top1": last["probe_top1"],
@@ -178,31 +224,31 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         atomic.write_text(out / "history.csv", pd.DataFrame(history).to_csv(index=False))
         atomic.write_json(out / "metrics.json", metrics)
         print(
-            f"pretrain@{chosen.name}: probe_top1 {metrics['probe_top1']:.4f} rec_loss {metrics['rec_loss']:.4f} "
+            f"{job.name}: probe_top1 {metrics['probe_top1']:.4f} rec_loss {metrics['rec_loss']:.4f} "
             f"encoder {metrics['encoder_gmacs_ratio']:.2f}x GMACs of full in {metrics['wall_seconds']:.0f}s "
-            f"-> {chosen.folder}"
+            f"-> {job.folder}"
         )
 
 
 def record(params: Params, root: Path, variant: str) -> StageRecord:
-    chosen = PretrainVariant.parse(variant)
-    out = root / chosen.folder
+    job = pretrain_job(params, variant)
+    out = root / job.folder
     cfg = params.pretrain
     section = {
-        "objective": chosen.objective,
-        "loss": chosen.loss,
-        "train": cfg.train.model_dump(),
-        chosen.objective: getattr(cfg, chosen.objective).model_dump(),
+        "objective": job.objective,
+        "loss": job.loss,
+        "train": job.train.model_dump(),
+        job.objective: getattr(cfg, job.objective).model_dump(),
         "probe": cfg.probe.model_dump(),
     }
-    if chosen.loss == "mto":
+    if job.mto:
         section["mto"] = cfg.mto.model_dump()
     return StageRecord(
-        stage=f"pretrain@{chosen.name}",
+        stage=job.name,
         params={
-            "seed": params.seed,
+            "seed": job.seed,
             "data": {"name": params.data.name},
-            "models": {"student": params.models.student.model_dump()},
+            "models": {job.role: getattr(params.models, job.role).model_dump()},
             "pretrain": section,
             "runtime": params.runtime.model_dump(),
         },
@@ -215,9 +261,9 @@ def record(params: Params, root: Path, variant: str) -> StageRecord:
             out / "model.safetensors",
             out / MIM_FILE,
         ],
-        tags={"objective": chosen.objective, "loss": chosen.loss},
+        tags={"objective": job.objective, "loss": job.loss, "role": job.role},
     )
 
 
 if __name__ == "__main__":
-    run_stage("pretrain", compute, record, variants=PretrainVariant.parse)
+    run_stage("pretrain", compute, record, variants=parse_variant)

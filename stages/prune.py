@@ -105,6 +105,8 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         "gmacs_unpruned": full_macs,
         "gmacs_ratio": macs / full_macs,
         "final_tokens": tokens[-1].shape[1],
+        # DynamicViT: the fraction its last stage kept in the last training epoch, and the target
+        **{key: last[key] for key in ("train_kept_fraction", "train_kept_target") if key in last},
         "wall_seconds": time.perf_counter() - started,
     }
     if runtime.is_main:

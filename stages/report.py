@@ -1,7 +1,8 @@
 """DVC stage `report`: the seeds' results -> reports/report.{md,html}, reports/figures/, reports/summary.json.
 
 Its MLflow run holds the report and its figures (the pipeline's parent run gets them too), one tag
-per section verdict, and the best pruned model, registered with an alias.
+per section verdict and one per claim's word (`claim.A`: reproduced, ...), and the best pruned
+model, registered with an alias.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def record(params: Params, root: Path) -> StageRecord:
         parent_artifacts=files,
         register=register,
         tags={f"verdict.{key}": text[:4000] for key, text in summary["verdicts"].items()}
+        | {f"claim.{key}": claim["word"] for key, claim in summary["claims"].items()}
         | {"seeds": ",".join(map(str, summary["seeds"])), "best_pruned": summary["best_pruned"]},
     )
 

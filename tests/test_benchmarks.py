@@ -36,7 +36,7 @@ def test_pruning_rows_compare_each_pruned_model_with_the_unpruned_one(setup: Ben
         ("tome", 0.5),
     ]
     tome = rows[2]
-    assert tome["tome_r"] >= 1 and tome["gmacs"] == pytest.approx(rows[0]["gmacs"], rel=0.25)
+    assert len(tome["tome_schedule"]) == 6 and tome["gmacs"] == pytest.approx(rows[0]["gmacs"], rel=0.03)
     for row in rows:
         assert row["gmacs_ratio"] == pytest.approx(row["gmacs"] / row["gmacs_unpruned"])
         assert row["theoretical_speedup"] == pytest.approx(1 / row["gmacs_ratio"])

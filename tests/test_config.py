@@ -100,7 +100,7 @@ BAD = [
     ),
     (
         full(models={"student": {"name": "vit_tiny_patch16_224", "pretrained_file": "w.safetensors"}}),
-        "models.student.pretrained_file is set but finetune.init is 'models/pretrain/mae-mto'",
+        "models.student.pretrained_file is set but finetune.init is 'models/pretrain/mae-baseline'",
     ),
 ]
 

@@ -39,7 +39,7 @@ def test_distill_variant_names() -> None:
 def test_keep_rates_are_spelled_as_dvc_names_its_stages(tmp_path: Path) -> None:
     """DVC's own stage names (`dvc stage list`) for keep rates 1.0 and 0.25 are the folders the code writes."""
     params = cpu_params().model_dump()
-    params["prune"]["keep_rates"] = [1.0, 0.25]
+    params["prune"]["keep_rates"] = [1.0, 0.5, 0.25]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], tmp_path)

@@ -1,12 +1,15 @@
-"""Measurements: token counts, top-1, occlusion, throughput fields."""
+"""Measurements: token counts, top-1, occlusion, throughput fields, paired throughput's wiring."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from maskprune import measure
 from maskprune.data.loader import Normalizer, Split
-from maskprune.measure import occlusion_curve, throughput, top1
+from maskprune.measure import PairedThroughput, occlusion_curve, paired_throughput, throughput, top1
 from maskprune.models.vit import TokenViT
 from maskprune.runtime import Runtime
 
@@ -45,3 +48,21 @@ def test_throughput_fields() -> None:
     out = throughput(model, torch.randn(4, 1, 8, 8), CPU, warmup=1, repeats=3)
     assert set(out) == {"img_per_s", "median_s", "repeats"}
     assert out["img_per_s"] == pytest.approx(4 / out["median_s"]) and out["repeats"] == 3
+
+
+def test_paired_throughput_times_the_reference_twice_for_an_a_a_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a fake clock that only the fake calls advance (fn: 2 s, the reference: 1 s): nothing is timed
+    clock = SimpleNamespace(now=0.0)
+    calls = {"fn": 0, "reference": 0}
+    monkeypatch.setattr(measure, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+
+    def call(name: str, seconds: float) -> None:
+        calls[name] += 1
+        clock.now += seconds
+
+    out = paired_throughput(lambda: call("fn", 2.0), lambda: call("reference", 1.0), 8, CPU, warmup=2, repeats=3)
+    assert calls == {"fn": 2 + 3, "reference": 2 * (2 + 3)}  # warm-up and timed runs, the reference twice
+    assert (out.img_per_s, out.reference_img_per_s, out.ratio, out.aa_ratio) == (4.0, 8.0, 0.5, 1.0)
+    assert not out.noisy()
+    assert PairedThroughput(4.0, 8.0, 1.06).noisy() and not PairedThroughput(4.0, 8.0, 0.96).noisy()
+    assert not PairedThroughput(4.0, 8.0, 1.06).noisy(tolerance=0.1)

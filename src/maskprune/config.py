@@ -159,14 +159,15 @@ class KDSection(Section):
     kind: Literal["soft", "hard"] = "soft"
 
 
-FinetuneVariant = Literal["full", "masked", "masked_kd"]
+# NOTE: the arms of claims A and B, in dependency order: `masked` distils from `full`
+FinetuneVariant = Literal["full", "full_kd", "masked_kd", "random_kd", "masked"]
 PruningMethod = Literal["evit", "dynamicvit"]
 PRUNING_METHODS: tuple[str, ...] = get_args(PruningMethod)
 FINETUNE_VARIANTS: tuple[str, ...] = get_args(FinetuneVariant)
 
 
-class FullVariant(Section):
-    kd: bool = Field(description="distil from the teacher on full images (MaskedKD's keep-1.0 arm)")
+class NoSettings(Section):
+    """An arm with nothing of its own to set: it runs on the shared recipe alone."""
 
 
 class MaskedKDVariant(HybridMasking):
@@ -177,14 +178,22 @@ class MaskedKDVariant(HybridMasking):
 
 
 class FinetuneSection(Section):
-    """The finetune stage: a shared recipe and init, then one section per variant."""
+    """The finetune stage: a shared recipe and init, then one section per arm.
+
+    Arms: `full` (labels only: B's no-KD arm, A's full init), `full_kd` (KD from models/teacher on
+    full images), `masked_kd` (the teacher sees `teacher_keep` of the patches the student attends
+    to), `random_kd` (the teacher sees as many random patches: MaskedKD's random-mask control) and
+    `masked` (masked fine-tuning, distilled from the fine-tuned `full` as in Shi & Wang).
+    """
 
     init: str = Field(description="scratch | pretrained_file | path to a maskprune model folder")
     train: FinetuneTrain
     kd: KDSection
-    full: FullVariant
-    masked: HybridMasking
+    full: NoSettings = NoSettings()
+    full_kd: NoSettings = NoSettings()
     masked_kd: MaskedKDVariant
+    random_kd: NoSettings = Field(NoSettings(), description="runs at masked_kd.teacher_keep with random patches")
+    masked: HybridMasking
 
     @field_validator("init")
     @classmethod
@@ -294,10 +303,6 @@ class SimMIMSection(Section):
     _ratio = field_validator("mask_ratio")(check_mask_ratio)
 
 
-class BaselineSection(Section):
-    """The objective alone, without MTO: nothing to set (the MTO terms are still measured)."""
-
-
 RankDirection = Literal["falling", "printed"]
 
 
@@ -328,7 +333,7 @@ class PretrainSection(Section):
     train: FinetuneTrain
     mae: MAESection
     simmim: SimMIMSection
-    baseline: BaselineSection = BaselineSection()
+    baseline: NoSettings = Field(NoSettings(), description="the objective alone (the MTO terms are still measured)")
     mto: MTOSection
     probe: PretrainProbe
 
@@ -341,13 +346,17 @@ class PretrainSection(Section):
 
 
 DistillStudent = Literal["vit", "evit"]
-DistillTarget = Literal["cls", "cls_tokens"]
+# NOTE: `scratch` is claim C's control: the student fine-tuned with labels, never distilled
+DistillTarget = Literal["cls", "cls_tokens", "scratch"]
 
 
 class DistillSection(Section):
     """Task-agnostic KD: a teacher's features into ViT and EViT students, without labels."""
 
-    teacher: str = Field(min_length=1, description="teacher model folder (e.g. a pretrain variant)")
+    teacher: str = Field(
+        min_length=1, description="teacher model folder: models/distill_teacher (its own MAE) or a pretrain variant"
+    )
+    teacher_train: FinetuneTrain = Field(description="MAE pre-training of models.teacher as models/distill_teacher")
     students: list[DistillStudent] = Field(min_length=1)
     targets: list[DistillTarget] = Field(min_length=1)
     keep_rate: float = Field(description="the EViT student's keep rate")
@@ -392,11 +401,66 @@ class EvaluateSection(Section):
         return values
 
 
+class Rule(Section):
+    """A pre-registered decision rule: the claim's primary setting and the smallest effect that matters."""
+
+    source: str = Field(min_length=1, description="where the setting and threshold come from")
+
+
+class MaskedFinetuningRule(Rule):
+    """A: pruned top-1 from the masked init minus from the full init > min_effect (directional)."""
+
+    method: PruningMethod
+    keep_rate: float
+    min_effect: float = Field(ge=0.0, lt=1.0)
+
+
+class MaskedKDRule(Rule):
+    """B: MaskedKD minus full-image KD > -margin (non-inferiority), and full-image KD minus no KD > kd_gain."""
+
+    margin: float = Field(ge=0.0, lt=1.0)
+    kd_gain: float = Field(ge=0.0, lt=1.0)
+
+
+class TaskAgnosticRule(Rule):
+    """C: the EViT student minus the ViT student > -margin; each distilled student minus its scratch twin > 0."""
+
+    target: DistillTarget
+    margin: float = Field(ge=0.0, lt=1.0)
+
+
+class MTORule(Rule):
+    """D: RAUC(baseline, MTO) over the whole run > min_rauc, per MIM objective."""
+
+    min_rauc: float
+
+
+class RulesSection(Section):
+    masked_finetuning: MaskedFinetuningRule
+    maskedkd: MaskedKDRule
+    task_agnostic: TaskAgnosticRule
+    mto: MTORule
+
+
+class ChecksSection(Section):
+    """The preconditions every verdict is checked against, per seed (the report says which failed)."""
+
+    teacher_gap: float = Field(ge=0.0, lt=1.0, description="the teacher's top-1 over the no-KD student's, at least")
+    plateau_gain: float = Field(ge=0.0, lt=1.0, description="the last epoch's validation gain, at most")
+    keep_tolerance: float = Field(ge=0.0, lt=1.0, description="|DynamicViT's realised keep - target|, at most")
+    gmacs_tolerance: float = Field(ge=0.0, lt=1.0, description="|compared GMACs ratio - 1|, at most")
+    floor_gap: float = Field(ge=0.0, lt=1.0, description="D's measure over the raw-pixel floor, at least")
+    chance_fraction: float = Field(
+        ge=0.0, lt=1.0, description="every model above chance + this fraction of the way to 100%"
+    )
+
+
 class ReportSection(Section):
     """How the report aggregates seeds and decides its verdicts."""
 
-    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="of the Student-t intervals over seeds")
-    margin: float = Field(ge=0.0, lt=1.0, description="non-inferiority margin on top-1 (0.01 = 1 point)")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="of the intervals; alpha = 1 - confidence")
+    rules: RulesSection
+    checks: ChecksSection
 
 
 class Params(Section):
@@ -413,6 +477,22 @@ class Params(Section):
     distill: DistillSection
     evaluate: EvaluateSection
     report: ReportSection
+
+    @model_validator(mode="after")
+    def _rules_in_pipeline(self) -> Params:
+        rules = self.report.rules
+        if rules.masked_finetuning.keep_rate not in self.prune.keep_rates:
+            raise ValueError(
+                f"report.rules.masked_finetuning.keep_rate {rules.masked_finetuning.keep_rate} is not in "
+                f"prune.keep_rates {self.prune.keep_rates}; add it there or change the rule"
+            )
+        target = rules.task_agnostic.target
+        if target == "scratch" or target not in self.distill.targets:
+            raise ValueError(
+                f"report.rules.task_agnostic.target {target!r} must be a distillation target listed in "
+                f"distill.targets {self.distill.targets}; add it there or change the rule"
+            )
+        return self
 
     @model_validator(mode="after")
     def _finetune_init(self) -> Params:

@@ -7,6 +7,7 @@ The stages write, and evaluate, the report, the flows and the tests read, these 
     models/pretrain/<objective>-<loss>/      pretrain@mae-mto          (PretrainVariant)
     models/finetune/<variant>/               finetune@masked_kd        (FINETUNE_VARIANTS)
     models/prune/<method>-<init>-<keep>/     prune@evit-full-0.5       (PruneVariant)
+    models/distill_teacher/                  distill_teacher           (claim C's self-supervised teacher)
     models/distill/<student>-<target>/       distill@evit-cls_tokens   (DistillVariant)
     checkpoints/<stage>/<variant>/           resumable training state of a stage run
     metrics/evaluate.json, plots/evaluate/   evaluate
@@ -47,6 +48,7 @@ PRETRAIN_DIR = MODELS_DIR / "pretrain"
 FINETUNE_DIR = MODELS_DIR / "finetune"
 PRUNE_DIR = MODELS_DIR / "prune"
 DISTILL_DIR = MODELS_DIR / "distill"
+DISTILL_TEACHER_DIR = MODELS_DIR / "distill_teacher"
 EVALUATE_FILE = Path("metrics") / "evaluate.json"
 PLOTS_DIR = Path("plots") / "evaluate"
 REPORT_DIR = Path("reports")
@@ -66,6 +68,14 @@ def spell(value: float | str) -> str:
 def prepared_dir(data_name: str) -> Path:
     """The prepared dataset `data.name`."""
     return PREPARED_DIR / data_name
+
+
+def model_name(folder: Path | str) -> str | None:
+    """A model folder's name in the results, its path under models/ ('prune/evit-full-0.5'); None outside models/."""
+    path = Path(folder)
+    if path.is_absolute() or not path.is_relative_to(MODELS_DIR):
+        return None
+    return path.relative_to(MODELS_DIR).as_posix()
 
 
 def matrix_item(
@@ -185,6 +195,7 @@ def pipeline_models(params: Params) -> list[str]:
         TEACHER_DIR.name,
         *(f"{PRETRAIN_DIR.name}/{v.name}" for v in pretrain_variants(params.pretrain)),
         *(f"{FINETUNE_DIR.name}/{v}" for v in FINETUNE_VARIANTS),
+        DISTILL_TEACHER_DIR.name,
         *(f"{PRUNE_DIR.name}/{v.name}" for v in prune_variants(params.prune)),
         *(f"{DISTILL_DIR.name}/{v.name}/{head}" for v in distill_variants(params.distill) for head in DISTILL_HEADS),
     ]

@@ -2,7 +2,8 @@
 
 Rules: GMACs from torch.utils.flop_counter at batch 1 on the model as it runs;
 throughput in eval + inference mode at a fixed batch after warm-up, the median of repeated timed
-runs with device sync, data loading excluded, compared only within one process.
+runs with device sync, data loading excluded, compared only within one process (a paired
+comparison times its reference twice in the same turns: an A/A control of the ratio's noise).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.utils import flop_counter
@@ -169,6 +171,29 @@ def time_calls(fn: Callable[[], object], batch: int, runtime: Runtime, warmup: i
     return {"img_per_s": batch / median, "median_s": median, "repeats": repeats}
 
 
+@dataclass(frozen=True)
+class PairedThroughput:
+    """Images per second of a function and of a reference timed in the same turns, with an A/A control.
+
+    The reference is timed twice per round, as two entries of the rotation: `aa_ratio` (its first
+    copy's img/s over its second's) is what `ratio` reads when nothing differs, 1 with no bias from
+    the order of the turns or drift; its distance from 1 is the noise floor of `ratio`.
+    """
+
+    img_per_s: float
+    reference_img_per_s: float  # the reference's first copy
+    aa_ratio: float
+
+    @property
+    def ratio(self) -> float:
+        """`img_per_s` over `reference_img_per_s`."""
+        return self.img_per_s / self.reference_img_per_s
+
+    def noisy(self, tolerance: float = 0.05) -> bool:
+        """Whether the A/A ratio lies more than `tolerance` from 1 (then `ratio` is not that precise)."""
+        return abs(self.aa_ratio - 1.0) > tolerance
+
+
 def paired_throughput(
     fn: Callable[[], object],
     reference_fn: Callable[[], object],
@@ -176,10 +201,10 @@ def paired_throughput(
     runtime: Runtime,
     warmup: int,
     repeats: int,
-) -> tuple[float, float]:
-    """Images per second of `fn` and of `reference_fn`, timed in turns in one process (eval mode)."""
-    own, reference = median_seconds([fn, reference_fn], runtime, warmup, repeats)
-    return batch / own, batch / reference
+) -> PairedThroughput:
+    """Images per second of `fn` and of `reference_fn` (twice: A/A), timed in turns in one process."""
+    own, reference, twin = median_seconds([fn, reference_fn, reference_fn], runtime, warmup, repeats)
+    return PairedThroughput(batch / own, batch / reference, twin / reference)
 
 
 def throughput(

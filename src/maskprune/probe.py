@@ -75,6 +75,28 @@ def fit_linear_probe(
 
 
 @torch.no_grad()
+def pixel_floor(
+    train: Split,
+    test: Split,
+    normalizer: Normalizer,
+    cfg: ProbeSection,
+    seed: int,
+    num_classes: int,
+) -> float:
+    """Test top-1 of the same linear probe fitted on the normalised raw pixels instead of features.
+
+    The floor a learned representation must clear before its probe says anything about it.
+
+    Args:
+        train: the probe's training images `[n, channels, height, width]` and labels.
+        test: the images it is scored on.
+    """
+    features = normalizer(train.images).flatten(1).float()
+    layer = fit_linear_probe(features, train.labels, num_classes, cfg, seed)
+    return probe_top1(layer, normalizer(test.images).flatten(1).float(), test.labels)
+
+
+@torch.no_grad()
 def probe_top1(layer: torch.nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 of a probe on precomputed features `[n, channels]`."""
     return (layer(features).argmax(dim=-1) == labels).float().mean().item()

@@ -17,7 +17,7 @@ def test_html_is_self_contained_well_formed_and_names_every_section(tmp_path: Pa
     sections = [Section(k, f"title {k} <&>", verdict=f"verdict {k}") for k in "AB"]
     sections[0].table(pd.DataFrame({"a": [1, 2], "b": ["x", "<y>"]}))
     sections[0].figure(figure, "a figure")
-    report = Report("t", ["intro"], sections, [0], [], "prune/x")
+    report = Report("t", ["intro"], sections, [0], [], "prune/x", {}, 0.95)
     page = render_html(report)
     structure = parse(page)
     assert not structure.errors and not structure.stack, structure.errors

@@ -36,6 +36,13 @@ class Split:
         labels = self.labels.pin_memory() if pin else self.labels
         return Split(images.to(device, non_blocking=pin), labels.to(device, non_blocking=pin))
 
+    def subset(self, limit: int, seed: int) -> Split:
+        """A seeded subset of `limit` images (0 keeps all)."""
+        if not limit:
+            return self
+        keep = torch.from_numpy(subset_indices(len(self), limit, seed)).to(self.labels.device)
+        return Split(self.images[keep.to(self.images.device)], self.labels[keep])
+
 
 @dataclass
 class PreparedData:
@@ -59,9 +66,7 @@ class PreparedData:
         """The same data with a seeded subset of `limit` training images (0 keeps all)."""
         if not limit:
             return self
-        train = self.splits["train"]
-        keep = torch.from_numpy(subset_indices(len(train), limit, seed))
-        return replace(self, splits={**self.splits, "train": Split(train.images[keep], train.labels[keep])})
+        return replace(self, splits={**self.splits, "train": self.splits["train"].subset(limit, seed)})
 
 
 def load_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> PreparedData:

@@ -4,14 +4,18 @@ In every block, between attention and MLP, the tokens are split alternately into
 B; each A token finds its most similar B token (cosine of the head-averaged keys), and the `r`
 most similar pairs are merged by a size-weighted average. [CLS] is never merged. Attention is
 size-aware: log(size) is added to the attention logits, so a merged token counts as the tokens
-it stands for. `apply_tome` swaps a TokenViT's class and `remove_tome` swaps it back;
-`tome_matches` finds the merge rate whose GMACs come closest to a pruned model's.
+it stands for. As in ToMe's code, `r` is one int for every block or a per-block schedule.
+
+`apply_tome` swaps a TokenViT's class (after `check_tome_schedule` validates the schedule) and
+`remove_tome` swaps it back; `tome_schedules` lists the schedules searched, from no merging to
+the most merging, and `tome_schedule_for` picks the one whose GMACs come closest to a target
+(e.g. a pruned model's).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,29 +64,69 @@ def merge_weighted(merge: Merge, tokens: torch.Tensor, size: torch.Tensor) -> tu
     return total / size, size
 
 
+def tome_tokens(
+    schedule: Sequence[int],
+    num_patches: int,
+) -> list[int]:
+    """Tokens ([CLS] included) entering each block under `schedule`, then leaving the last one."""
+    tokens = [num_patches + 1]
+    for r in schedule:
+        tokens.append(tokens[-1] - r)
+    return tokens
+
+
+def _overmerged(
+    schedule: Sequence[int],
+    num_patches: int,
+) -> tuple[int, int] | None:
+    """(block, tokens entering it) of the first block merging more than (t - 1) // 2; None if none."""
+    for block, (r, t) in enumerate(zip(schedule, tome_tokens(schedule, num_patches), strict=False)):
+        if r > (t - 1) // 2:
+            return block, t
+    return None
+
+
 def max_tome_r(num_patches: int, depth: int) -> int:
     """The largest r that merges exactly r tokens in each of `depth` blocks and keeps a patch."""
-    best = 0
-    for r in range(1, num_patches + 1):
-        t = num_patches + 1
-        for _ in range(depth):
-            if r > (t - 1) // 2:
-                return best
-            t -= r
-        if t - 1 < 1:
-            return best
-        best = r
-    return best
+    return max(r for r in range(num_patches + 1) if _overmerged([r] * depth, num_patches) is None)
 
 
-def check_tome_r(r: int, num_patches: int, depth: int) -> int:
-    limit = max_tome_r(num_patches, depth)
-    if not 0 <= r <= limit:
+def check_tome_schedule(
+    r: int | Sequence[int],
+    num_patches: int,
+    depth: int,
+) -> list[int]:
+    """The per-block schedule `r` stands for (an int: that r in every block), validated.
+
+    A block with t tokens may merge at most (t - 1) // 2, its A tokens other than [CLS]: that
+    keeps [CLS] unmerged and at least one patch token (t - (t - 1) // 2 >= 2).
+    """
+    if isinstance(r, int):
+        limit = max_tome_r(num_patches, depth)
+        if not 0 <= r <= limit:
+            raise MaskpruneError(
+                f"ToMe r={r} must lie in [0, {limit}] for {num_patches} patches and {depth} "
+                "blocks: more would merge [CLS] or leave no patch token; lower r"
+            )
+        return [r] * depth
+    schedule = list(r)
+    if len(schedule) != depth:
         raise MaskpruneError(
-            f"ToMe r={r} must lie in [0, {limit}] for {num_patches} patches and {depth} "
-            "blocks: more would merge [CLS] or leave no patch token; lower r"
+            f"ToMe schedule {schedule} has {len(schedule)} entries for {depth} blocks; "
+            "give one r per block (or one int for every block)"
         )
-    return r
+    negative = [block for block, merged in enumerate(schedule) if merged < 0]
+    if negative:
+        raise MaskpruneError(f"ToMe schedule {schedule}: block(s) {negative} have r < 0; give every block an r >= 0")
+    bad = _overmerged(schedule, num_patches)
+    if bad is not None:
+        block, t = bad
+        raise MaskpruneError(
+            f"ToMe schedule {schedule} merges {schedule[block]} of the {t} tokens entering block {block}: "
+            f"more than {(t - 1) // 2} would merge [CLS] or leave no patch token; lower r in block {block} "
+            "or before it"
+        )
+    return schedule
 
 
 @dataclass
@@ -91,20 +135,20 @@ class ToMeOutput(TokenViTOutput):
 
 
 class ToMeViT(TokenViT):
-    """TokenViT that merges `tome_r` tokens in every block (set up by `apply_tome`).
+    """TokenViT that merges `tome_schedule[i]` tokens in block i (set up by `apply_tome`).
 
     NOTE: as in ToMe, r is lowered for an input with too few tokens (e.g. occluded images) so that
     [CLS] and at least one patch always remain.
     """
 
     output_type = ToMeOutput
-    tome_r: int
+    tome_schedule: list[int]  # r per block
 
     def forward_block(  # type: ignore[override]
         self, index: int, blk: torch.nn.Module, out: ToMeOutput, want_cls_attn: bool
     ) -> torch.Tensor:
         t = out.tokens.shape[1]
-        r = min(self.tome_r, (t - 1) // 2)
+        r = min(self.tome_schedule[index], (t - 1) // 2)
         if r <= 0:
             return super().forward_block(index, blk, out, want_cls_attn)
         size = out.size if out.size is not None else out.tokens.new_ones(out.tokens.shape[0], t, 1)
@@ -123,34 +167,103 @@ def _attention_dtype(tokens: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else tokens.dtype
 
 
-def apply_tome(model: TokenViT, r: int) -> ToMeViT:
-    """Make `model` merge `r` tokens per block (in place; no weights change)."""
+def apply_tome(
+    model: TokenViT,
+    r: int | Sequence[int],
+) -> ToMeViT:
+    """Make `model` merge `r` tokens per block, or `r[i]` in block i (in place; no weights change)."""
     if model.num_prefix_tokens != 1 or model.global_pool != "token":
         raise MaskpruneError(
             "ToMe here needs exactly one prefix token ([CLS]) and [CLS] pooling; "
             f"this model has {model.num_prefix_tokens} and pool {model.global_pool!r}"
         )
-    check_tome_r(r, model.num_patches, len(model.blocks))
+    schedule = check_tome_schedule(r, model.num_patches, len(model.blocks))
     model.__class__ = ToMeViT
-    model.tome_r = r
+    model.tome_schedule = schedule
     return model  # type: ignore[return-value]
 
 
 def remove_tome(model: ToMeViT) -> TokenViT:
     """Undo `apply_tome`: the plain TokenViT again."""
     model.__class__ = TokenViT
-    model.__dict__.pop("tome_r", None)
+    model.__dict__.pop("tome_schedule", None)
     return model
 
 
-def tome_matches(base: TokenViT, targets: dict[str, float], example: torch.Tensor) -> dict[int, list[str]]:
-    """ToMe merge rate r -> the models (name -> GMACs) whose GMACs it matches most closely."""
-    costs = {
-        r: gmacs(apply_tome(copy.deepcopy(base), r), example)
-        for r in range(1, max_tome_r(base.num_patches, len(base.blocks)) + 1)
-    }
-    matches: dict[int, list[str]] = {}
-    for name, target in targets.items():
-        r = min(costs, key=lambda k: abs(costs[k] - target))
-        matches.setdefault(r, []).append(name)
-    return dict(sorted(matches.items()))
+def _lowered(
+    nominal: Sequence[int],
+    num_patches: int,
+) -> list[int]:
+    """`nominal` with each block's r lowered to the (t - 1) // 2 its t tokens allow (as ToMe does)."""
+    schedule, t = [], num_patches + 1
+    for r in nominal:
+        schedule.append(min(r, (t - 1) // 2))
+        t -= schedule[-1]
+    return schedule
+
+
+def tome_schedules(
+    num_patches: int,
+    depth: int,
+) -> list[list[int]]:
+    """The schedules `tome_schedule_for` searches, from no merging to the most merging possible.
+
+    Entry (r, k) merges r + 1 tokens in the blocks before k and r in the rest (ToMe's constant r,
+    refined one block at a time), each block's r lowered to what its tokens allow (so large r
+    merge as much as possible early and less later, like ToMe's decreasing schedule); in the order
+    r = 0, 1, ... (until every block merges all it can), k = 0, ..., depth - 1, repeats dropped.
+    Along the list no block ever sees more tokens than before.
+    """
+    found: list[list[int]] = []
+    for r in range(num_patches // 2 + 1):
+        for k in range(depth):
+            schedule = _lowered([r + 1] * k + [r] * (depth - k), num_patches)
+            if not found or schedule != found[-1]:
+                found.append(schedule)
+    return found
+
+
+def tome_schedule_for(
+    base: TokenViT,
+    target_gmacs: float,
+    example: torch.Tensor,
+) -> list[int]:
+    """The schedule of `tome_schedules` whose GMACs come closest to `target_gmacs` (|ratio - 1|).
+
+    From r = 1 in every block on, every entry merges more tokens than the last and costs less, so
+    that part is bisected (a handful of `gmacs` calls). Each entry before it starts merging in
+    one more block, which adds the matching's cost and may outweigh its saving: those entries are
+    all measured only when the target lies above the bisected part's second entry. (Below it they
+    are skipped: each sees at least as many tokens in every block as the bisected part's first
+    entry, and costs less than it by at most the matching of the blocks it does not merge in.)
+
+    Args:
+        base: the TokenViT to match (not changed; measured on a copy).
+        target_gmacs: the GMACs to match, e.g. a pruned model's `measure.gmacs`.
+        example: `[1, channels, height, width]` input on the model's device, as for `gmacs`.
+    Returns:
+        r per block, for `apply_tome`.
+    """
+    if not target_gmacs > 0:
+        raise MaskpruneError(f"ToMe target GMACs {target_gmacs} must be > 0; pass a model's measured GMACs")
+    depth = len(base.blocks)
+    schedules = tome_schedules(base.num_patches, depth)
+    model = apply_tome(copy.deepcopy(base), 0)
+    costs: dict[int, float] = {}
+
+    def cost(n: int) -> float:
+        if n not in costs:
+            model.tome_schedule = schedules[n]
+            costs[n] = gmacs(model, example)
+        return costs[n]
+
+    start = schedules.index(_lowered([1] * depth, base.num_patches))
+    lo, hi = start, len(schedules) - 1  # the last entry of [start, end] at or above the target
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(mid) >= target_gmacs else (lo, mid - 1)
+    candidates = {lo, min(lo + 1, len(schedules) - 1)}
+    if lo == start:
+        candidates.update(range(start))
+    best = min(sorted(candidates), key=lambda n: abs(cost(n) / target_gmacs - 1))
+    return list(schedules[best])

@@ -102,6 +102,7 @@ class DynamicViTObjective:
         self.label_smoothing = label_smoothing
         self._kept_sum: torch.Tensor | float = 0.0
         self._steps = 0
+        self._stages = 0
 
     def __call__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits, tokens, policy, decisions = model(images, return_policy=True)
@@ -115,10 +116,12 @@ class DynamicViTObjective:
             loss = loss + self.cfg.token_weight * kept_token_mse(tokens, target.clone(), policy)
         self._kept_sum = self._kept_sum + decisions[-1].detach().float().mean()
         self._steps += 1
+        self._stages = len(decisions)
         return loss
 
     def epoch_summary(self) -> dict[str, float]:
-        """The mean fraction of patches the last stage kept during training, then a fresh count."""
+        """The mean fraction of patches the last stage kept during training and its target
+        (keep_rate^stages), then a fresh count."""
         kept = float(self._kept_sum) / max(self._steps, 1)
         self._kept_sum, self._steps = 0.0, 0
-        return {"train_kept_fraction": kept}
+        return {"train_kept_fraction": kept, "train_kept_target": self.keep_rate**self._stages}

@@ -1,6 +1,7 @@
 """The report: does masking make pruned ViTs better and cheaper on this data? One section per paper.
 
-Sections (each ends in a one-line verdict computed from the numbers, see `maskprune.report.stats`):
+Sections (each ends in a one-line verdict computed from the numbers: for A-D the paper's claim, its
+checks and pre-registered tests, decided together in `maskprune.report.claims`):
   A. masked fine-tuning as the init of token pruning (Shi & Wang, arXiv 2310.17177)
   B. MaskedKD: a teacher that sees only the patches the student attends to (Son et al., ECCV 2024)
   C. task-agnostic KD into ViT and EViT students (Lu & Nakamura)
@@ -17,39 +18,63 @@ The sections are built in `sections_pruning` (A, E, T) and `sections_training` (
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from maskprune import atomic
 from maskprune.config import Params
-from maskprune.layout import REPORT_DIR, REPORT_FIGURES_DIR, prepared_dir
-from maskprune.report.model import Context, Report
+from maskprune.layout import REPORT_DIR, REPORT_FIGURES_DIR
+from maskprune.report.claims import Outcome, conclude
+from maskprune.report.model import Context, Report, Section
 from maskprune.report.render import render_html, render_markdown
 from maskprune.report.sections_pruning import section_cost, section_masked_finetuning, section_tokens
 from maskprune.report.sections_training import section_maskedkd, section_mto, section_task_agnostic
+from maskprune.report.stats import CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED
 
-
-def near_chance(top1: dict[str, float], num_classes: int) -> list[str]:
-    """Models whose mean test top-1 (a fraction) has not gone a tenth of the way from chance to 100%,
-    worst first: below 1/k + 0.1 (1 - 1/k) for k classes (0.19 for 10 classes, 0.55 for 2)."""
-    chance = 1.0 / num_classes
-    floor = chance + 0.1 * (1.0 - chance)
-    return sorted((name for name, value in top1.items() if value < floor), key=lambda name: top1[name])
+WORDS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE)
 
 
 def chance_warning(ctx: Context) -> str | None:
     """One line naming the models too close to chance for their comparisons to mean much, or None."""
-    meta = json.loads((ctx.root / prepared_dir(ctx.params.data.name) / "meta.json").read_text())
-    per_model = {n: ctx.model_metric(n, "top1") for n in ctx.results[0].evaluate["models"]}
-    top1 = {n: ctx.interval(values).mean for n, values in per_model.items() if values}
-    low = near_chance(top1, meta["num_classes"])
-    if not low:
+    check = ctx.above_chance(list(ctx.results[0].evaluate["models"]))
+    if check.passed:
         return None
-    listed = ", ".join(f"{n} {top1[n]:.1%}" for n in low)
-    return (
-        f"Warning: {len(low)} of {len(top1)} models are barely above chance ({meta['num_classes']} classes: "
-        f"chance {1 / meta['num_classes']:.1%}), so the comparisons that involve them say little: {listed}."
+    return f"Warning: models barely above chance make the comparisons that involve them say little: {check.detail}."
+
+
+def add_checks(sec: Section, outcome: Outcome) -> None:
+    """Append the claim's checks and tests to its section, as tables."""
+    sec.text("Checks before the verdict (each must pass on every seed):")
+    sec.table(
+        pd.DataFrame(
+            [
+                {"check": c["name"], "passed": "yes" if c["passed"] else "NO", "numbers": c["detail"]}
+                for c in outcome.checks
+            ]
+        )
+    )
+    sec.text(
+        "The pre-registered tests (two-sided Student-t on the paired differences; p Holm-adjusted over every claim):"
+    )
+    sec.table(
+        pd.DataFrame(
+            [
+                {
+                    "test": t["name"],
+                    "mean": t["mean"],
+                    "low": t["low"],
+                    "high": t["high"],
+                    "n": t["n"],
+                    "needs >": t["delta"],
+                    "p": t["p"],
+                    "Holm p": t["p_holm"],
+                    "word": t["word"],
+                }
+                for t in outcome.tests
+            ]
+        ).round(4)
     )
 
 
@@ -77,6 +102,16 @@ def build_report(root: Path, params: Params, figures_dir: Path) -> Report:
         section_cost(ctx),
         section_tokens(ctx),
     ]
+    outcomes = conclude({sec.key: sec.claim for sec in sections if sec.claim}, ctx.confidence)
+    for sec in sections:
+        if sec.key in outcomes:
+            add_checks(sec, outcomes[sec.key])
+            sec.verdict = outcomes[sec.key].line
+    intro.append(
+        f"Verdicts: {', '.join(WORDS)}. A claim is tested only after its checks pass; its tests run at alpha "
+        f"{1 - ctx.confidence:.2f} after Holm-Bonferroni over all {sum(len(o.tests) for o in outcomes.values())} "
+        "pre-registered tests (report.rules in params.yaml, with their sources)."
+    )
     pruned = [n for n in ctx.results[0].evaluate["models"] if n.startswith("prune/")]
     best = max(pruned, key=lambda n: ctx.interval(ctx.model_metric(n, "top1")).mean)
     return Report(
@@ -86,6 +121,8 @@ def build_report(root: Path, params: Params, figures_dir: Path) -> Report:
         [r.seed for r in ctx.results],
         ctx.excluded,
         best,
+        outcomes,
+        ctx.confidence,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,10 +12,11 @@ from typing import Any
 import pandas as pd
 
 from maskprune.config import Params
+from maskprune.layout import MODELS_DIR, prepared_dir
+from maskprune.report.checks import Check, above_chance
+from maskprune.report.claims import Claim, Outcome
 from maskprune.report.results import SeedResult, load_results, per_seed
 from maskprune.report.stats import Interval, paired_difference, t_interval
-
-NOT_MEASURED = "not measured"
 
 
 @dataclass
@@ -27,6 +30,7 @@ class Section:
     title: str
     verdict: str = ""
     blocks: list[tuple[str, Any]] = field(default_factory=list)
+    claim: Claim | None = None  # a paper's claim, decided with every other claim (`claims.conclude`)
 
     def text(self, value: str) -> None:
         """Append a paragraph."""
@@ -51,14 +55,20 @@ class Report:
     seeds: list[int]
     excluded: list[dict[str, Any]]
     best_pruned: str  # the pruned model with the highest mean test top-1 over the seeds
+    outcomes: dict[str, Outcome]  # per claim section: the word, the tests and the checks
+    confidence: float
 
     def summary(self) -> dict[str, Any]:
-        """What reports/summary.json holds: seeds, excluded seeds, best pruned model, verdict per section."""
+        """What reports/summary.json holds: seeds, excluded seeds, best pruned model, each section's verdict
+        line, and per claim its word, tests (with raw and Holm-adjusted p) and checks."""
         return {
             "seeds": self.seeds,
             "excluded": self.excluded,
             "best_pruned": self.best_pruned,
+            "alpha": round(1.0 - self.confidence, 10),
+            "family_size": sum(len(o.tests) for o in self.outcomes.values()),
             "verdicts": {s.key: s.verdict for s in self.sections},
+            "claims": {key: outcome.to_json() for key, outcome in self.outcomes.items()},
         }
 
 
@@ -69,7 +79,7 @@ class Context:
         self.root, self.params, self.figures = root, params, figures_dir
         self.results, self.excluded = load_results(root)
         self.confidence = params.report.confidence
-        self.margin = params.report.margin
+        self.rules, self.checks = params.report.rules, params.report.checks
 
     def interval(self, values: dict[int, float]) -> Interval:
         """Mean and Student-t interval of {seed: value} at the report's confidence."""
@@ -86,6 +96,45 @@ class Context:
     def model_metric(self, model: str, key: str) -> dict[int, float]:
         """{seed: metric `key` of evaluated model `model`} (e.g. 'prune/evit-full-0.5', 'top1')."""
         return self.values(lambda r: (r.model(model) or {}).get(key))
+
+    def stage_metric(self, folder: str, key: str) -> dict[int, float]:
+        """{seed: `key` of models/<folder>/metrics.json} (e.g. 'prune/dynamicvit-full-0.5', 'train_kept_fraction')."""
+        return self.values(lambda r: r.stage_metrics(folder).get(key))
+
+    def val_curves(self, folders: dict[str, str], phase: str | None = None) -> dict[str, dict[int, list[float]]]:
+        """{arm: {seed: validation top-1 per epoch}} from models/<folder>/history.csv (rows of `phase` only)."""
+        curves: dict[str, dict[int, list[float]]] = {}
+        for arm, folder in folders.items():
+            for result in self.results:
+                frame = result.csv(MODELS_DIR / folder / "history.csv")
+                if frame is None:
+                    continue
+                if phase is not None:
+                    frame = frame[frame["phase"] == phase]
+                curves.setdefault(arm, {})[result.seed] = [float(v) for v in frame["val_top1"].dropna()]
+        return curves
+
+    def above_chance(self, models: list[str]) -> Check:
+        """The check that every model in `models` is clearly above chance, on every seed."""
+        return above_chance(
+            {name: self.model_metric(name, "top1") for name in models}, self.num_classes, self.checks.chance_fraction
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return int(
+            json.loads((self.root / prepared_dir(self.params.data.name) / "meta.json").read_text())["num_classes"]
+        )
+
+
+def ratio_text(ratio: float, aa_ratio: float | None, tolerance: float = 0.05) -> str:
+    """A measured throughput ratio, '1.52x', or 'noisy (1.52x, A/A 1.08)' when its A/A control strays
+    from 1 by more than `tolerance` (no A/A measured: the bare ratio with '(no A/A)')."""
+    if aa_ratio is None or math.isnan(aa_ratio):
+        return f"{ratio:.2f}x (no A/A)"
+    if abs(aa_ratio - 1.0) > tolerance:
+        return f"noisy ({ratio:.2f}x, A/A {aa_ratio:.2f})"
+    return f"{ratio:.2f}x"
 
 
 def points(iv: Interval) -> str:

@@ -24,7 +24,8 @@ from maskprune.layout import EVALUATE_FILE, MODELS_DIR, SEEDS_DIR
 from maskprune.tracking.runs import flatten
 
 # NOTE: keys that cannot change a result (or are the seed itself) do not make seeds incomparable
-NEUTRAL_KEYS = ("seed", "tracking.", "runtime.progress", "runtime.threads", "report.")
+# (the report's decision rules and checks are not: they were fixed before the seeds ran)
+NEUTRAL_KEYS = ("seed", "tracking.", "runtime.progress", "runtime.threads", "report.confidence")
 
 
 @dataclass

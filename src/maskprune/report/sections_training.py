@@ -1,8 +1,11 @@
 """The report's sections on training with masks: MaskedKD, task-agnostic KD, MTO pre-training.
 
-B. MaskedKD: a teacher that sees only the patches the student attends to (Son et al., ECCV 2024)
-C. task-agnostic KD into ViT and EViT students (Lu & Nakamura)
-D. MTO: masked-token optimisation in MAE / SimMIM pre-training (Choi et al., ECCV 2024)
+B. MaskedKD: a teacher that sees only the patches the student attends to (Son et al., ECCV 2024),
+   with its no-KD arm and its random-mask control
+C. task-agnostic KD into ViT and EViT students (Lu & Nakamura), with scratch students as the control
+D. MTO: masked-token optimisation in MAE / SimMIM pre-training (Choi et al., ECCV 2024), beside the
+   raw-pixel floor of its probe
+Each states its claim (`claims.Claim`): the pre-registered tests and the checks they need.
 """
 
 from __future__ import annotations
@@ -10,41 +13,74 @@ from __future__ import annotations
 import pandas as pd
 
 from maskprune.config import PRETRAIN_LOSSES
-from maskprune.layout import PLOTS_DIR, SWEEPS_DIR
+from maskprune.layout import (
+    FINETUNE_DIR,
+    MODELS_DIR,
+    PLOTS_DIR,
+    PRETRAIN_DIR,
+    SWEEPS_DIR,
+    TEACHER_DIR,
+    DistillVariant,
+    distill_variants,
+    model_name,
+    pretrain_variants,
+)
 from maskprune.report import figures
-from maskprune.report.model import NOT_MEASURED, Context, Section, mean_curve, newest, points, signed_points
-from maskprune.report.stats import Interval, directional_verdict, non_inferiority_verdict
+from maskprune.report.checks import (
+    NOT_MEASURED,
+    Check,
+    clears_floor,
+    heterogeneity_falls,
+    plateaued,
+    teacher_gap,
+)
+from maskprune.report.claims import Claim, differences
+from maskprune.report.model import Context, Section, mean_curve, newest, points, ratio_text, signed_points
+from maskprune.report.stats import Test
+
+MASKEDKD_ARMS = ("full", "full_kd", "masked_kd", "random_kd")
 
 
 def section_maskedkd(ctx: Context) -> Section:
-    """B: student top-1 and teacher cost of MaskedKD against full-image KD; the keep x criterion sweep."""
+    """B: MaskedKD against full-image KD (non-inferiority), KD against no KD, and the random-mask control."""
     sec = Section("B", "MaskedKD: the teacher sees only what the student attends to (Son et al., ECCV 2024)")
-    cfg = ctx.params.finetune
-    arms = {
-        "full": "full image (keep 1.0)",
-        "masked_kd": f"MaskedKD (keep {cfg.masked_kd.teacher_keep:g}, {cfg.masked_kd.criterion})",
+    cfg, rule = ctx.params.finetune, ctx.rules.maskedkd
+    keep = cfg.masked_kd.teacher_keep
+    labels = {
+        "full": "no teacher (labels only)",
+        "full_kd": "full image (keep 1.0)",
+        "masked_kd": f"MaskedKD (keep {keep:g}, {cfg.masked_kd.criterion})",
+        "random_kd": f"random patches (keep {keep:g})",
     }
     rows = []
-    for variant, label in arms.items():
+    for arm, label in labels.items():
+        folder = f"{FINETUNE_DIR.name}/{arm}"
 
-        def stage(key: str, v: str = variant) -> Interval:
-            return ctx.interval(ctx.values(lambda r: r.stage_metrics(f"finetune/{v}").get(key)))
+        def stage(key: str, f: str = folder) -> float:
+            values = ctx.stage_metric(f, key)
+            return ctx.interval(values).mean if values else float("nan")
 
         rows.append(
             {
                 "teacher sees": label,
-                "student top-1": points(ctx.interval(ctx.model_metric(f"finetune/{variant}", "top1"))),
-                "teacher GMACs / image": f"{stage('teacher_gmacs_per_image').mean:.4f}",
-                "teacher GMACs vs full": f"{stage('teacher_gmacs_ratio').mean:.2f}x",
-                "teacher img/s vs full": f"{stage('teacher_throughput_ratio').mean:.2f}x",
-                "training TFLOPs": f"{stage('train_tflops').mean:.2f}",
+                "student top-1": points(ctx.interval(ctx.model_metric(folder, "top1"))),
+                "teacher GMACs / image": f"{stage('teacher_gmacs_per_image'):.4f}",
+                "teacher GMACs vs full": f"{stage('teacher_gmacs_ratio'):.2f}x",
+                "teacher img/s vs full": ratio_text(stage("teacher_throughput_ratio"), stage("teacher_aa_ratio")),
+                "training TFLOPs": f"{stage('train_tflops'):.2f}",
             }
         )
     sec.text(
         "Student test top-1 (mean [95% interval] over seeds, points) and the training cost; the teacher's "
-        "GMACs are counted as it runs, its throughput measured against the full-image teacher in one process."
+        "GMACs are counted as it runs, its throughput measured against the full-image teacher in one process "
+        "beside an A/A control (noisy: the A/A ratio is more than 5% from 1)."
     )
     sec.table(pd.DataFrame(rows))
+    top1 = {arm: ctx.model_metric(f"{FINETUNE_DIR.name}/{arm}", "top1") for arm in MASKEDKD_ARMS}
+    sec.text(
+        f"Control: MaskedKD minus the random-mask arm at the same keep: "
+        f"{signed_points(ctx.paired(top1['random_kd'], top1['masked_kd']))} points."
+    )
     sweep = newest(ctx.root / SWEEPS_DIR, "mkd")
     if sweep is not None:
         table = pd.read_csv(sweep)
@@ -82,69 +118,108 @@ def section_maskedkd(ctx: Context) -> Section:
             )
     else:
         sec.text("The keep ratio x criterion sweep has not been run here: `make sweep`.")
-    if not cfg.full.kd:
-        sec.verdict = f"{NOT_MEASURED}: finetune.full.kd is false, so the full arm has no teacher to compare with"
-        return sec
-    diff = ctx.paired(ctx.model_metric("finetune/full", "top1"), ctx.model_metric("finetune/masked_kd", "top1"))
-    ratio = ctx.interval(ctx.values(lambda r: r.stage_metrics("finetune/masked_kd").get("teacher_gmacs_ratio"))).mean
-    speed = ctx.interval(
-        ctx.values(lambda r: r.stage_metrics("finetune/masked_kd").get("teacher_throughput_ratio"))
-    ).mean
-    sec.verdict = (
-        f"With the teacher on {cfg.masked_kd.teacher_keep:.0%} of the patches ({ratio:.2f}x its GMACs, "
-        f"{speed:.2f}x its throughput), student top-1 changes by {signed_points(diff)} points against "
-        f"full-image KD (non-inferiority margin {ctx.margin * 100:.1f}): "
-        f"{non_inferiority_verdict(diff, ctx.margin)}."
+    sec.claim = Claim(
+        f"teacher on {keep:.0%} of the patches (MaskedKD) against the full image, and KD against none",
+        [
+            Test("MaskedKD - full-image KD", differences(top1["full_kd"], top1["masked_kd"]), -rule.margin),
+            Test("full-image KD - no KD", differences(top1["full"], top1["full_kd"]), rule.kd_gain),
+        ],
+        [
+            teacher_gap(ctx.model_metric(TEACHER_DIR.name, "top1"), top1["full"], ctx.checks.teacher_gap),
+            plateaued(
+                ctx.val_curves({arm: f"{FINETUNE_DIR.name}/{arm}" for arm in MASKEDKD_ARMS}), ctx.checks.plateau_gain
+            ),
+            ctx.above_chance([TEACHER_DIR.name, *(f"{FINETUNE_DIR.name}/{arm}" for arm in MASKEDKD_ARMS)]),
+        ],
     )
     return sec
 
 
 def section_task_agnostic(ctx: Context) -> Section:
-    """C: label-free KD into ViT and EViT students, fine-tuned and linearly probed; EViT against ViT."""
+    """C: label-free KD into ViT and EViT students against each other and against scratch students."""
     sec = Section("C", "Task-agnostic KD into ViT and EViT students (Lu & Nakamura)")
-    cfg = ctx.params.distill
+    cfg, rule = ctx.params.distill, ctx.rules.task_agnostic
     rows = []
-    for student in cfg.students:
-        for target in cfg.targets:
-            name = f"distill/{student}-{target}"
-            first = ctx.results[0].model(f"{name}/finetune") or {}
-            rows.append(
-                {
-                    "student": student if student == "vit" else f"evit (keep {cfg.keep_rate:g})",
-                    "target": target,
-                    "params (M)": f"{first.get('params_m', float('nan')):.2f}",
-                    "GMACs": f"{first.get('gmacs', float('nan')):.4f}",
-                    "img/s vs unpruned": f"{first.get('throughput_ratio', float('nan')):.2f}x",
-                    "fine-tune top-1": points(ctx.interval(ctx.model_metric(f"{name}/finetune", "top1"))),
-                    "linear-probe top-1": points(ctx.interval(ctx.model_metric(f"{name}/probe", "top1"))),
-                }
-            )
+    for variant in distill_variants(cfg):
+        name = f"{variant.folder.relative_to(MODELS_DIR).as_posix()}/finetune"
+        first = ctx.results[0].model(name) or {}
+        rows.append(
+            {
+                "student": variant.student if variant.student == "vit" else f"evit (keep {cfg.keep_rate:g})",
+                "target": variant.target if variant.target != "scratch" else "none (scratch)",
+                "params (M)": f"{first.get('params_m', float('nan')):.2f}",
+                "GMACs": f"{first.get('gmacs', float('nan')):.4f}",
+                "img/s vs unpruned": ratio_text(first.get("throughput_ratio", float("nan")), first.get("aa_ratio")),
+                "fine-tune top-1": points(ctx.interval(ctx.model_metric(name, "top1"))),
+                "linear-probe top-1": points(
+                    ctx.interval(ctx.model_metric(f"{name[: -len('/finetune')]}/probe", "top1"))
+                ),
+            }
+        )
+    teacher = model_name(cfg.teacher)
     sec.text(
         f"Students distilled from `{cfg.teacher}` without labels, then fine-tuned with labels or probed "
-        "linearly on frozen features; test top-1, mean [95% interval] over seeds, points."
+        "linearly on frozen features; scratch students get the same fine-tuning without distillation. "
+        "Test top-1, mean [95% interval] over seeds, points."
     )
     sec.table(pd.DataFrame(rows))
-    if not {"vit", "evit"} <= set(cfg.students):
-        sec.verdict = f"{NOT_MEASURED}: distill.students must include vit and evit"
+    if not {"vit", "evit"} <= set(cfg.students) or "scratch" not in cfg.targets:
+        sec.verdict = f"{NOT_MEASURED}: distill.students must include vit and evit, distill.targets scratch"
         return sec
-    target = "cls_tokens" if "cls_tokens" in cfg.targets else cfg.targets[0]
-    vit = ctx.model_metric(f"distill/vit-{target}/finetune", "top1")
-    evit = ctx.model_metric(f"distill/evit-{target}/finetune", "top1")
-    gmacs = ctx.interval(ctx.model_metric(f"distill/evit-{target}/finetune", "gmacs_ratio")).mean
-    speed = ctx.interval(ctx.model_metric(f"distill/evit-{target}/finetune", "throughput_ratio")).mean
-    diff = ctx.paired(vit, evit)
-    sec.verdict = (
-        f"The EViT student ({gmacs:.2f}x the GMACs, {speed:.2f}x the throughput of the unpruned student) "
-        f"changes fine-tuned top-1 by {signed_points(diff)} points against the ViT student ({target} "
-        f"target; non-inferiority margin {ctx.margin * 100:.1f}): {non_inferiority_verdict(diff, ctx.margin)}."
+
+    def tuned(student: str, target: str) -> str:
+        return f"{DistillVariant(student, target).folder.relative_to(MODELS_DIR).as_posix()}/finetune"
+
+    top1 = {
+        (student, target): ctx.model_metric(tuned(student, target), "top1")
+        for student in ("vit", "evit")
+        for target in (rule.target, "scratch")
+    }
+    student_params = ctx.model_metric(tuned("vit", rule.target), "params_m")
+    teacher_params = ctx.model_metric(teacher, "params_m") if teacher else {}
+    larger = bool(teacher_params) and all(
+        teacher_params[s] > v for s, v in student_params.items() if s in teacher_params
+    )
+    arms = {f"{student}-{target}": tuned(student, target) for student, target in top1}
+    sec.claim = Claim(
+        f"EViT (keep {cfg.keep_rate:g}) against ViT students distilled from `{cfg.teacher}` ({rule.target} target), "
+        "and each against its scratch twin",
+        [
+            Test(
+                "EViT - ViT student",
+                differences(top1[("vit", rule.target)], top1[("evit", rule.target)]),
+                -rule.margin,
+            ),
+            Test("ViT distilled - scratch", differences(top1[("vit", "scratch")], top1[("vit", rule.target)]), 0.0),
+            Test("EViT distilled - scratch", differences(top1[("evit", "scratch")], top1[("evit", rule.target)]), 0.0),
+        ],
+        [
+            Check(
+                "the teacher is larger than the student",
+                larger,
+                f"teacher {_mean(teacher_params):.2f} M vs student {_mean(student_params):.2f} M parameters"
+                if teacher_params
+                else f"{cfg.teacher} was not measured by evaluate",
+            ),
+            plateaued(
+                ctx.val_curves({arm: folder.removesuffix("/finetune") for arm, folder in arms.items()}, "finetune"),
+                ctx.checks.plateau_gain,
+            ),
+            ctx.above_chance(list(arms.values())),
+        ],
     )
     return sec
 
 
+def _mean(values: dict[int, float]) -> float:
+    return sum(values.values()) / len(values) if values else float("nan")
+
+
 def section_mto(ctx: Context) -> Section:
-    """D: MTO against the baseline per MIM objective: final probe, RAUC, convergence, heterogeneity."""
+    """D: MTO against the baseline per MIM objective: final probe, RAUC, convergence, heterogeneity, floor."""
     sec = Section("D", "MTO: masked-token optimisation in MIM pre-training (Choi et al., ECCV 2024)")
-    verdicts, rows = [], []
+    rows, tests, falls, probes, undefined = [], [], {}, {}, []
+    floor = ctx.values(lambda one: one.evaluate.get("pixel_floor"))
     for objective in ctx.params.pretrain.objectives:
 
         def column(key: str, o: str = objective) -> dict[int, float]:
@@ -153,6 +228,7 @@ def section_mto(ctx: Context) -> Section:
             )
 
         base, mto = column("baseline_final_top1"), column("mto_final_top1")
+        probes[f"{objective} baseline"], probes[f"{objective} MTO"] = base, mto
         rauc_keys = [
             k
             for k in next(r for r in ctx.results[0].evaluate["mto"] if r["objective"] == objective)
@@ -169,6 +245,7 @@ def section_mto(ctx: Context) -> Section:
             "baseline final probe": points(ctx.interval(base)),
             "MTO final probe": points(ctx.interval(mto)),
             "MTO - baseline": signed_points(ctx.paired(base, mto)),
+            "raw-pixel floor": points(ctx.interval(floor)) if floor else "not measured",
         }
         for key in rauc_keys:
             row[key.replace("rauc_", "RAUC epochs ").replace("_", "-")] = (
@@ -178,16 +255,25 @@ def section_mto(ctx: Context) -> Section:
             "never" if e is None else f"{e:.1f}" for e in reached
         )
         rows.append(row)
-        if rauc_keys and column(rauc_keys[0]):
-            rauc = ctx.interval(column(rauc_keys[0]))
-            verdicts.append(f"{objective} RAUC {rauc.text(digits=3)}: {directional_verdict(rauc)}")
-        else:
-            verdicts.append(f"{objective}: RAUC undefined (the baseline did not improve)")
+        # NOTE: the first range of evaluate.rauc_epochs is the primary one (the cpu profile: the whole run)
+        primary = column(rauc_keys[0]) if rauc_keys else {}
+        tests.append(Test(f"{objective} RAUC", primary, ctx.rules.mto.min_rauc))
+        undefined += [f"{objective} seed {seed}" for seed in sorted(set(base) - set(primary))]
+        falls[f"{objective} MTO"] = {
+            result.seed: row["mto_h"]
+            for result in ctx.results
+            for row in result.evaluate["mto"]
+            if row["objective"] == objective
+        }
         curves = {}
         for loss in PRETRAIN_LOSSES:
             curve = mean_curve(ctx, PLOTS_DIR / "pretrain" / f"{objective}.csv", "epoch", f"{loss}_probe_top1")
             if curve:
                 curves[f"{objective} {loss}"] = curve
+        if curves and floor:
+            epochs = next(iter(curves.values()))[0]
+            level = ctx.interval(floor).mean
+            curves["raw-pixel floor"] = (epochs, [level] * len(epochs), [None] * len(epochs), [None] * len(epochs))
         if curves:
             sec.figure(
                 figures.curves(
@@ -197,7 +283,8 @@ def section_mto(ctx: Context) -> Section:
                     "linear-probe test top-1",
                     f"{objective}: convergence with and without MTO",
                 ),
-                f"Per-epoch linear-probe accuracy of the {objective} encoder (bands: 95% intervals).",
+                f"Per-epoch linear-probe accuracy of the {objective} encoder (bands: 95% intervals), and the "
+                "same probe on raw pixels (the floor a representation must clear).",
             )
         frames = [f for r in ctx.results if (f := r.csv(PLOTS_DIR / "heterogeneity" / f"{objective}.csv")) is not None]
         if frames:
@@ -210,11 +297,13 @@ def section_mto(ctx: Context) -> Section:
                     "H (nats)",
                     f"{objective}: heterogeneity per mask-carrying layer",
                 ),
-                "Last-epoch H per layer (0 = the input embedding), mean over seeds.",
+                "Last-epoch H per layer (0 = the input embedding), mean over seeds: MTO should make it fall with "
+                "depth.",
             )
     sec.text(
-        "Final linear-probe test top-1 (points), RAUC(baseline, MTO) per epoch range (0 = equal curves, "
-        "> 0: MTO ahead), and per seed the epoch at which MTO reaches the baseline's final accuracy."
+        "Final linear-probe test top-1 (points) beside the same probe on raw pixels, RAUC(baseline, MTO) per "
+        "epoch range (0 = equal curves, > 0: MTO ahead), and per seed the epoch at which MTO reaches the "
+        "baseline's final accuracy."
     )
     sec.table(pd.DataFrame(rows))
     ablation = newest(ctx.root / SWEEPS_DIR, "mto")
@@ -223,5 +312,19 @@ def section_mto(ctx: Context) -> Section:
         sec.table(pd.read_csv(ablation).round(4))
     else:
         sec.text("The loss ablation has not been run here: `python -m flows.mto_ablation`.")
-    sec.verdict = "MTO against the baseline: " + "; ".join(verdicts) + "."
+    sec.claim = Claim(
+        "MTO against the baseline, by RAUC of the per-epoch probe curves",
+        tests,
+        [
+            Check(
+                "RAUC is defined (the baseline's probe improves over the range)",
+                not undefined,
+                f"undefined for {', '.join(undefined)}" if undefined else "defined on every seed",
+            ),
+            heterogeneity_falls(falls),
+            clears_floor(probes, floor, ctx.checks.floor_gap),
+            ctx.above_chance([f"{PRETRAIN_DIR.name}/{v.name}" for v in pretrain_variants(ctx.params.pretrain)]),
+        ],
+        points=False,
+    )
     return sec

@@ -1,29 +1,34 @@
-"""Aggregation over seeds: means with Student-t confidence intervals, paired differences, verdicts.
+"""Aggregation over seeds and the verdicts on the papers' claims.
 
 An interval is mean +- t_{(1+c)/2, n-1} * s / sqrt(n) over the n seeds (s: the sample standard
-deviation); with one seed it has no width and every verdict on it is inconclusive. A comparison of
-two arms is paired by seed: the interval of the per-seed differences.
+deviation); with one seed it has no width. A comparison of two arms is paired by seed: the mean and
+interval of the per-seed differences (arm minus reference).
 
-Verdicts, at the interval's confidence:
-  - directional claim (the effect is an increase): reproduced if the interval of the difference
-    lies above 0, not reproduced if it lies below 0, inconclusive if it contains 0;
-  - non-inferiority claim (no loss beyond a margin): reproduced if the interval lies above
-    -margin, not reproduced if it lies below -margin, inconclusive otherwise.
+Verdicts. Each claim is decided by one or more pre-registered tests, each a paired comparison whose
+paper side is mean difference > delta (delta = 0 for a directional claim, -margin for a
+non-inferiority claim):
+  - each test is a two-sided one-sample Student-t test of H0: mean difference == delta;
+  - its p-value is Holm-Bonferroni adjusted over the fixed family of headline tests (the family is
+    fixed before the run, so a test that cannot run still counts in its size);
+  - at level alpha = 1 - confidence, a test is reproduced if its adjusted p < alpha and the mean
+    lies above delta, contradicted if adjusted p < alpha and the mean lies at or below delta,
+    inconclusive otherwise;
+  - a claim with several tests is reproduced only if all its tests are, contradicted if any is,
+    inconclusive otherwise;
+  - with one seed there is no test (no p-value) and the verdict is inconclusive;
+  - a claim whose preconditions fail (maskprune.report.checks) is not testable here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-REPRODUCED = "effect reproduced"
-NOT_REPRODUCED = "not reproduced"
-
-
-def inconclusive(confidence: float) -> str:
-    """The verdict when the interval decides nothing: 'inconclusive at 95%'."""
-    return f"inconclusive at {confidence:.0%}"
+REPRODUCED = "reproduced"
+CONTRADICTED = "contradicted"
+INCONCLUSIVE = "inconclusive"
+NOT_TESTABLE = "not testable here"
 
 
 @dataclass(frozen=True)
@@ -127,23 +132,64 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], confidence
     return t_interval([b[s] - a[s] for s in seeds], confidence)
 
 
-def directional_verdict(diff: Interval) -> str:
-    """The verdict on 'the effect is an increase' from the interval of the difference."""
-    if not diff.decided:
-        return inconclusive(diff.confidence)
-    if diff.low > 0:
-        return REPRODUCED
-    if diff.high < 0:
-        return NOT_REPRODUCED
-    return inconclusive(diff.confidence)
+def t_test_p(values: Sequence[float], delta: float) -> float | None:
+    """Two-sided p-value of the one-sample Student-t test of H0: mean == `delta` (NaN and None skipped).
+
+    None with fewer than two values; with zero spread, 0.0 if the mean differs from `delta`, else 1.0.
+    """
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if len(xs) < 2:
+        return None
+    mean = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+    if sd == 0.0:
+        return 0.0 if mean != delta else 1.0
+    t = (mean - delta) / (sd / math.sqrt(len(xs)))
+    return min(1.0, 2.0 * student_t_cdf(-abs(t), len(xs) - 1))
 
 
-def non_inferiority_verdict(diff: Interval, margin: float) -> str:
-    """The verdict on 'no loss beyond `margin`' from the interval of the difference."""
-    if not diff.decided:
-        return inconclusive(diff.confidence)
-    if diff.low > -margin:
-        return REPRODUCED
-    if diff.high < -margin:
-        return NOT_REPRODUCED
-    return inconclusive(diff.confidence)
+def holm(pvalues: Mapping[str, float | None], family_size: int | None = None) -> dict[str, float | None]:
+    """Holm-Bonferroni step-down adjusted p-values, keyed like `pvalues`.
+
+    With m = `family_size` (default: len(pvalues)) and the p-values sorted p_(1) <= ... <= p_(k),
+    adjusted_(i) = min(1, max_{j <= i} (m - j + 1) p_(j)). None entries (tests that could not run)
+    stay None but still count in m.
+    """
+    m = len(pvalues) if family_size is None else family_size
+    if m < len(pvalues):
+        raise ValueError(f"family size {m} is smaller than the {len(pvalues)} tests given")
+    adjusted: dict[str, float | None] = dict.fromkeys(pvalues)
+    running = 0.0
+    ranked = sorted((p, name) for name, p in pvalues.items() if p is not None)
+    for j, (p, name) in enumerate(ranked, start=1):
+        running = max(running, min(1.0, (m - j + 1) * p))
+        adjusted[name] = running
+    return adjusted
+
+
+@dataclass(frozen=True)
+class Test:
+    """One pre-registered comparison: per-seed differences (arm minus reference, as fractions) whose
+    paper side is mean > `delta` (0 for a directional claim, -margin for non-inferiority)."""
+
+    __test__ = False  # not a pytest test class
+
+    name: str
+    diffs: dict[int, float]
+    delta: float
+
+    def interval(self, confidence: float) -> Interval:
+        """The mean difference and its Student-t interval at `confidence`."""
+        return t_interval(self.diffs.values(), confidence)
+
+    def p(self) -> float | None:
+        """The unadjusted two-sided p-value against `delta` (None with fewer than two seeds)."""
+        return t_test_p(list(self.diffs.values()), self.delta)
+
+
+def decide(mean: float, delta: float, p_adjusted: float | None, alpha: float) -> str:
+    """The verdict on one test: INCONCLUSIVE unless its adjusted p-value is below `alpha`, then
+    REPRODUCED if the mean lies above `delta`, CONTRADICTED otherwise."""
+    if p_adjusted is None or p_adjusted >= alpha:
+        return INCONCLUSIVE
+    return REPRODUCED if mean > delta else CONTRADICTED

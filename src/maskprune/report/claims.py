@@ -1,0 +1,121 @@
+"""The papers' claims as the report decides them: pre-registered tests, the checks they need, one word each.
+
+A section that judges a paper's claim states it as a `Claim`: its tests (paired comparisons fixed
+in params before the run, `report.rules`) and the checks its comparison needs (`report.checks`).
+`conclude` adjusts every claim's p-values together (Holm-Bonferroni over the whole family of
+headline tests) and gives each claim its word and verdict line (see `maskprune.report.stats`):
+not testable here when a check fails, else reproduced, contradicted or inconclusive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from maskprune.report.checks import Check, testable
+from maskprune.report.stats import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    NOT_TESTABLE,
+    REPRODUCED,
+    Interval,
+    Test,
+    decide,
+    holm,
+)
+
+
+@dataclass
+class Claim:
+    """A paper's claim as tested here: what is compared, its tests and the checks they need."""
+
+    summary: str  # the comparison in words, e.g. "DynamicViT at keep 0.5: masked init - full init"
+    tests: list[Test]
+    checks: list[Check]
+    points: bool = True  # differences of accuracies, shown in points; else plain numbers (RAUC)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A claim's verdict: the word, the line the report prints, and every number behind it."""
+
+    word: str
+    line: str
+    tests: list[dict[str, Any]]
+    checks: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"word": self.word, "line": self.line, "tests": self.tests, "checks": self.checks}
+
+
+def differences(reference: dict[int, float], arm: dict[int, float]) -> dict[int, float]:
+    """{seed: arm - reference} over the seeds both have: the paired differences a test is run on."""
+    return {seed: arm[seed] - reference[seed] for seed in sorted(set(reference) & set(arm))}
+
+
+def combine(words: list[str]) -> str:
+    """A claim's word from its tests' words: contradicted if any is, reproduced if all are."""
+    if CONTRADICTED in words:
+        return CONTRADICTED
+    if words and all(w == REPRODUCED for w in words):
+        return REPRODUCED
+    return INCONCLUSIVE
+
+
+def conclude(claims: dict[str, Claim], confidence: float) -> dict[str, Outcome]:
+    """Each claim's outcome, the p-values Holm-adjusted over every claim's tests together.
+
+    Args:
+        claims: claim key ('A') -> claim.
+        confidence: of the intervals; the tests run at alpha = 1 - confidence.
+    """
+    alpha = 1.0 - confidence
+    family = {(key, test.name): test for key, claim in claims.items() for test in claim.tests}
+    raw = {f"{key}: {name}": test.p() for (key, name), test in family.items()}
+    adjusted = holm(raw)
+    outcomes = {}
+    for key, claim in claims.items():
+        rows, words = [], []
+        for test in claim.tests:
+            iv = test.interval(confidence) if test.diffs else Interval(math.nan, None, None, 0, confidence)
+            p, p_holm = raw[f"{key}: {test.name}"], adjusted[f"{key}: {test.name}"]
+            word = decide(iv.mean, test.delta, p_holm, alpha)
+            words.append(word)
+            rows.append(
+                {
+                    "name": test.name,
+                    "mean": None if math.isnan(iv.mean) else iv.mean,
+                    "low": iv.low,
+                    "high": iv.high,
+                    "n": iv.n,
+                    "delta": test.delta,
+                    "p": p,
+                    "p_holm": p_holm,
+                    "word": word,
+                }
+            )
+        failed = testable(claim.checks)
+        word = NOT_TESTABLE if failed else combine(words)
+        measured = "; ".join(_test_text(row, claim.points, alpha, len(family)) for row in rows)
+        head = failed if failed else word
+        outcomes[key] = Outcome(
+            word,
+            f"{head}. {claim.summary}: {measured}.",
+            rows,
+            [check.to_json() for check in claim.checks],
+        )
+    return outcomes
+
+
+def _test_text(row: dict[str, Any], points: bool, alpha: float, family: int) -> str:
+    """'masked - full +1.20 [+0.40, +2.00] (n=5) points, needs > +0.00: p 0.004, Holm p 0.028 (alpha 0.05, 7 tests)'."""
+    scale, digits, unit = (100.0, 2, " points") if points else (1.0, 3, "")
+    if row["mean"] is None:
+        return f"{row['name']}: not measured"
+    mean = f"{row['mean'] * scale:+.{digits}f}"
+    bounds = "" if row["low"] is None else f" [{row['low'] * scale:+.{digits}f}, {row['high'] * scale:+.{digits}f}]"
+    value = f"{row['name']} {mean}{bounds} (n={row['n']}){unit}, needs > {row['delta'] * scale:+.{digits}f}"
+    if row["p"] is None:
+        return f"{value}: no test with one seed"
+    return f"{value}: p {row['p']:.3f}, Holm p {row['p_holm']:.3f} (alpha {alpha:.2f}, {family} tests) -> {row['word']}"
