@@ -50,7 +50,7 @@ from maskprune.layout import (
 )
 from maskprune.measure import count_params, gmacs, occlusion_curve, paired_throughput, top1
 from maskprune.models.tome import apply_tome, tome_schedule_for
-from maskprune.models.vit import TokenViT, build_model
+from maskprune.models.vit import FLAT_POOL, TokenViT, build_model
 from maskprune.mto_curves import mto_row, pretrain_history
 from maskprune.objectives.masked_kd import TeacherView
 from maskprune.probe import pixel_floor
@@ -173,22 +173,27 @@ class ModelMeter:
         spec = ModelSpec.model_validate(meta["model"])
         normalize = Normalizer(meta["mean"], meta["std"], spec.img_size, runtime.device)
         reference = build_model(spec, meta["num_classes"], meta["in_chans"]).to(runtime.device)
-        curve = occlusion_curve(
-            model,
-            self.occluded,
-            normalize,
-            runtime,
-            cfg.batch_size,
-            cfg.occlusion_drop,
-            model.num_patches,
-            self.params.seed,
+        # NOTE: a flat-pooled probe head needs every patch, so occlusion does not apply to it
+        curve = (
+            []
+            if model.global_pool == FLAT_POOL
+            else occlusion_curve(
+                model,
+                self.occluded,
+                normalize,
+                runtime,
+                cfg.batch_size,
+                cfg.occlusion_drop,
+                model.num_patches,
+                self.params.seed,
+            )
         )
         self.occlusion_rows += [{"model": name, **row} for row in curve]
         return {
             "top1": top1(model, self.test, normalize, runtime, cfg.batch_size),
             "params_m": count_params(model) / 1e6,
             **speed_and_cost(model, reference, (meta["in_chans"], spec.img_size, spec.img_size), cfg, runtime),
-            "occlusion_auc": _area(curve),
+            "occlusion_auc": _area(curve) if curve else None,
         }
 
 

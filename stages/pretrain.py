@@ -207,7 +207,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
     }
     if runtime.is_main:
         out = root / job.folder
-        encoder.reset_classifier(data.num_classes, global_pool=TIMM_POOL[cfg.probe.pool])
+        encoder.set_pool(TIMM_POOL[cfg.probe.pool], data.num_classes)
         encoder.head = probe.head
         meta = {
             **model_meta(params, data, job.role),

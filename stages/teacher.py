@@ -1,5 +1,8 @@
 """DVC stage `teacher`: supervised training of the teacher preset on the prepared data -> models/teacher/.
 
+It starts from `teacher.init`: scratch, or (the cpu profile) claim C's MAE teacher
+models/distill_teacher, so that the teacher is pre-trained and then fine-tuned, as the teachers of
+the papers are; a from-scratch teacher of a few epochs is weaker than an MAE-initialised student.
 It writes the weights, meta.json, history.csv (per epoch) and metrics.json.
 """
 
@@ -17,7 +20,7 @@ from maskprune.cli import run_stage
 from maskprune.config import Params
 from maskprune.data.loader import load_prepared
 from maskprune.layout import CHECKPOINTS_DIR, TEACHER_DIR, prepared_dir
-from maskprune.models.vit import build_model
+from maskprune.models.loading import init_teacher
 from maskprune.objectives.classification import ClassificationObjective
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.tracking.runs import StageRecord
@@ -31,8 +34,8 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
     seed_everything(seed)
     data = load_prepared(root / prepared_dir(params.data.name))
     spec = params.models.teacher
-    model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans)
-    digest = config_hash(params.data, spec, params.teacher, data.meta["sources"], data.meta["counts"])
+    model, init = init_teacher(params, data, root)
+    digest = config_hash(params.data, spec, params.teacher, init, data.meta["sources"], data.meta["counts"])
     history = fit(
         model,
         data,
@@ -65,6 +68,7 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
                 "stage": "teacher",
                 "config_hash": digest,
                 "val_top1": last["val_top1"],
+                **init,
             },
         )
         atomic.write_text(out / "history.csv", pd.DataFrame(history).to_csv(index=False))

@@ -111,7 +111,8 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[TokenV
     model = build_model(spec, num_classes=meta["num_classes"], in_chans=meta["in_chans"])
     if meta.get("pruning"):
         model = make_pruned(model, PruningSpec.from_meta(meta["pruning"]))
-    model.global_pool = meta.get("global_pool", model.global_pool)  # e.g. a mean-pooled linear probe
+    if "global_pool" in meta:  # e.g. a mean-pooled or flat linear probe as the head
+        model.set_pool(meta["global_pool"], meta["num_classes"])
     state = load_tensors(folder / WEIGHTS_FILE)
     mismatch = f"{folder}: weights do not match model {spec.name!r} in meta.json"
     try:

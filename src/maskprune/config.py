@@ -134,6 +134,9 @@ class TrainSection(Section):
 class TeacherSection(TrainSection):
     """The teacher's recipe and its own seed: a seed sweep varies the students, not the teacher."""
 
+    init: str = Field(
+        description="scratch | pretrained_file | a model folder, e.g. models/distill_teacher (its MAE pre-training)"
+    )
     seed: int = Field(0, ge=0)
 
 
@@ -321,7 +324,9 @@ class MTOSection(Section):
 class PretrainProbe(ProbeSection):
     """The per-epoch linear probe on frozen encoder features (train subset -> test split)."""
 
-    pool: Literal["mean", "cls"] = Field(description="mean of the patch tokens, or [CLS]")
+    pool: Literal["mean", "cls", "tokens"] = Field(
+        description="mean of the patch tokens, [CLS], or every patch token side by side"
+    )
     train_limit: int = Field(ge=0, description="training images the probe fits on (seeded); 0 = all")
     test_limit: int = Field(ge=0, description="test images it is scored on (seeded); 0 = all")
 

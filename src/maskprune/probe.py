@@ -1,7 +1,8 @@
 """Linear probing: a linear classifier on a frozen backbone's pooled features.
 
-Features are the final (normed) [CLS] token, or the mean of the final patch tokens (what timm's
-`global_pool='avg'` feeds its head, so the probe can become the model's head either way). They are
+Features are the final (normed) [CLS] token, the mean of the final patch tokens, or every patch
+token side by side (what `TokenViT.pool` feeds the head with `global_pool` 'token', 'avg' or
+'flat', so the probe can become the model's head in each case). They are
 standardised with the training set's mean and standard deviation while the probe
 trains; the standardisation is then folded into the linear layer, so the returned layer works on
 raw features and can serve as the model's head.
@@ -16,25 +17,27 @@ import torch.nn.functional as F
 
 from maskprune.config import ProbeSection
 from maskprune.data.loader import Normalizer, Split, eval_batches
+from maskprune.models.vit import FLAT_POOL, TokenViT
 from maskprune.runtime import Runtime
 
-Pool = Literal["cls", "mean"]
+Pool = Literal["cls", "mean", "tokens"]
 TIMM_POOL: dict[str, str] = {
     "cls": "token",
     "mean": "avg",
-}  # the timm `global_pool` that feeds a head the same
+    "tokens": FLAT_POOL,
+}  # the `global_pool` that feeds a head the same (TokenViT.pool)
 
 
 @torch.inference_mode()
 def pooled_features(
-    model: torch.nn.Module,
+    model: TokenViT,
     split: Split,
     normalizer: Normalizer,
     runtime: Runtime,
     batch_size: int,
     pool: Pool = "cls",
 ) -> torch.Tensor:
-    """`[n, channels]` features of every image in `split`: the final [CLS] token or mean patch token."""
+    """`[n, features]` of every image in `split`: the final [CLS] token, mean patch token or all patch tokens."""
     was_training = model.training
     model.eval()
     parts = []
@@ -42,7 +45,7 @@ def pooled_features(
         images = normalizer(split.images[idx.to(split.images.device)].to(runtime.device))
         with runtime.autocast(inference=True):
             tokens = model.forward_features(images)
-        pooled = tokens[:, 0] if pool == "cls" else tokens[:, model.num_prefix_tokens :].mean(dim=1)
+        pooled = model.pool(tokens, TIMM_POOL[pool])
         parts.append(pooled.float())
     model.train(was_training)
     return torch.cat(parts)

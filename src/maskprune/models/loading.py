@@ -21,29 +21,48 @@ from maskprune.models.vit import TokenViT, build_model
 
 def init_student(params: Params, data: PreparedData, root: Path) -> tuple[TokenViT, dict[str, Any]]:
     """The student as `finetune.init` says, and a description of where its weights came from."""
-    spec = params.models.student
+    return init_model(params.models.student, "student", params.finetune.init, "finetune.init", data, root)
+
+
+def init_teacher(params: Params, data: PreparedData, root: Path) -> tuple[TokenViT, dict[str, Any]]:
+    """The supervised teacher as `teacher.init` says (e.g. claim C's MAE teacher), and where its weights came from."""
+    return init_model(params.models.teacher, "teacher", params.teacher.init, "teacher.init", data, root)
+
+
+def init_model(
+    spec: ModelSpec,
+    role: str,
+    init: str,
+    key: str,
+    data: PreparedData,
+    root: Path,
+) -> tuple[TokenViT, dict[str, Any]]:
+    """`models.<role>` built fresh for the data, its backbone from `init` (the params key `key`).
+
+    Args:
+        init: scratch, pretrained_file (the spec's local timm weights) or a maskprune model folder.
+    """
     model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans)
-    init = params.finetune.init
     if init in ("scratch", "pretrained_file"):
         return model, {"init": init, "init_file": spec.pretrained_file}
     folder = (root / init) if not Path(init).is_absolute() else Path(init)
     if not folder.is_dir():
         raise MaskpruneError(
-            f"finetune.init {init!r} is not scratch, pretrained_file or an existing "
+            f"{key} {init!r} is not scratch, pretrained_file or an existing "
             "model folder; run the stage that writes it or fix the path"
         )
-    meta = load_backbone(model, folder, spec)
+    meta = load_backbone(model, folder, spec, role)
     return model, {"init": init, "init_config_hash": meta.get("config_hash", "")}
 
 
-def load_backbone(model: TokenViT, folder: Path, spec: ModelSpec) -> dict[str, Any]:
-    """Load every weight of a maskprune checkpoint except the classifier head into `model`."""
+def load_backbone(model: TokenViT, folder: Path, spec: ModelSpec, role: str = "student") -> dict[str, Any]:
+    """Load every weight of a maskprune checkpoint except the classifier head into `model` (`models.<role>`)."""
     meta = read_meta(folder)
     theirs = ModelSpec.model_validate(meta["model"])
     if (theirs.name, theirs.img_size, theirs.patch_size) != (spec.name, spec.img_size, spec.patch_size):
         raise MaskpruneError(
             f"{folder} holds a {theirs.name} at {theirs.img_size}px / patch {theirs.patch_size}, "
-            f"but models.student is a {spec.name} at {spec.img_size}px / patch "
+            f"but models.{role} is a {spec.name} at {spec.img_size}px / patch "
             f"{spec.patch_size}; make them match or init from scratch"
         )
     tensors = load_tensors(folder / WEIGHTS_FILE)
@@ -52,7 +71,7 @@ def load_backbone(model: TokenViT, folder: Path, spec: ModelSpec) -> dict[str, A
     wrong = [k for k, v in own.items() if k in tensors and tensors[k].shape != v.shape]
     if missing or wrong:
         raise MaskpruneError(
-            f"{folder}: weights do not fit models.student (missing {missing[:3]}, "
+            f"{folder}: weights do not fit models.{role} (missing {missing[:3]}, "
             f"wrong shape {wrong[:3]}); rerun the stage that wrote it"
         )
     model.load_state_dict({k: tensors[k] for k in own}, strict=False)

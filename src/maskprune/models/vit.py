@@ -121,6 +121,9 @@ def mlp_residual(blk: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return tokens + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(tokens))))
 
 
+FLAT_POOL = "flat"
+
+
 class TokenViT(VisionTransformer):
     """timm VisionTransformer whose forward can run on a subset of patch tokens."""
 
@@ -173,6 +176,23 @@ class TokenViT(VisionTransformer):
 
     def forward_features(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_tokens(x, keep_idx).tokens
+
+    def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
+        """timm's pooling, and `flat`: every patch token side by side, `[batch, patches * channels]`.
+
+        A linear head on `flat` features is a linear probe that keeps where each feature comes from;
+        it needs every patch, so it serves unpruned, unoccluded inputs only.
+        """
+        if (self.global_pool if pool_type is None else pool_type) == FLAT_POOL:
+            return x[:, self.num_prefix_tokens :].flatten(1)
+        return super().pool(x, pool_type)
+
+    def set_pool(self, pool: str, num_classes: int) -> None:
+        """Pool the final tokens with `pool` (timm's `token`, `avg`, ... or `flat`) into a fresh head."""
+        width = self.embed_dim * (self.num_patches if pool == FLAT_POOL else 1)
+        self.global_pool = pool
+        self.num_classes = num_classes
+        self.head = torch.nn.Linear(width, num_classes)
 
     def forward(
         self,
