@@ -19,22 +19,22 @@ import torch
 import yaml
 from pydantic import BaseModel
 
-from maskprune.config import Params
+from maskprune.config import FINETUNE_VARIANTS, Params
 from maskprune.profile import profile_params
 from maskprune.workspace import copy_workspace
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
-PRUNED = tuple(f"{m}-{i}-0.5" for m in ("evit", "dynamicvit") for i in ("full", "masked"))  # smoke: keep 0.5
-DISTILLED = ("vit-cls_tokens", "evit-cls_tokens")  # smoke: the cls_tokens target only
+# smoke: keep 1.0 (the sham arm) and 0.5
+PRUNED = tuple(f"{m}-{i}-{k}" for m in ("evit", "dynamicvit") for i in ("full", "masked") for k in ("1.0", "0.5"))
+DISTILLED = ("vit-cls_tokens", "vit-scratch", "evit-cls_tokens", "evit-scratch")  # smoke: cls_tokens and the control
 PRETRAINED = ("mae-baseline", "mae-mto")  # smoke: MAE (SimMIM runs through DVC in tests/flows/test_sweep.py)
 STAGES = (
     "prepare",
+    "distill_teacher",
     "teacher",
     *(f"pretrain@{name}" for name in PRETRAINED),
-    "finetune@full",
-    "finetune@masked",
-    "finetune@masked_kd",
+    *(f"finetune@{arm}" for arm in FINETUNE_VARIANTS),
     *(f"prune@{name}" for name in PRUNED),
     *(f"distill@{name}" for name in DISTILLED),
     "evaluate",
