@@ -117,7 +117,6 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
     )
     example = torch.randn(1, data.in_chans, size, size, device=runtime.device)
     metrics: dict[str, Any] = {
-        "distill_loss": history[-1]["train_loss"] if history else None,
         "probe_val_top1": probe_top1,
         "finetune_val_top1": tuned_history[-1]["val_top1"],
         "gmacs": gmacs(backbone, example),
@@ -125,6 +124,8 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         "finetune_images": len(tuned_data.splits["train"]),
         "wall_seconds": time.perf_counter() - started,
     }
+    if history:  # NOTE: a scratch student has no distillation loss (and MLflow takes numbers only)
+        metrics["distill_loss"] = history[-1]["train_loss"]
     if runtime.is_main:
         out = root / chosen.folder
         base = {
