@@ -64,3 +64,16 @@ def test_policy_softmax_ignores_dropped_keys_but_keeps_the_diagonal() -> None:
         [(1 + eps / 3) / (2 + eps), eps / 3 / (2 + eps), (1 + eps / 3) / (2 + eps)]
     )
     assert weights[1].tolist() == pytest.approx([1 / 3] * 3, abs=1e-6)
+
+
+def test_a_dominant_dropped_key_gives_the_policy_a_bounded_gradient() -> None:
+    # keys (kept 0, dropped 60, kept 0) for every query: the paper's shift by 60 would underflow both
+    # kept weights (e^-60), leave a row sum of ~eps and a policy gradient of ~1/eps
+    logits = torch.tensor([0.0, 60.0, 0.0]).expand(1, 1, 3, 3)
+    policy = torch.tensor([[[1.0], [0.0], [1.0]]], requires_grad=True)
+    row = policy_softmax(logits, policy)[0, 0, 0]
+    assert row.tolist() == pytest.approx([0.5, 0.0, 0.5], abs=1e-6)  # the softmax over the kept keys
+    row[0].backward()
+    # w0 = e^0 / (1 + p1 * e^0 + p2): the dropped key's weight is capped at the best kept key's (e^0),
+    # and a token always sees itself (no gradient to p0); so d w0 / d p1 = d w0 / d p2 = -1 / 2^2
+    assert policy.grad[0, :, 0].tolist() == pytest.approx([0.0, -0.25, -0.25], abs=1e-5)
