@@ -12,6 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from maskprune.config import FINETUNE_VARIANTS
+from maskprune.probe import TIMM_POOL
+from maskprune.profile import profile_params
 from tests.conftest import DISTILLED, PRETRAINED, PRUNED, STAGES, run, subprocess_env
 
 pytestmark = pytest.mark.integration
@@ -46,7 +48,8 @@ def test_every_pretrain_variant_records_its_curves_and_is_measured_as_a_probe(sm
     folder = smoke_repo / "models" / "pretrain" / name
     objective, loss = name.split("-")
     meta = json.loads((folder / "meta.json").read_text())
-    assert meta["objective"] == objective and meta["loss"] == loss and meta["global_pool"] == "avg"
+    probe_pool = TIMM_POOL[profile_params("smoke", smoke_repo).pretrain.probe.pool]
+    assert meta["objective"] == objective and meta["loss"] == loss and meta["global_pool"] == probe_pool
     assert (folder / "mim.safetensors").is_file()
     history = pd.read_csv(folder / "history.csv")
     layers = 3 if objective == "mae" else 7  # MAE: decoder input + 2 blocks; SimMIM: encoder input + 6 blocks

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from maskprune.config import FINETUNE_VARIANTS
 from tests.conftest import copy_repo, narrow
 
 pytestmark = pytest.mark.integration
@@ -17,14 +18,12 @@ pytestmark = pytest.mark.integration
 # up to the teacher).
 ALL = (
     "prepare",
+    "distill_teacher",
     "teacher",
     "pretrain@mae-baseline",
     "pretrain@mae-mto",
-    "finetune@full",
-    "finetune@masked",
-    "finetune@masked_kd",
-    "prune@evit-masked-0.5",
-    "prune@dynamicvit-masked-0.5",
+    *(f"finetune@{arm}" for arm in FINETUNE_VARIANTS),
+    *(f"prune@{method}-masked-{keep}" for method in ("evit", "dynamicvit") for keep in ("1.0", "0.5")),
     "distill@evit-cls",
     "evaluate",
     "report",

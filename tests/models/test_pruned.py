@@ -13,7 +13,7 @@ from maskprune.errors import MaskpruneError
 from maskprune.measure import gmacs
 from maskprune.models.dynamicvit import DynamicViT
 from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
-from maskprune.models.vit import TokenViT
+from maskprune.models.vit import build_model
 from tests.conftest import cpu_params
 from tests.models.tiny import tiny
 
@@ -42,15 +42,14 @@ def test_gmacs_at_keep_half_are_about_half() -> None:
 
 def test_pruned_checkpoint_round_trip(tmp_path: Path) -> None:
     spec = PruningSpec("dynamicvit", 0.7, (1, 3, 4))
-    model = make_pruned(tiny(), spec)
+    student = cpu_params().models.student
     meta = {
-        "model": cpu_params().models.student.model_dump(),
+        "model": student.model_dump(),
         "num_classes": 10,
         "in_chans": 1,
         "pruning": spec.to_meta(),
     }
-    big = TokenViT(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=6, num_heads=4)
-    model = make_pruned(big, spec).eval()
+    model = make_pruned(build_model(student, num_classes=10, in_chans=1), spec).eval()
     save_model(tmp_path / "m", model, meta)
     loaded, _ = load_model(tmp_path / "m")
     assert isinstance(loaded, DynamicViT) and loaded.prune_blocks == (1, 3, 4)

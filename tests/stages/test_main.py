@@ -34,7 +34,7 @@ def test_expanded_stages_are_dvcs_own_in_a_dependency_order() -> None:
     assert len(edges) > len(names)
     for upstream, downstream in edges:
         assert order[upstream] < order[downstream], f"{downstream} would run before {upstream}"
-    assert ("prune@evit-masked-0.7", "stages.prune", ["evit-masked-0.7"]) in commands
+    assert ("prune@evit-masked-0.5", "stages.prune", ["evit-masked-0.5"]) in commands
     assert ("evaluate", "stages.evaluate", []) in commands
 
 

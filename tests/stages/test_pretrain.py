@@ -14,7 +14,7 @@ from maskprune.models.mim_heads import (
     check_decoder,
 )
 from maskprune.models.vit import build_model
-from stages.pretrain import build_mim
+from stages.pretrain import build_mim, pretrain_job
 from tests.conftest import cpu_params
 from tests.test_trainer import tiny_data
 
@@ -56,7 +56,8 @@ def test_too_wide_decoder_stops_before_training() -> None:
     base = cpu_params().model_dump()
     base["pretrain"]["mae"]["decoder_dim"] = 256  # vit_student is 128 wide
     with pytest.raises(MaskpruneError, match="decoder_dim 256 is wider than the encoder \\(128\\)"):
-        build_mim(validate_params(base), "mae", tiny_data())
+        params = validate_params(base)
+        build_mim(params, pretrain_job(params, "mae-baseline"), tiny_data())
 
 
 def test_a_mean_pooled_probe_checkpoint_round_trips(tmp_path: Path) -> None:
