@@ -111,7 +111,7 @@ NARROW = {
     "pretrain.objectives": ["mae"],
     "prune.inits": ["masked"],
     "distill.students": ["evit"],
-    "distill.targets": ["cls"],
+    "distill.targets": ["cls_tokens"],  # the target report.rules.task_agnostic names
 }
 
 

@@ -24,7 +24,7 @@ ALL = (
     "pretrain@mae-mto",
     *(f"finetune@{arm}" for arm in FINETUNE_VARIANTS),
     *(f"prune@{method}-masked-{keep}" for method in ("evit", "dynamicvit") for keep in ("1.0", "0.5")),
-    "distill@evit-cls",
+    "distill@evit-cls_tokens",
     "evaluate",
     "report",
 )
@@ -43,13 +43,13 @@ def test_flow_runs_stages_through_dvc_and_nests_mlflow_runs(
     order = stage_order(repo)
     assert sorted(order) == sorted(ALL) and order[0] == "prepare" and order[-2:] == ["evaluate", "report"]
     assert order.index("pretrain@mae-mto") < order.index("finetune@full") < order.index("prune@evit-masked-0.5")
-    assert stage_order(repo, "teacher") == ["prepare", "teacher"]
+    assert stage_order(repo, "teacher") == ["prepare", "distill_teacher", "teacher"]
+    # the no-KD arm needs no teacher
     assert sorted(stage_order(repo, "finetune@full")) == [
         "finetune@full",
         "prepare",
         "pretrain@mae-baseline",
         "pretrain@mae-mto",
-        "teacher",
     ]
 
     first = pipeline(stage="prepare")

@@ -29,7 +29,12 @@ def test_report_stage_writes_a_self_contained_report_with_a_verdict_per_section(
     assert all((out / path).is_file() for path in referenced)
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(Path(p).name for p in referenced)
     assert [h.split(".")[0] for h in structure.headings[1:]] == list(SECTIONS)
-    assert "inconclusive at 95%" in markdown  # one seed: no interval, so no effect is decided
+    # one seed: no test, so no claim can be reproduced or contradicted, and the report says why
+    assert sorted(summary["claims"]) == ["A", "B", "C", "D"]
+    for key, claim in summary["claims"].items():
+        assert claim["word"] in ("inconclusive", "not testable here"), (key, claim["word"])
+        assert all(row["p"] is None for row in claim["tests"]), key
+    assert "no test with one seed" in markdown
     assert "tokens-prune-evit-masked-0.5.png" in markdown and "tokens-maskedkd-teacher.png" in markdown
 
 
