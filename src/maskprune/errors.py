@@ -14,8 +14,18 @@ class MaskpruneError(Exception):
     """An error caused by the user's input or environment, printed as one line."""
 
 
+def permission_text(err: PermissionError) -> str:
+    """'<path>: permission denied; ...' with the fix (the data folder and the outputs must be accessible)."""
+    path = err.filename or "a file"
+    return (
+        f"{path}: permission denied; give this user access (e.g. `chmod -R u+rwX` on the folder, or read "
+        "access for data) or point data.root at a copy it can read"
+    )
+
+
 def exit_on_user_error(main: F) -> F:
-    """Run a CLI entry point; a MaskpruneError becomes one line on stderr and exit code 2."""
+    """Run a CLI entry point; a MaskpruneError, or a file this user may not read or write, becomes
+    one line on stderr and exit code 2."""
 
     @functools.wraps(main)
     def wrapper(*args: object, **kwargs: object) -> object:
@@ -23,6 +33,9 @@ def exit_on_user_error(main: F) -> F:
             return main(*args, **kwargs)
         except MaskpruneError as err:
             print(f"maskprune: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except PermissionError as err:
+            print(f"maskprune: error: {permission_text(err)}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]

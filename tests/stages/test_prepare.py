@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from maskprune.data.loader import load_prepared
 from maskprune.errors import MaskpruneError
 from stages.prepare import prepare_dataset
-from tests.conftest import cpu_params, updated, write_idx
+from tests.conftest import REPO, cpu_params, subprocess_env, updated, write_idx
+
+DAC = "-dac_override,-dac_read_search"
 
 
 def test_prepare_writes_splits_meta_and_checksums(idx_root: Path, tmp_path: Path) -> None:
@@ -47,3 +53,24 @@ def test_failed_rewrite_keeps_previous_output(idx_root: Path, tmp_path: Path) ->
         prepare_dataset(updated(cpu_params().data, root=str(idx_root)), 0, out)
     assert (out / "fashion_mnist" / "meta.json").read_text() == before
     assert sorted(p.name for p in out.iterdir()) == ["fashion_mnist"]
+
+
+def test_an_unreadable_data_folder_is_one_line_naming_it(idx_root: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    params = cpu_params().model_dump()
+    params["data"]["root"] = str(idx_root)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (work / "dvc.yaml").write_text("stages: {}\n")
+    idx_root.chmod(0)
+    # root reads any file: drop the capabilities that let it, so the mode applies as it does to users
+    unprivileged = ["setpriv", f"--bounding-set={DAC}", f"--inh-caps={DAC}"] if os.geteuid() == 0 else []
+    env = subprocess_env(PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{REPO}")
+    done = subprocess.run(
+        [*unprivileged, sys.executable, "-m", "stages.prepare"], cwd=work, env=env, capture_output=True, text=True
+    )
+    idx_root.chmod(0o755)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"maskprune: error: {idx_root}") and "permission denied" in line and "data.root" in line
+    assert not (work / "data").exists()
