@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import itertools
-import re
 import shlex
 import shutil
 import time
@@ -27,60 +25,23 @@ import yaml
 
 from maskprune import atomic
 from maskprune.config import PARAMS_FILE, find_repo_root, load_params
+from maskprune.dvc_yaml import expand
 from maskprune.errors import MaskpruneError, exit_on_user_error
 from maskprune.profile import PROFILES, add_set_argument, apply_sets, profile_params, render
 from maskprune.runtime import setup_runtime
-
-_REFERENCE = re.compile(r"\$\{([^}]+)\}")
-
-
-def lookup(tree: dict[str, Any], dotted: str) -> Any:
-    """The value at a dotted key (`prune.keep_rates`) of a nested mapping."""
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise MaskpruneError(f"dvc.yaml refers to ${{{dotted}}}, which is not a params key")
-        node = node[part]
-    return node
-
-
-def interpolate(text: str, scope: dict[str, Any]) -> str:
-    """`text` with every `${key}` replaced by its value in `scope` (params and `item`)."""
-    return _REFERENCE.sub(lambda m: str(lookup(scope, m.group(1))), text)
-
-
-def items_of(value: str | list[Any] | dict[str, Any], params: dict[str, Any]) -> list[Any] | dict[str, Any]:
-    """A `foreach` list or dict (its keys are `${key}`) or a `matrix` axis: written out, or a params list's `${key}`."""
-    return lookup(params, _REFERENCE.fullmatch(value).group(1)) if isinstance(value, str) else value
 
 
 def expand_stages(dvc: dict[str, Any], params: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
     """(stage name as DVC names it, module, arguments) of every stage, in dvc.yaml's order."""
     commands = []
-    for name, stage in dvc["stages"].items():
-        if "foreach" in stage:
-            cmd = stage["do"]["cmd"]
-            items = items_of(stage["foreach"], params)
-            pairs = items.items() if isinstance(items, dict) else ((item, item) for item in items)
-            expanded = [(f"{name}@{key}", {**params, "key": key, "item": item}) for key, item in pairs]
-        elif "matrix" in stage:
-            axes = {axis: items_of(value, params) for axis, value in stage["matrix"].items()}
-            cmd = stage["cmd"]
-            combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
-            expanded = [
-                (f"{name}@{'-'.join(str(v) for v in item.values())}", {**params, "item": item}) for item in combos
-            ]
-        else:
-            cmd = stage["cmd"]
-            expanded = [(name, params)]
-        for stage_name, scope in expanded:
-            words = shlex.split(interpolate(cmd, scope))
-            if "-m" not in words:
-                raise MaskpruneError(
-                    f"dvc.yaml stage {name}: expected a `python -m stages.<name>` command, got {cmd!r}"
-                )
-            at = words.index("-m")
-            commands.append((stage_name, words[at + 1], words[at + 2 :]))
+    for stage in expand(dvc, params):
+        words = shlex.split(stage.cmd)
+        if "-m" not in words:
+            raise MaskpruneError(
+                f"dvc.yaml stage {stage.name}: expected a `python -m stages.<name>` command, got {stage.cmd!r}"
+            )
+        at = words.index("-m")
+        commands.append((stage.name, words[at + 1], words[at + 2 :]))
     return commands
 
 

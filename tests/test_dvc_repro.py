@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from maskprune.config import FINETUNE_VARIANTS
 from maskprune.probe import TIMM_POOL
 from maskprune.profile import profile_params
-from tests.conftest import DISTILLED, PRETRAINED, PRUNED, STAGES, run, subprocess_env
+from tests.conftest import DISTILLED, PRETRAINED, PRUNED, STAGES, copy_run, run, subprocess_env
 
 pytestmark = pytest.mark.integration
 VARIANTS = FINETUNE_VARIANTS
@@ -216,6 +217,34 @@ def test_mlflow_has_one_parent_with_a_nested_run_per_stage(smoke_repo: Path) -> 
     assert pretrained.data.params["pretrain.mto.spa_weight"] == "0.001"
     assert len(client.get_metric_history(pretrained.info.run_id, "probe_top1")) == 2
     assert len(client.get_metric_history(pretrained.info.run_id, "h_2")) == 2
+
+
+def lock_hashes(repo: Path, stage: str) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]
+    return {f"dvc.dep.{dep['path']}.md5": dep["md5"] for dep in lock["deps"] if "md5" in dep}
+
+
+def test_every_stage_run_is_tagged_with_the_hashes_dvc_locked_for_it(smoke_repo: Path, tmp_path: Path) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{smoke_repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("maskprune").experiment_id
+    for stage_run in client.search_runs([experiment], "tags.`maskprune.kind` = 'stage'"):
+        stage = stage_run.data.tags["maskprune.stage"]
+        tags = {k: v for k, v in stage_run.data.tags.items() if k.startswith("dvc.dep.")}
+        assert tags == lock_hashes(smoke_repo, stage), stage
+    # a changed dependency: the rerun stage's tags follow the lock DVC writes after it
+    repo = copy_run(smoke_repo, tmp_path / "repo")
+    with (repo / "stages" / "report.py").open("a") as handle:
+        handle.write("# changed\n")
+    run(["dvc", "repro", "report"], repo)
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    (report,) = client.search_runs(
+        [client.get_experiment_by_name("maskprune").experiment_id], "tags.`maskprune.stage` = 'report'"
+    )
+    tags = {k: v for k, v in report.data.tags.items() if k.startswith("dvc.dep.")}
+    assert (
+        tags == lock_hashes(repo, "report")
+        and tags["dvc.dep.stages/report.py.md5"] != lock_hashes(smoke_repo, "report")["dvc.dep.stages/report.py.md5"]
+    )
 
 
 def test_bad_params_stop_repro_with_one_line_and_keep_outputs(smoke_repo: Path, tmp_path: Path) -> None:

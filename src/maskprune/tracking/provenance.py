@@ -5,11 +5,17 @@ Tracking tags runs with these; the benchmarks record the commit they measured.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 import subprocess
 from pathlib import Path
 
 import yaml
+
+from maskprune.config import PARAMS_FILE
+from maskprune.dvc_yaml import expand
+from maskprune.errors import MaskpruneError
 
 
 def git_tags(root: Path) -> dict[str, str]:
@@ -29,22 +35,41 @@ def git_tags(root: Path) -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "git.commit": commit, "git.dirty": str(dirty).lower()}
 
 
-def dvc_lock_tags(stage: str, root: Path) -> dict[str, str]:
-    """`dvc.dep.<path>.md5` for each dependency of `stage` that dvc.lock records a hash for."""
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dvc_md5(path: Path) -> str:
+    """The md5 DVC 3 records for `path`: of a file, its bytes'; of a folder, that of the JSON list of
+    its files' {md5, relpath} sorted by relpath, with '.dir' appended (dvc_data's `Tree.digest`)."""
+    if path.is_file():
+        return file_md5(path)
+    entries = sorted(
+        ({"md5": file_md5(f), "relpath": f.relative_to(path).as_posix()} for f in path.rglob("*") if f.is_file()),
+        key=lambda entry: entry["relpath"],
+    )
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
+
+
+def dvc_dep_tags(stage: str, root: Path) -> dict[str, str]:
+    """`dvc.dep.<path>.md5` for each path `stage` depends on, hashed now as DVC hashes it.
+
+    NOTE: computed, not read from dvc.lock: a stage runs before DVC writes its lock entry, so the
+    lock still holds the previous run's hashes (or none).
+    """
     try:
-        stages = yaml.safe_load((root / "dvc.yaml").read_text()).get("stages", {})
-        lock = yaml.safe_load((root / "dvc.lock").read_text()).get("stages", {})
-    except (OSError, AttributeError, yaml.YAMLError):
+        dvc = yaml.safe_load((root / "dvc.yaml").read_text())
+        params = yaml.safe_load((root / PARAMS_FILE).read_text())
+        found = next((s for s in expand(dvc, params) if s.name == stage), None)
+    except (OSError, AttributeError, KeyError, yaml.YAMLError, MaskpruneError):
         return {}
-    hashes = {}
-    for entry in lock.values():
-        for item in [*entry.get("deps", []), *entry.get("outs", [])]:
-            if "md5" in item:
-                hashes[item["path"]] = item["md5"]
-    name, _, _ = stage.partition("@")  # NOTE: 'finetune@masked' is an item of a foreach or matrix
-    definition = stages.get(stage) or stages.get(name, {})
-    deps = definition.get("do", definition).get("deps", [])  # templated '${item...}' deps match no hash
-    return {f"dvc.dep.{dep}.md5": hashes[dep] for dep in deps if isinstance(dep, str) and dep in hashes}
+    if found is None:
+        return {}
+    return {f"dvc.dep.{dep}.md5": dvc_md5(root / dep) for dep in found.deps if (root / dep).exists()}
 
 
 def dvc_invocation_key() -> str | None:

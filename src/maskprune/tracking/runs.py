@@ -21,7 +21,7 @@ from typing import Any
 
 from maskprune.config import TrackingSection
 from maskprune.errors import MaskpruneError
-from maskprune.tracking.provenance import dvc_invocation_key, dvc_lock_tags, git_tags
+from maskprune.tracking.provenance import dvc_dep_tags, dvc_invocation_key, git_tags
 from maskprune.tracking.registry import ModelToRegister, register_model
 
 PARENT_ENV = "MASKPRUNE_PARENT_RUN_ID"
@@ -174,7 +174,7 @@ class Tracker:
             "maskprune.kind": "stage",
             "maskprune.stage": record.stage,
             **git_tags(self.root),
-            **dvc_lock_tags(record.stage, self.root),
+            **dvc_dep_tags(record.stage, self.root),
             **record.tags,
         }
         if os.environ.get(FLOW_RUN_ENV):

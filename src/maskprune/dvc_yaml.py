@@ -1,0 +1,68 @@
+"""dvc.yaml's stages written out as DVC names them, each `foreach` and `matrix` item expanded.
+
+`python -m stages` runs their commands without DVC; tracking hashes their dependencies.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from maskprune.errors import MaskpruneError
+
+_REFERENCE = re.compile(r"\$\{([^}]+)\}")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of dvc.yaml with its `${...}` references filled in."""
+
+    name: str  # as DVC names it: 'prepare', 'finetune@masked', 'prune@evit-full-0.5'
+    cmd: str
+    deps: list[str]
+
+
+def lookup(tree: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted key (`prune.keep_rates`) of a nested mapping."""
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise MaskpruneError(f"dvc.yaml refers to ${{{dotted}}}, which is not a params key")
+        node = node[part]
+    return node
+
+
+def interpolate(text: str, scope: dict[str, Any]) -> str:
+    """`text` with every `${key}` replaced by its value in `scope` (params and `item`)."""
+    return _REFERENCE.sub(lambda m: str(lookup(scope, m.group(1))), text)
+
+
+def items_of(value: str | list[Any] | dict[str, Any], params: dict[str, Any]) -> list[Any] | dict[str, Any]:
+    """A `foreach` list or dict (its keys are `${key}`) or a `matrix` axis: written out, or a params list's `${key}`."""
+    return lookup(params, _REFERENCE.fullmatch(value).group(1)) if isinstance(value, str) else value
+
+
+def _scopes(name: str, stage: dict[str, Any], params: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(stage name, scope) of each item of a `foreach` or `matrix` stage, or of the plain stage."""
+    if "foreach" in stage:
+        items = items_of(stage["foreach"], params)
+        pairs = items.items() if isinstance(items, dict) else ((item, item) for item in items)
+        return [(f"{name}@{key}", {**params, "key": key, "item": item}) for key, item in pairs]
+    if "matrix" in stage:
+        axes = {axis: items_of(value, params) for axis, value in stage["matrix"].items()}
+        combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+        return [(f"{name}@{'-'.join(str(v) for v in item.values())}", {**params, "item": item}) for item in combos]
+    return [(name, params)]
+
+
+def expand(dvc: dict[str, Any], params: dict[str, Any]) -> list[Stage]:
+    """Every stage of the parsed dvc.yaml `dvc` under `params`, in the file's order."""
+    stages = []
+    for name, stage in dvc["stages"].items():
+        body = stage.get("do", stage)
+        for stage_name, scope in _scopes(name, stage, params):
+            deps = [interpolate(dep, scope) for dep in body.get("deps", [])]
+            stages.append(Stage(stage_name, interpolate(body["cmd"], scope), deps))
+    return stages
