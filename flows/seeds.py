@@ -1,80 +1,230 @@
-"""More seeds of the pipeline as a Prefect flow: one DVC experiment per seed, its results collected.
+"""More seeds of the pipeline as a Prefect flow, each in a workspace of its own that survives a stop.
 
-    python -m flows.seeds                      # seeds 1 and 2 (with the workspace's seed 0: three)
-    python -m flows.seeds --seeds 1 2 3 --jobs 2
+    python -m flows.seeds --seeds 1 2 3 4            # train, evaluate and collect seeds 1 to 4
+    python -m flows.seeds --seeds 1 2 3 4 --jobs 2   # two seeds' training at a time
+    python -m flows.seeds --status                   # where each seed stands; runs nothing
 
-Each seed runs `dvc exp run --temp -S seed=<n> evaluate` in a temporary copy (the workspace is left
-alone). The data split and the teacher have seeds of their own (`data.seed`, `teacher.seed`), so
-only the students retrain. The seed's results (params.yaml, metrics/evaluate.json, plots/evaluate/
-and the stages' metrics.json files) are copied from the experiment's commit into
-reports/seeds/seed-<n>/, and `dvc repro report` then rebuilds the report over every seed.
+Seed n trains in .dvc/tmp/seeds/seed-<n>/: a copy of this repository with `seed: n` that shares its
+DVC cache, where `dvc repro` does the work. The data split and the teachers have seeds of their own
+(`data.seed`, `teacher.seed`), so DVC restores them from the cache and only the students retrain.
+The copy outlives a kill or a reboot: the same command again copies the workspace's current code
+and params into it (keeping its outputs, dvc.lock and training checkpoints), DVC skips the stages
+that finished, and the stage that was cut off resumes after its last saved epoch.
+
+The training stages of up to `--jobs` seeds run at a time, with cores / jobs torch threads each.
+Each seed's evaluate then runs alone with the workspace's own thread count, so its throughput ratios
+are measured as seed 0's are. A finished seed's results (params.yaml, metrics/evaluate.json,
+plots/evaluate/ and the stages' metrics.json files) are copied once into reports/seeds/seed-<n>/,
+and `dvc repro report` rebuilds the report over every seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
-from prefect import flow
+import psutil
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
-from flows import check_prefect_api
-from flows.experiments import (
-    add_experiment_options,
-    experiment_file,
-    experiment_refs,
-    repro,
-    run_experiment,
-    run_queue,
-    sweep_run,
-)
+from flows import GPU_TAG, check_prefect_api
+from flows.dvc_runner import DVC, run_dvc
+from flows.experiments import add_experiment_options, repro, sweep_run, threads_per_job
+from flows.pipeline import stage_order
 from maskprune import atomic
+from maskprune.checkpoint import train_progress
 from maskprune.config import PARAMS_FILE, find_repo_root, load_params
 from maskprune.errors import MaskpruneError, exit_on_user_error
-from maskprune.layout import EVALUATE_FILE, MODELS_DIR, PLOTS_DIR, SEEDS_DIR
+from maskprune.layout import CHECKPOINTS_DIR, EVALUATE_FILE, MODELS_DIR, PLOTS_DIR, SEED_WORKSPACES_DIR, SEEDS_DIR
+from maskprune.workspace import LOCK_FILE, copy_workspace, update_workspace
 
-COLLECTED = (PARAMS_FILE, EVALUATE_FILE.as_posix(), PLOTS_DIR.as_posix())
-
-
-def result_files(root: Path, ref: str) -> list[str]:
-    """The files of a seed's results in commit `ref`: params, evaluate report, plot data, stage metrics."""
-    listed = subprocess.run(
-        ["git", "ls-tree", "-r", "--name-only", ref, "--", *COLLECTED, MODELS_DIR.as_posix()],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return [f for f in listed if not f.startswith(f"{MODELS_DIR}/") or f.endswith("/metrics.json")]
+EVALUATE = "evaluate"
+RUN_FILE = "seed-run.json"  # in a seed's workspace: the process working on it, and what was collected
 
 
-def collect(root: Path, refs: list[str], name: str, seed: int) -> Path:
-    """Copy experiment `name`'s results into reports/seeds/seed-<seed>/ (replacing it whole)."""
-    ref = next((r for r in refs if r.endswith(f"/{name}")), None)
-    if ref is None:
-        raise MaskpruneError(f"experiment {name} left no result; see `dvc exp show` and `dvc queue logs`")
+def workspace_of(root: Path, seed: int) -> Path:
+    return root / SEED_WORKSPACES_DIR / f"seed-{seed}"
+
+
+def with_seed(params_text: str, seed: int) -> str:
+    """params.yaml's text with its top-level `seed:` set to `seed` (comments kept)."""
+    text, count = re.subn(r"(?m)^seed: .*$", f"seed: {seed}", params_text)
+    if count != 1:
+        raise MaskpruneError(f"{PARAMS_FILE}: expected one top-level `seed:` line; rewrite it with `make profile-cpu`")
+    return text
+
+
+def prepare_workspace(root: Path, seed: int) -> Path:
+    """The seed's workspace, created or brought up to date with this one's code and params."""
+    ws = workspace_of(root, seed)
+    if (ws / ".git").is_dir():
+        update_workspace(root, ws)
+    else:
+        partial = ws.with_name(f"{ws.name}.partial")  # a copy cut off while it was made starts over
+        shutil.rmtree(partial, ignore_errors=True)
+        copy_workspace(root, partial)
+        subprocess.run([DVC, "cache", "dir", "--local", str(root / ".dvc" / "cache")], cwd=partial, check=True)
+        partial.rename(ws)
+    atomic.write_text(ws / PARAMS_FILE, with_seed((root / PARAMS_FILE).read_text(), seed))
+    return ws
+
+
+def read_run(ws: Path) -> dict:
+    path = ws / RUN_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_run(ws: Path, **changes: object) -> None:
+    atomic.write_json(ws / RUN_FILE, {**read_run(ws), **changes})
+
+
+def alive(run: dict) -> bool:
+    """Whether the process recorded in `run` still runs (its pid and start time both match)."""
+    try:
+        return abs(psutil.Process(run["pid"]).create_time() - run["started"]) < 1.0
+    except (KeyError, psutil.Error):
+        return False
+
+
+def lock_digest(ws: Path) -> str:
+    lock = ws / LOCK_FILE
+    return hashlib.md5(lock.read_bytes()).hexdigest() if lock.is_file() else ""
+
+
+def pending_stages(ws: Path) -> list[str]:
+    """The stages `dvc repro evaluate` would run in `ws`, in order."""
+    done = subprocess.run(
+        [DVC, "status", "--json", "--with-deps", EVALUATE], cwd=ws, capture_output=True, text=True, check=True
+    )
+    changed = {name.rpartition(":")[2] for name in json.loads(done.stdout or "{}")}
+    return [stage for stage in stage_order(ws, EVALUATE) if stage in changed]
+
+
+def last_saved(ws: Path, stage: str) -> str:
+    """'prune@evit-full-0.5 saved after epoch 2 of 4; ' from the stage's newest training state, or ''."""
+    runs = [p for p in train_progress(ws / CHECKPOINTS_DIR).values() if p.name.partition(" ")[0] == stage]
+    return f"{runs[-1]}; " if runs else ""
+
+
+def where(ws: Path, pending: list[str]) -> str:
+    """'<stage> (<its saved progress>; <n> stages to run)': the first pending stage that saved progress
+    (the one cut off), else the first pending stage."""
+    cut = next((stage for stage in pending if last_saved(ws, stage)), pending[0])
+    return f"{cut} ({last_saved(ws, cut)}{len(pending)} stages to run)"
+
+
+def describe(seed: int, ws: Path, collected: bool) -> str:
+    """One line on what running `seed` now does: start, resume (where), evaluate, collect, or nothing."""
+    pending = pending_stages(ws)
+    if not pending:
+        return f"seed {seed}: finished" + ("" if collected else ", to collect")
+    if not read_run(ws):
+        return f"seed {seed}: starting ({len(pending)} stages to run)"
+    return f"seed {seed}: resuming at {where(ws, pending)}"
+
+
+def status_line(root: Path, seed: int) -> str:
+    """Where seed `seed` stands: not started, running, cut off, finished or collected."""
+    ws = workspace_of(root, seed)
+    if not (ws / ".git").is_dir():
+        return f"seed {seed}: not started"
+    run = read_run(ws)
+    if alive(run):
+        progress = list(train_progress(ws / CHECKPOINTS_DIR).values())
+        where = f"; last saved: {progress[-1]}" if progress else ""
+        return f"seed {seed}: running (pid {run['pid']}){where}"
+    if run.get("collected") == lock_digest(ws) and (root / SEEDS_DIR / f"seed-{seed}").is_dir():
+        return f"seed {seed}: done, collected in {SEEDS_DIR}/seed-{seed}"
+    pending = pending_stages(ws)
+    if not pending:
+        return f"seed {seed}: finished, not collected"
+    return f"seed {seed}: cut off at {where(ws, pending)}"
+
+
+def result_files(ws: Path) -> list[Path]:
+    """A seed's results in its workspace: params, evaluate report, plot data, stage metrics."""
+    files = [
+        ws / PARAMS_FILE,
+        ws / EVALUATE_FILE,
+        *(ws / PLOTS_DIR).rglob("*"),
+        *(ws / MODELS_DIR).rglob("metrics.json"),
+    ]
+    return [f for f in files if f.is_file()]
+
+
+def collect(root: Path, ws: Path, seed: int) -> Path:
+    """Copy the seed's results into reports/seeds/seed-<seed>/ (replacing it whole), once per result."""
     target = root / SEEDS_DIR / f"seed-{seed}"
+    digest = lock_digest(ws)
+    if read_run(ws).get("collected") == digest and target.is_dir():
+        return target
     with atomic.atomic_dir(target) as tmp:
-        for relative in result_files(root, ref):
+        for path in result_files(ws):
+            relative = path.relative_to(ws)
             (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / relative).write_text(experiment_file(root, refs, name, relative))
+            shutil.copy2(path, tmp / relative)
+    write_run(ws, collected=digest)
     return target
+
+
+@task(cache_policy=NO_CACHE, task_run_name="train seed {seed}", tags=[GPU_TAG])
+def train_seed(seed: int, ws: str, env: dict[str, str]) -> None:
+    """Every stage before evaluate in the seed's workspace (DVC skips the finished ones)."""
+    stages = [stage for stage in stage_order(Path(ws), EVALUATE) if stage != EVALUATE]
+    run_dvc(["repro", *stages], ws, env)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="evaluate seed {seed}", tags=[GPU_TAG])
+def evaluate_seed(seed: int, ws: str, env: dict[str, str]) -> None:
+    run_dvc(["repro", EVALUATE], ws, env)
+
+
+def check_seeds(root: Path, seeds: list[int]) -> None:
+    """Distinct seeds other than the workspace's, none of them being run by another process."""
+    own = load_params(root / PARAMS_FILE).seed
+    if own in seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise MaskpruneError(f"give distinct seeds >= 0 other than the workspace's seed {own}, got {seeds}")
+    for seed in seeds:
+        run = read_run(workspace_of(root, seed))
+        if alive(run) and run["pid"] != os.getpid():
+            raise MaskpruneError(f"seed {seed} is being run by process {run['pid']}; wait for it or stop it first")
 
 
 @flow(name="maskprune-seeds", log_prints=True)
 def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) -> list[str]:  # noqa: B006
-    """Run the pipeline for `seeds`, collect their results, rebuild the report; returns the folders."""
-    own = load_params(find_repo_root() / "params.yaml").seed
-    if own in seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
-        raise MaskpruneError(f"give distinct seeds >= 0 other than the workspace's seed {own}, got {seeds}")
-    with sweep_run("seeds", "prefect seeds") as (root, sweep, env, _):
-        names = {seed: f"{sweep}-seed{seed}" for seed in seeds}
-        for seed, name in names.items():
-            run_experiment(name, "evaluate", [f"seed={seed}"], str(root), env, queue=jobs > 1)
-        if jobs > 1:
-            run_queue(str(root), env, jobs)
-        refs = experiment_refs(root)
-        folders = [collect(root, refs, name, seed) for seed, name in names.items()]
+    """Run, or resume, the pipeline for `seeds`, collect their results, rebuild the report; returns the folders."""
+    check_seeds(find_repo_root(), seeds)
+    with sweep_run("seeds", "prefect seeds") as (root, _, env, _):
+        workspaces = {seed: prepare_workspace(root, seed) for seed in seeds}
+        for seed, ws in workspaces.items():
+            print(describe(seed, ws, read_run(ws).get("collected") == lock_digest(ws)))
+            me = psutil.Process()
+            write_run(ws, pid=me.pid, started=me.create_time())
+        failed = []
+        training = threads_per_job(env, jobs)
+        for start in range(0, len(seeds), jobs):
+            batch = seeds[start : start + jobs]
+            futures = {seed: train_seed.submit(seed, str(workspaces[seed]), training) for seed in batch}
+            for seed, future in futures.items():
+                future.wait()
+                if future.state.is_failed():
+                    failed.append(seed)
+        folders = []
+        for seed, ws in workspaces.items():
+            if seed not in failed:
+                evaluate_seed(seed, str(ws), env)
+                folders.append(collect(root, ws, seed))
+            write_run(ws, pid=None)
+        if failed:
+            raise MaskpruneError(
+                f"seeds {failed} failed (see the log above); fix the cause and rerun the same command to resume them"
+            )
         if report:
             repro("report", str(root), env)
     print(f"seeds {seeds} collected in {SEEDS_DIR}: " + ", ".join(f.name for f in folders))
@@ -88,12 +238,19 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: 1 2 (with --status: every seed started)")
     add_experiment_options(parser)
     parser.add_argument("--no-report", action="store_true", help="collect only; do not run `dvc repro report`")
+    parser.add_argument("--status", action="store_true", help="say where each seed stands; run nothing")
     args = parser.parse_args(argv)
+    if args.status:
+        root = find_repo_root()
+        started = [int(p.name.split("-")[1]) for p in (root / SEED_WORKSPACES_DIR).glob("seed-*[0-9]")]
+        for seed in args.seeds or sorted(started):
+            print(status_line(root, seed))
+        return
     check_prefect_api()
-    seed_sweep(seeds=args.seeds, jobs=args.jobs, report=not args.no_report)
+    seed_sweep(seeds=args.seeds or [1, 2], jobs=args.jobs, report=not args.no_report)
 
 
 if __name__ == "__main__":

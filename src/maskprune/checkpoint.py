@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,8 +158,13 @@ def save_train_state(
     epoch: int,
     config_hash: str,
     history: list[dict[str, float]],
+    name: str = "",
+    epochs: int = 0,
 ) -> None:
-    """Save everything needed to continue after `epoch` (1-based count of finished epochs)."""
+    """Save everything needed to continue after `epoch` (1-based count of finished epochs).
+
+    `name` (the run's log name) and `epochs` (the planned count) only say where it stands.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     optim_tensors, optim_info = _flatten_optimizer(optimizer.state_dict())
     model_tensors = {f"model.{k}": v for k, v in unwrap(model).state_dict().items()}
@@ -167,7 +173,9 @@ def save_train_state(
     atomic.write_json(
         folder / STATE_FILE,
         {
+            "name": name,
             "epoch": epoch,
+            "epochs": epochs,
             "config_hash": config_hash,
             "tensors": tensor_file,
             "optimizer": optim_info,
@@ -178,6 +186,31 @@ def save_train_state(
     for old in folder.glob("state-*.safetensors"):
         if old.name != tensor_file:
             old.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """Where a training run stands, read from its last saved state (no tensors loaded)."""
+
+    name: str  # the run's log name: 'prune@evit-full-0.5', 'distill@vit-cls finetune'
+    epoch: int  # epochs finished
+    epochs: int  # epochs planned
+
+    def __str__(self) -> str:
+        return f"{self.name} saved after epoch {self.epoch} of {self.epochs}"
+
+
+def train_progress(checkpoints: Path) -> dict[str, TrainProgress]:
+    """Each named run's saved progress under `checkpoints`, oldest save first (unreadable states skipped)."""
+    found = {}
+    for path in sorted(checkpoints.rglob(STATE_FILE), key=lambda p: p.stat().st_mtime):
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if state.get("name"):
+            found[state["name"]] = TrainProgress(state["name"], int(state["epoch"]), int(state.get("epochs", 0)))
+    return found
 
 
 def load_train_state(

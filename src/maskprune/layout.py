@@ -54,6 +54,7 @@ PLOTS_DIR = Path("plots") / "evaluate"
 REPORT_DIR = Path("reports")
 REPORT_FIGURES_DIR = REPORT_DIR / "figures"
 SEEDS_DIR = REPORT_DIR / "seeds"
+SEED_WORKSPACES_DIR = Path(".dvc") / "tmp" / "seeds"  # one repository copy per seed; git-ignored, unseen by DVC
 SWEEPS_DIR = REPORT_DIR / "sweeps"
 DISTILL_HEADS = ("finetune", "probe")
 STUDENTS: tuple[str, ...] = get_args(DistillStudent)

@@ -206,7 +206,17 @@ def fit(
             record.update(epoch_end(model))
         history.append(record)
         if runtime.is_main:
-            save_train_state(state_dir, model, optimizer, scheduler, epoch + 1, config_hash, history)
+            save_train_state(
+                state_dir,
+                model,
+                optimizer,
+                scheduler,
+                epoch + 1,
+                config_hash,
+                history,
+                name=name,
+                epochs=cfg.epochs,
+            )
             log(_log_line(name, record))
     return history
 

@@ -3,7 +3,8 @@
 Copies the tracked files and the untracked ones git does not ignore (so uncommitted work is
 included and no store or venv is), optionally switches the profile, and commits everything, which
 DVC's experiment commands need. Results collected from the source's experiments (other seeds,
-sweeps) are left out: they describe the source's runs, not the copy's.
+sweeps) are left out: they describe the source's runs, not the copy's. An earlier copy can take
+the source's code and params again while it keeps its own DVC results (`update_workspace`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
+
+import yaml
 
 from maskprune.layout import SEEDS_DIR, SWEEPS_DIR
 
 # NOTE: where flows.seeds and the sweep flows write
 COLLECTED_RESULTS = (f"{SEEDS_DIR.as_posix()}/seed-*", f"{SWEEPS_DIR.as_posix()}/*.csv")
+LOCK_FILE = "dvc.lock"
 
 
 def _git(args: list[str], cwd: Path) -> str:
@@ -27,14 +32,20 @@ def _git(args: list[str], cwd: Path) -> str:
     return done.stdout
 
 
-def copy_workspace(source: Path, dest: Path, profile: str | None = None) -> Path:
-    """Copy `source`'s working tree into `dest` (a new git repo, one commit); returns `dest`."""
+def _copy_files(source: Path, dest: Path, keep: Callable[[str], bool] = lambda rel: False) -> None:
+    """Copy the files git lists in `source` (tracked, and untracked but not ignored) into `dest`,
+    except collected results and the paths `keep` says `dest` keeps as they are."""
     listed = _git(["ls-files", "--cached", "--others", "--exclude-standard"], source).splitlines()
     for rel in listed:
         src = source / rel
-        if src.is_file() and not any(fnmatch(rel, pattern) for pattern in COLLECTED_RESULTS):
+        if src.is_file() and not keep(rel) and not any(fnmatch(rel, pattern) for pattern in COLLECTED_RESULTS):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
+
+
+def copy_workspace(source: Path, dest: Path, profile: str | None = None) -> Path:
+    """Copy `source`'s working tree into `dest` (a new git repo, one commit); returns `dest`."""
+    _copy_files(source, dest)
     if profile:
         subprocess.run([sys.executable, "-m", "maskprune.profile", profile], cwd=dest, check=True, capture_output=True)
     _git(["init", "-q"], dest)
@@ -52,3 +63,21 @@ def copy_workspace(source: Path, dest: Path, profile: str | None = None) -> Path
         dest,
     )
     return dest
+
+
+def locked_outputs(root: Path) -> list[str]:
+    """Every output path that `root`'s dvc.lock records (empty without a lock)."""
+    lock = root / LOCK_FILE
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
+    return [out["path"] for stage in stages.values() for out in stage.get("outs", [])]
+
+
+def update_workspace(source: Path, dest: Path) -> None:
+    """Copy `source`'s files into the earlier copy `dest` again, keeping what DVC made there: its
+    dvc.lock and every output that lock records. DVC in `dest` then reruns only what changed."""
+    outputs = locked_outputs(dest)
+
+    def made_by_dvc(rel: str) -> bool:
+        return rel == LOCK_FILE or any(rel == out or rel.startswith(f"{out}/") for out in outputs)
+
+    _copy_files(source, dest, keep=made_by_dvc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -118,28 +117,3 @@ def test_mto_ablation_runs_the_baseline_and_each_subset_as_experiments(
     assert ablated["minus_baseline"] == pytest.approx(ablated["probe_top1"] - rows[0]["probe_top1"])
     sweep = rows[0]["experiment"].removesuffix("-baseline")
     assert (smoke_repo / "reports" / "sweeps" / f"{sweep}.csv").is_file()
-
-
-def test_seed_results_are_collected_from_an_experiment_commit(smoke_repo: Path, tmp_path: Path) -> None:
-    from flows.experiments import experiment_refs
-    from flows.seeds import collect, result_files, seed_sweep
-    from maskprune.report.results import load_results
-
-    refs = experiment_refs(smoke_repo)
-    assert refs, "the sweeps above left experiments"
-    name = refs[-1].rsplit("/", 1)[1]
-    files = result_files(smoke_repo, refs[-1])
-    assert {"params.yaml", "metrics/evaluate.json", "models/teacher/metrics.json"} <= set(files)
-    assert any(f.startswith("plots/evaluate/occlusion/") for f in files)
-    assert not any(f.endswith(".safetensors") for f in files)
-    folder = collect(smoke_repo, refs, name, seed=9)
-    try:
-        assert folder == smoke_repo / "reports" / "seeds" / "seed-9"
-        shown = run(["git", "show", f"{refs[-1]}:metrics/evaluate.json"], smoke_repo).stdout
-        assert (folder / "metrics" / "evaluate.json").read_text() == shown
-        _, excluded = load_results(smoke_repo)  # the experiment changed params (and kept seed 0): not a new seed
-        assert [e["folder"] for e in excluded] == ["reports/seeds/seed-9"]
-    finally:
-        shutil.rmtree(folder)
-    with pytest.raises(MaskpruneError, match="other than the workspace's seed 0"):
-        seed_sweep.fn(seeds=[0, 1])

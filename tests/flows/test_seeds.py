@@ -1,0 +1,97 @@
+"""Seeds in workspaces of their own: a sweep killed mid-stage resumes through the same command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.seeds import with_seed
+from maskprune.errors import MaskpruneError
+from tests.conftest import copy_run, narrow, subprocess_env
+
+pytestmark = pytest.mark.integration
+SEEDS = [sys.executable, "-m", "flows.seeds"]
+SWEEP = [*SEEDS, "--seeds", "1", "--no-report"]
+TIMINGS = ("seconds", "per_s", "throughput", "aa_ratio")  # wall-clock measurements differ between runs
+
+
+def env(repo: Path) -> dict[str, str]:
+    return subprocess_env(PREFECT_HOME=str(repo.parent / f"{repo.name}-prefect"))
+
+
+def seed_run(repo: Path, args: list[str]) -> str:
+    done = subprocess.run(args, cwd=repo, env=env(repo), capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def kill_after_first_epoch(repo: Path, state: Path) -> None:
+    """Start the sweep in its own process group and SIGKILL the group once `state` records epoch 1."""
+    proc = subprocess.Popen(
+        SWEEP, cwd=repo, env=env(repo), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["epoch"] == 1:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"the sweep never saved epoch 1 in {state} (exit {proc.poll()})")
+
+
+def measured(folder: Path) -> dict[str, float]:
+    """Every numeric metric of every stage in a collected seed, timings left out."""
+    values = {}
+    for path in sorted(folder.rglob("metrics.json")):
+        for key, value in json.loads(path.read_text()).items():
+            if isinstance(value, (int, float)) and not any(part in key for part in TIMINGS):
+                values[f"{path.parent.relative_to(folder)}:{key}"] = float(value)
+    return values
+
+
+def test_params_take_the_seed_and_keep_their_comments() -> None:
+    text = "# profile cpu\nprofile: cpu\nseed: 0  # the students'\ndata:\n  seed: 0\n"
+    assert with_seed(text, 3) == "# profile cpu\nprofile: cpu\nseed: 3\ndata:\n  seed: 0\n"
+    with pytest.raises(MaskpruneError, match="one top-level `seed:` line"):
+        with_seed("data:\n  seed: 0\n", 3)
+
+
+def test_a_killed_seed_sweep_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(
+    smoke_repo: Path, tmp_path: Path
+) -> None:
+    resumed, straight = copy_run(smoke_repo, tmp_path / "resumed"), copy_run(smoke_repo, tmp_path / "straight")
+    for repo in (resumed, straight):
+        narrow(repo)
+    ws = resumed / ".dvc" / "tmp" / "seeds" / "seed-1"
+
+    kill_after_first_epoch(resumed, ws / "checkpoints" / "pretrain" / "mae-baseline" / "state.json")
+    status = seed_run(resumed, [*SEEDS, "--status"])
+    assert "seed 1: cut off at pretrain@mae-baseline (pretrain@mae-baseline saved after epoch 1 of 2;" in status
+    log = seed_run(resumed, SWEEP)
+    assert "seed 1: resuming at pretrain@mae-baseline (pretrain@mae-baseline saved after epoch 1 of 2;" in log
+    assert "Stage 'teacher' is cached" in log or "Stage 'teacher' didn't change" in log  # not retrained
+    history = (ws / "models" / "pretrain" / "mae-baseline" / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]  # epoch 2 appended to the saved epoch 1
+    seed_run(straight, SWEEP)
+
+    collected = resumed / "reports" / "seeds" / "seed-1"
+    assert "seed: 1" in (collected / "params.yaml").read_text()
+    ours, theirs = measured(collected), measured(straight / "reports" / "seeds" / "seed-1")
+    assert ours.keys() == theirs.keys() and len(ours) > 50
+    # NOTE: the same seeded work on the same threads; only float reduction order may differ
+    assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-4)
+
+    assert "seed 1: done, collected in reports/seeds/seed-1" in seed_run(resumed, [*SEEDS, "--status"])
+    before = (collected / "params.yaml").stat().st_mtime_ns
+    again = seed_run(resumed, SWEEP)
+    assert "seed 1: finished" in again and "Running stage" not in again
+    assert (collected / "params.yaml").stat().st_mtime_ns == before  # collected once
