@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from maskprune.workspace import copy_workspace
+from maskprune.workspace import copy_workspace, update_workspace
 from tests.conftest import run
 
 
@@ -47,3 +47,33 @@ def test_copy_has_code_and_uncommitted_work_but_no_ignored_files_or_collected_re
     assert (dest / "uncommitted.py").read_text() == "x = 1\n"
     assert not (dest / "mlflow.db").exists() and not (dest / "reports" / "seeds" / "seed-1").exists()
     assert git(["status", "--porcelain"], dest) == ""  # everything is committed
+
+
+def test_an_update_takes_new_code_and_params_but_keeps_what_dvc_made_in_the_copy(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    files = {
+        "params.yaml": "seed: 0\n",
+        "src/code.py": "x = 1\n",
+        "dvc.lock": "stages:\n  train:\n    outs:\n    - path: models/m/metrics.json\n    - path: data/prepared\n",
+        "models/m/metrics.json": '{"top1": 0.5}\n',
+        "data/prepared/meta.json": "{}\n",
+    }
+    for rel, text in files.items():
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_text(text)
+    git(["init", "-q"], source)
+    git(["add", "-A"], source)
+    git(["-c", "user.email=t@localhost", "-c", "user.name=t", "commit", "-qm", "source"], source)
+    dest = copy_workspace(source, tmp_path / "dest")
+    (dest / "models/m/metrics.json").write_text('{"top1": 0.9}\n')  # the copy's own run
+    (dest / "dvc.lock").write_text("stages:\n  train:\n    outs:\n    - path: models/m/metrics.json\n")
+    (source / "src/code.py").write_text("x = 2\n")
+    (source / "params.yaml").write_text("seed: 0\nnew: 1\n")
+    (source / "data/prepared/meta.json").write_text('{"changed": true}\n')
+
+    update_workspace(source, dest)
+
+    assert (dest / "src/code.py").read_text() == "x = 2\n" and (dest / "params.yaml").read_text() == "seed: 0\nnew: 1\n"
+    assert (dest / "models/m/metrics.json").read_text() == '{"top1": 0.9}\n'  # an output of the copy's lock
+    assert (dest / "dvc.lock").read_text().count("path:") == 1
+    assert (dest / "data/prepared/meta.json").read_text() == '{"changed": true}\n'  # not in the copy's lock
