@@ -70,6 +70,9 @@ def prepare_workspace(root: Path, seed: int) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         copy_workspace(root, partial)
         subprocess.run([DVC, "cache", "dir", "--local", str(root / ".dvc" / "cache")], cwd=partial, check=True)
+        # NOTE: the outputs that dvc.lock records, from the cache: the seed-independent stages (data
+        # split, teachers) are then up to date; DVC keeps no run-cache for their persistent outputs
+        subprocess.run([DVC, "checkout", "--quiet", "--allow-missing"], cwd=partial, check=True)
         partial.rename(ws)
     atomic.write_text(ws / PARAMS_FILE, with_seed((root / PARAMS_FILE).read_text(), seed))
     return ws
