@@ -140,8 +140,8 @@ def status_line(root: Path, seed: int) -> str:
     run = read_run(ws)
     if alive(run):
         progress = list(train_progress(ws / CHECKPOINTS_DIR).values())
-        where = f"; last saved: {progress[-1]}" if progress else ""
-        return f"seed {seed}: running (pid {run['pid']}){where}"
+        saved = f"; last saved: {progress[-1]}" if progress else ""
+        return f"seed {seed}: running (pid {run['pid']}){saved}"
     if run.get("collected") == lock_digest(ws) and (root / SEEDS_DIR / f"seed-{seed}").is_dir():
         return f"seed {seed}: done, collected in {SEEDS_DIR}/seed-{seed}"
     pending = pending_stages(ws)
