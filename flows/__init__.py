@@ -1,4 +1,4 @@
-"""Prefect flows over the DVC pipeline. Telemetry is off unless the user asks for it."""
+"""Prefect flows over the DVC pipeline. Telemetry is off and the temporary server has time to start, unless the user sets otherwise."""
 
 import os
 
@@ -9,6 +9,9 @@ for _name, _value in (
     ("DO_NOT_TRACK", "1"),
     ("MLFLOW_DISABLE_TELEMETRY", "true"),
     ("DVC_NO_ANALYTICS", "1"),
+    # Prefect's temporary server took 16 s to start on an idle 2-core machine; its 20 s default
+    # failed flows there under load
+    ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"),
 ):
     os.environ.setdefault(_name, _value)
 

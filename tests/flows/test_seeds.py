@@ -34,18 +34,21 @@ def seed_run(repo: Path, args: list[str]) -> str:
 
 def kill_after_first_epoch(repo: Path, state: Path) -> None:
     """Start the sweep in its own process group and SIGKILL the group once `state` records epoch 1."""
-    proc = subprocess.Popen(
-        SWEEP, cwd=repo, env=env(repo), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline and proc.poll() is None:
-        if state.is_file() and json.loads(state.read_text())["epoch"] == 1:
+    log = repo.parent / f"{repo.name}-killed.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            SWEEP, cwd=repo, env=env(repo), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state.is_file() and json.loads(state.read_text())["epoch"] == 1:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return
+            time.sleep(0.1)
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail(f"the sweep never saved epoch 1 in {state} (exit {proc.poll()})")
+    pytest.fail(f"the sweep never saved epoch 1 in {state} (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
 
 
 def measured(folder: Path) -> dict[str, float]:
