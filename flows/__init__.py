@@ -1,4 +1,7 @@
-"""Prefect flows over the DVC pipeline. Telemetry is off and the temporary server has time to start, unless the user sets otherwise."""
+"""Prefect flows over the DVC pipeline.
+
+Telemetry is off and Prefect's temporary server has time to start, unless the user sets otherwise.
+"""
 
 import os
 
