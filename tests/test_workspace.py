@@ -12,6 +12,16 @@ def git(args: list[str], cwd: Path) -> str:
     return run(["git", *args], cwd).stdout
 
 
+def committed_repo(source: Path, files: dict[str, str]) -> None:
+    """A git repository at `source` holding `files` (path -> text), committed."""
+    for rel, text in files.items():
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_text(text)
+    git(["init", "-q"], source)
+    git(["add", "-A"], source)
+    git(["-c", "user.email=t@localhost", "-c", "user.name=t", "commit", "-qm", "source"], source)
+
+
 def test_copy_has_code_and_uncommitted_work_but_no_ignored_files_or_collected_results(tmp_path: Path) -> None:
     source = tmp_path / "source"
     files = {
@@ -24,12 +34,7 @@ def test_copy_has_code_and_uncommitted_work_but_no_ignored_files_or_collected_re
         "reports/sweeps/README.md": "sweeps\n",
         "reports/sweeps/mkd20261122-1200.csv": "keep,top1\n",
     }
-    for rel, text in files.items():
-        (source / rel).parent.mkdir(parents=True, exist_ok=True)
-        (source / rel).write_text(text)
-    git(["init", "-q"], source)
-    git(["add", "-A"], source)
-    git(["-c", "user.email=t@localhost", "-c", "user.name=t", "commit", "-qm", "source"], source)
+    committed_repo(source, files)
     (source / "uncommitted.py").write_text("x = 1\n")
     (source / "mlflow.db").write_text("store")
 
@@ -58,12 +63,7 @@ def test_an_update_takes_new_code_and_params_but_keeps_what_dvc_made_in_the_copy
         "models/m/metrics.json": '{"top1": 0.5}\n',
         "data/prepared/meta.json": "{}\n",
     }
-    for rel, text in files.items():
-        (source / rel).parent.mkdir(parents=True, exist_ok=True)
-        (source / rel).write_text(text)
-    git(["init", "-q"], source)
-    git(["add", "-A"], source)
-    git(["-c", "user.email=t@localhost", "-c", "user.name=t", "commit", "-qm", "source"], source)
+    committed_repo(source, files)
     dest = copy_workspace(source, tmp_path / "dest")
     (dest / "models/m/metrics.json").write_text('{"top1": 0.9}\n')  # the copy's own run
     (dest / "dvc.lock").write_text("stages:\n  train:\n    outs:\n    - path: models/m/metrics.json\n")
