@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -108,16 +109,44 @@ def test_a_bad_value_names_the_profile_file_that_sets_it(profiles_copy: Path) ->
         profile_params("smoke", profiles_copy)
 
 
-def test_switching_profile_keeps_your_data_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_every_profile_switch_reapplies_your_local_overlay(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    own = {"name": "shoes", "format": "imagefolder", "root": str(tmp_path)}
+    (tmp_path / "params.local.yaml").write_text(yaml.safe_dump({"data": own, "teacher": {"epochs": 7}}))
+    out = tmp_path / "params.yaml"
+    for profile in ("smoke", "cpu"):
+        main([profile, "--output", str(out), "--set", "seed=3"])
+        kept = load_params(out)
+        assert {k: v for k, v in kept.data.model_dump().items() if k in own} == own
+        assert kept.data.val_fraction == profile_params(profile, REPO).data.val_fraction  # the rest: the profile's
+        assert (kept.teacher.epochs, kept.seed, kept.profile) == (7, 3, profile)
+        assert "applied your params.local.yaml (data, teacher)" in capsys.readouterr().out
+
+
+def test_without_an_overlay_a_switch_says_it_replaces_your_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     own = {**cpu_params().data.model_dump(), "name": "shoes", "format": "imagefolder", "root": str(tmp_path)}
     out = tmp_path / "params.yaml"
     out.write_text(yaml.safe_dump({**cpu_params().model_dump(), "data": own}))
-    main(["smoke", "--output", str(out), "--keep-data", "--set", "seed=3"])
-    kept = load_params(out)
-    assert kept.data.model_dump() == own and kept.seed == 3 and kept.profile == "smoke"
     main(["smoke", "--output", str(out)])
     assert (
-        "data section (data.name='shoes') is replaced by the profile's; keep it with --keep-data"
-        in capsys.readouterr().out
+        "data section (data.name='shoes') is replaced by the profile's; to keep your own data across profile "
+        "switches, put its keys in params.local.yaml" in capsys.readouterr().out
     )
     assert load_params(out).data.name == "fashion_mnist"
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        ({"data": {"nmae": "shoes"}}, r"^maskprune: error: params.local.yaml: data.nmae: .*"),
+        ({"teacher": {"epochs": 0}}, r"^maskprune: error: params.local.yaml: teacher.epochs: .* \(got 0\)$"),
+        (["data"], r"^maskprune: error: params.local.yaml: expected a mapping of sections"),
+    ],
+)
+def test_a_bad_overlay_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture, overlay, message) -> None:
+    (tmp_path / "params.local.yaml").write_text(yaml.safe_dump(overlay))
+    out = tmp_path / "params.yaml"
+    with pytest.raises(SystemExit):
+        main(["smoke", "--output", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.match(message, err), err
+    assert not out.exists()

@@ -1,15 +1,16 @@
 """Switch profile: write the full effective parameter set of a profile to params.yaml.
 
-    python -m maskprune.profile smoke|cpu|gpu|gpu-check [--output params.yaml]
+    python -m maskprune.profile smoke|cpu|gpu|gpu-check [--output params.yaml] [--set KEY=VALUE ...]
 
 `profiles/cpu.yaml` sets every key; any other profile is it deep-merged with `profiles/<name>.yaml`.
-Every key is written out, so DVC sees each value and reruns exactly the stages whose values moved.
+Then `params.local.yaml` (yours: your dataset, your models), when the repository has one, is merged
+over it, so every profile switch keeps your settings; last come the `--set` items. Every key is
+written out, so DVC sees each value and reruns exactly the stages whose values moved.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from maskprune.config import PARAMS_FILE, PROFILES, Params, find_repo_root, read
 from maskprune.errors import MaskpruneError, exit_on_user_error
 
 BASE_PROFILE = "cpu"
+LOCAL_OVERLAY = "params.local.yaml"
 ADD_TO_BASE = f"add {{it}} to profiles/{BASE_PROFILE}.yaml, which every profile extends"
 
 
@@ -98,30 +100,43 @@ def render(params: Params) -> str:
     return header + yaml.safe_dump(params.model_dump(), sort_keys=False, default_flow_style=False)
 
 
+def apply_overlay(params: Params, path: Path) -> tuple[Params, list[str]]:
+    """`params` with the YAML file at `path` deep-merged over it, and the sections it sets."""
+    overlay = read_yaml(path) or {}
+    if not isinstance(overlay, dict):
+        raise MaskpruneError(
+            f"{path.name}: expected a mapping of sections like params.yaml's, e.g. data: {{name: shoes}}"
+        )
+    merged = validate_params(
+        deep_merge(params.model_dump(), overlay),
+        source=path.name,
+        fix=f"remove it from {path.name} or fix it",
+    )
+    return merged, list(overlay)
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m maskprune.profile", description=__doc__)
     parser.add_argument("name", choices=PROFILES)
     parser.add_argument("--output", type=Path, default=None, help="default: <repo>/params.yaml")
-    parser.add_argument(
-        "--keep-data",
-        action="store_true",
-        help="keep the data section of the params file being replaced (your own dataset) instead of the profile's",
-    )
     add_set_argument(parser)
     args = parser.parse_args(argv)
     root = find_repo_root()
     output = args.output or root / PARAMS_FILE
     params = profile_params(args.name, root)
-    existing = read_yaml(output) if output.is_file() else None
-    current = existing.get("data") if isinstance(existing, dict) else None
-    if args.keep_data and current is not None:
-        params = apply_sets(params, [f"data={json.dumps(current)}"])
-    elif isinstance(current, dict) and current != params.data.model_dump():
-        print(
-            f"note: {output}'s data section (data.name={current.get('name')!r}) is replaced by the "
-            "profile's; keep it with --keep-data"
-        )
+    overlay = output.parent / LOCAL_OVERLAY
+    if overlay.is_file():
+        params, keys = apply_overlay(params, overlay)
+        print(f"applied your {overlay.name} ({', '.join(keys) or 'empty'})")
+    else:
+        existing = read_yaml(output) if output.is_file() else None
+        current = existing.get("data") if isinstance(existing, dict) else None
+        if isinstance(current, dict) and current != params.data.model_dump():
+            print(
+                f"note: {output}'s data section (data.name={current.get('name')!r}) is replaced by the "
+                f"profile's; to keep your own data across profile switches, put its keys in {LOCAL_OVERLAY}"
+            )
     params = apply_sets(params, args.sets)
     atomic.write_text(output, render(params))
     print(f"wrote the '{args.name}' profile to {output}")
