@@ -33,6 +33,32 @@ if [ "$root" = "/usr/share/datasets/fashion-mnist" ] && [ ! -f "$root/train-imag
     exit 1
   fi
 fi
+# `dvc plots show` / `dvc plots diff` pages that work offline: DVC's own page loads vega, vega-lite
+# and vega-embed from a CDN; this template inlines the same versions, from the npm registry's packages.
+page=.dvc/plots/offline.html
+if [ ! -s "$page" ]; then
+  if command -v npm >/dev/null; then
+    echo "setup: building the offline plots page ($page: vega 5.20.2, vega-lite 5.2.0, vega-embed 6.18.2 from npm)"
+    work=$(mktemp -d)
+    (cd "$work" && npm pack --silent vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2 >/dev/null)
+    {
+      printf '<!DOCTYPE html>\n<html>\n<head>\n{refresh_tag}\n<meta charset="utf-8">\n<title>DVC Plot</title>\n'
+      for pkg in vega-5.20.2 vega-lite-5.2.0 vega-embed-6.18.2; do
+        printf '<script type="text/javascript">\n'
+        tar xzOf "$work/$pkg.tgz" "package/build/${pkg%-*}.min.js"
+        printf '\n</script>\n'
+      done
+      printf '<style>table { border-spacing: 15px; }</style>\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n'
+    } > "$work/page.html"
+    mv "$work/page.html" "$page"
+    rm -rf "$work"
+  else
+    echo "setup: npm is missing, so \`dvc plots show\` pages load vega from the network: install Node.js's npm (Debian: apt-get install npm) and rerun" >&2
+  fi
+fi
+if [ -s "$page" ]; then
+  "$VENV/bin/dvc" config --local plots.html_template plots/offline.html
+fi
 # `setup.sh test`: the services the test suite starts (on 127.0.0.1) from Debian's packages.
 if [ "${1:-}" = "test" ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

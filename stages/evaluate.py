@@ -7,12 +7,15 @@ schedule whose GMACs come closest to each pruned model's (a training-free baseli
 budget); the raw-pixel floor of the pre-training probe; throughput beside an A/A control. The
 pruning table lines up init=full against init=masked at every method and keep rate; the MTO
 table compares each objective's pre-training with and without MTO by their per-epoch probe curves.
+It reads only the models params.yaml declares, and first removes the outputs of matrix items
+params.yaml no longer declares (`undeclared_outputs`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import pandas as pd
 import torch
 
 from maskprune import atomic
+from maskprune.aa_control import aa_noisy
 from maskprune.checkpoint import load_model
 from maskprune.cli import run_stage
 from maskprune.config import (
@@ -36,10 +40,13 @@ from maskprune.data.loader import Normalizer, PreparedData, Split, load_prepared
 from maskprune.data.splits import stratified_indices
 from maskprune.errors import MaskpruneError
 from maskprune.layout import (
+    CHECKPOINTS_DIR,
+    DISTILL_DIR,
     EVALUATE_FILE,
     FINETUNE_DIR,
     MODELS_DIR,
     PLOTS_DIR,
+    PRETRAIN_DIR,
     PRUNE_DIR,
     TEACHER_DIR,
     DistillVariant,
@@ -56,6 +63,10 @@ from maskprune.objectives.masked_kd import TeacherView
 from maskprune.probe import pixel_floor
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.tracking.runs import StageRecord, flatten
+
+# NOTE: the headline numbers `dvc exp show` and `dvc metrics show` print (dvc.yaml declares it the
+# stage's metric); metrics/evaluate.json holds everything else as plain JSON
+HEADLINE_FILE = Path("metrics") / "headline.json"
 
 
 def speed_and_cost(
@@ -232,38 +243,103 @@ def tome_baselines(
     return found
 
 
-def write_outputs(root: Path, report: dict[str, Any], occlusion_rows: list[dict[str, Any]]) -> None:
-    """metrics/evaluate.json, one occlusion CSV per model, the cost CSV, one pruning CSV per method."""
-    atomic.write_json(root / EVALUATE_FILE, report)
-    plots = root / PLOTS_DIR
-    for name, rows in pd.DataFrame(occlusion_rows).groupby("model", sort=False):
-        atomic.write_text(
-            plots / "occlusion" / f"{name.replace('/', '-')}.csv",
-            rows.drop(columns="model").to_csv(index=False),
-        )
+def stage_folders(params: Params) -> list[str]:
+    """The folders under models/ of the stages params.yaml declares ('prune/evit-full-0.5'), in pipeline
+    order; a distill stage's two heads (distill/<variant>/finetune, .../probe) share its folder."""
+    return list(dict.fromkeys("/".join(name.split("/")[:2]) for name in pipeline_models(params)))
+
+
+def undeclared_outputs(root: Path, params: Params) -> list[Path]:
+    """Model folders of matrix stages (pretrain, prune, distill) that params.yaml no longer declares,
+    with their training checkpoints.
+
+    DVC deletes nothing when an item leaves a stage's matrix: its persistent outputs stay, owned by
+    no stage. Evaluate reruns whenever a matrix changes (it lists their params), so it removes them.
+    A folder without a meta.json (not a stage's) is left alone.
+    """
+    declared = set(stage_folders(params))
+    found = []
+    for family in (PRETRAIN_DIR, PRUNE_DIR, DISTILL_DIR):
+        for folder in sorted(p for p in (root / family).glob("*") if p.is_dir()):
+            relative = folder.relative_to(root / MODELS_DIR)
+            if relative.as_posix() not in declared and any(folder.rglob("meta.json")):
+                found += [path for path in (folder, root / CHECKPOINTS_DIR / relative) if path.exists()]
+    return found
+
+
+def training_curves(root: Path, params: Params) -> pd.DataFrame:
+    """Validation top-1 per epoch of every trained model params.yaml declares: model, epoch, val_top1."""
+    frames = []
+    for name in stage_folders(params):
+        path = root / MODELS_DIR / name / "history.csv"
+        if path.is_file() and "val_top1" in (history := pd.read_csv(path)):
+            curve = history.dropna(subset=["val_top1"])[["epoch", "val_top1"]]
+            frames.append(curve.assign(model=name))
+    return long_form(frames, ["model", "epoch", "val_top1"])
+
+
+def long_form(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """`frames` stacked with `columns` in that order (an empty table with them if there are none)."""
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def plot_tables(
+    root: Path, params: Params, report: dict[str, Any], occlusion_rows: list[dict[str, Any]]
+) -> dict[str, pd.DataFrame]:
+    """The plot CSVs under plots/evaluate/, one file per figure, in long form (one row per model and x).
+
+    A `model` column names each line, so one plot definition in dvc.yaml covers any set of models.
+    """
+    pretrain, heterogeneity = [], []
+    for row in report["mto"]:
+        for loss in PRETRAIN_LOSSES:
+            name = f"{row['objective']}-{loss}"
+            history = pretrain_history(root, row["objective"], loss)
+            pretrain.append(history[["epoch", "probe_top1"]].assign(model=name))
+            layers = row[f"{loss}_h"]
+            heterogeneity.append(pd.DataFrame({"model": name, "layer": range(len(layers)), "h": layers}))
+    pruning = [
+        {"model": f"{row['method']}-{init}", "keep_rate": row["keep_rate"], "top1": row[f"{init}_top1"]}
+        for row in report["pruning"]
+        for init in params.prune.inits
+    ]
     cost = [
         {"model": name, **{k: entry[k] for k in ("top1", "gmacs", "img_per_s", "throughput_ratio")}}
         for name, entry in report["models"].items()
     ]
-    atomic.write_text(plots / "cost.csv", pd.DataFrame(cost).to_csv(index=False))
-    atomic.write_text(plots / "task_agnostic.csv", pd.DataFrame(report["task_agnostic"]).to_csv(index=False))
-    for method, rows in pd.DataFrame(report["pruning"]).groupby("method", sort=False):
-        atomic.write_text(plots / "pruning" / f"{method}.csv", rows.drop(columns="method").to_csv(index=False))
-    for row in report["mto"]:
-        objective = row["objective"]
-        baseline, mto = (pretrain_history(root, objective, loss) for loss in PRETRAIN_LOSSES)
-        curves = pd.DataFrame(
-            {
-                "epoch": baseline["epoch"],
-                "baseline_probe_top1": baseline["probe_top1"],
-                "mto_probe_top1": mto["probe_top1"],
-            }
-        )
-        atomic.write_text(plots / "pretrain" / f"{objective}.csv", curves.to_csv(index=False))
-        layers = pd.DataFrame(
-            {"layer": range(len(row["baseline_h"])), "baseline_h": row["baseline_h"], "mto_h": row["mto_h"]}
-        )
-        atomic.write_text(plots / "heterogeneity" / f"{objective}.csv", layers.to_csv(index=False))
+    return {
+        "occlusion.csv": pd.DataFrame(occlusion_rows),
+        "cost.csv": pd.DataFrame(cost),
+        "task_agnostic.csv": pd.DataFrame(report["task_agnostic"]),
+        "pruning.csv": pd.DataFrame(pruning),
+        "pretrain.csv": long_form(pretrain, ["model", "epoch", "probe_top1"]),
+        "heterogeneity.csv": long_form(heterogeneity, ["model", "layer", "h"]),
+        "training.csv": training_curves(root, params),
+    }
+
+
+def headline(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per model: test top-1, GMACs and the throughput ratio to its unpruned reference (None where its
+    A/A control says the timing is noise)."""
+    return {
+        name: {
+            "top1": entry["top1"],
+            "gmacs": entry["gmacs"],
+            "throughput_ratio": None if aa_noisy(entry["aa_ratio"]) else entry["throughput_ratio"],
+        }
+        for name, entry in models.items()
+    }
+
+
+def write_outputs(root: Path, params: Params, report: dict[str, Any], occlusion_rows: list[dict[str, Any]]) -> None:
+    """metrics/evaluate.json, metrics/headline.json and plots/evaluate/ (the folder replaced whole, so no
+    file of an earlier run lingers)."""
+    tables = plot_tables(root, params, report, occlusion_rows)
+    atomic.write_json(root / EVALUATE_FILE, report)
+    atomic.write_json(root / HEADLINE_FILE, headline(report["models"]))
+    with atomic.atomic_dir(root / PLOTS_DIR) as plots:
+        for file, table in tables.items():
+            (plots / file).write_text(table.to_csv(index=False), encoding="utf-8")
 
 
 def _area(curve: list[dict[str, float]]) -> float:
@@ -289,6 +365,10 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
     """Measure every model; write metrics/evaluate.json and the plot CSVs under plots/evaluate/."""
     log = print if runtime.is_main else lambda _: None
     seed_everything(params.seed)
+    if runtime.is_main:
+        for path in undeclared_outputs(root, params):
+            log(f"evaluate: removing {path.relative_to(root)}: params.yaml no longer declares its stage")
+            shutil.rmtree(path)
     data = load_prepared(root / prepared_dir(params.data.name), splits=("train", "test"))
     meter = ModelMeter(params, data.splits["test"].to(runtime.device), runtime)
     # NOTE: a seeded class-stratified sample, the same for every seed (data.seed), so a class-sorted
@@ -338,7 +418,7 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
         },
     }
     if runtime.is_main:
-        write_outputs(root, report, meter.occlusion_rows)
+        write_outputs(root, params, report, meter.occlusion_rows)
         table = pd.DataFrame(report["pruning"]).set_index(["method", "keep_rate"])
         print(f"evaluate: pruned test top-1 by init\n{table.to_string(float_format='{:.4f}'.format)}")
         table = pd.DataFrame(report["task_agnostic"]).set_index(["student", "target"])

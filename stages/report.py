@@ -14,7 +14,7 @@ from maskprune.checkpoint import read_meta
 from maskprune.cli import run_stage
 from maskprune.config import Params
 from maskprune.layout import MODELS_DIR, REPORT_DIR, REPORT_FIGURES_DIR
-from maskprune.report.build import write_report
+from maskprune.report.build import VERDICTS_FILE, write_report
 from maskprune.runtime import Runtime
 from maskprune.tracking.registry import ModelToRegister
 from maskprune.tracking.runs import StageRecord
@@ -30,7 +30,13 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
 def record(params: Params, root: Path) -> StageRecord:
     out = root / REPORT_DIR
     summary = json.loads((out / "summary.json").read_text())
-    files = [out / "report.html", out / "report.md", out / "summary.json", root / REPORT_FIGURES_DIR]
+    files = [
+        out / "report.html",
+        out / "report.md",
+        out / "summary.json",
+        root / VERDICTS_FILE,
+        root / REPORT_FIGURES_DIR,
+    ]
     folder = root / MODELS_DIR / summary["best_pruned"]
     meta = read_meta(folder)
     size = meta["model"]["img_size"]

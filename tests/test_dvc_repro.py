@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from maskprune.config import FINETUNE_VARIANTS
 from maskprune.probe import TIMM_POOL
 from maskprune.profile import profile_params
-from tests.conftest import DISTILLED, PRETRAINED, PRUNED, STAGES, copy_run, run, subprocess_env
+from tests.conftest import DISTILLED, PRETRAINED, PRUNED, REPO, STAGES, copy_run, run, subprocess_env
 
 pytestmark = pytest.mark.integration
 VARIANTS = FINETUNE_VARIANTS
@@ -37,7 +41,7 @@ def test_repro_writes_every_output(smoke_repo: Path) -> None:
     assert 0.13 < entry["gmacs"] < 0.15  # vit_teacher at 28x28 / patch 4: 0.139 GMACs by hand
     assert entry["gmacs_ratio"] == pytest.approx(1.0)
     assert entry["throughput_ratio"] > 0  # no bound: a timing under load is the benchmark suite's job
-    occlusion = pd.read_csv(smoke_repo / "plots" / "evaluate" / "occlusion" / "teacher.csv")
+    occlusion = model_rows(smoke_repo / "plots" / "evaluate" / "occlusion.csv", "teacher")
     assert list(occlusion["drop_fraction"]) == [0.0, 0.5, 0.9]
     assert list(occlusion["kept_patches"]) == [49, 24, 4]
     assert occlusion["top1"].iloc[0] == pytest.approx(entry["top1"])
@@ -77,9 +81,12 @@ def test_mto_comparison_per_objective(smoke_repo: Path) -> None:
         assert "rauc_1_2" in row and row["epochs"] == 2
         assert len(row["baseline_h"]) == len(row["mto_h"]) == 3  # MAE: decoder input + 2 blocks
         assert row["mto_minus_baseline_final"] == pytest.approx(row["mto_final_top1"] - row["baseline_final_top1"])
-        curves = pd.read_csv(smoke_repo / "plots" / "evaluate" / "pretrain" / f"{objective}.csv")
-        assert list(curves.columns) == ["epoch", "baseline_probe_top1", "mto_probe_top1"]
-        assert curves["mto_probe_top1"].iloc[-1] == pytest.approx(row["mto_final_top1"])
+        for loss in ("baseline", "mto"):
+            curve = model_rows(smoke_repo / "plots" / "evaluate" / "pretrain.csv", f"{objective}-{loss}")
+            assert list(curve["epoch"]) == [1, 2]
+            assert curve["probe_top1"].iloc[-1] == pytest.approx(row[f"{loss}_final_top1"])
+            layers = model_rows(smoke_repo / "plots" / "evaluate" / "heterogeneity.csv", f"{objective}-{loss}")
+            assert list(layers["h"]) == pytest.approx(row[f"{loss}_h"])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -112,7 +119,7 @@ def test_every_finetune_variant_trains_reports_cost_and_gets_an_occlusion_curve(
         assert metrics["teacher_throughput_ratio"] > 0 and metrics["teacher_aa_ratio"] > 0
     report = json.loads((smoke_repo / "metrics" / "evaluate.json").read_text())
     assert f"finetune/{variant}" in report["models"]
-    curve = pd.read_csv(smoke_repo / "plots" / "evaluate" / "occlusion" / f"finetune-{variant}.csv")
+    curve = model_rows(smoke_repo / "plots" / "evaluate" / "occlusion.csv", f"finetune/{variant}")
     assert list(curve["drop_fraction"]) == [0.0, 0.5, 0.9]
     assert curve["top1"].iloc[0] == pytest.approx(report["models"][f"finetune/{variant}"]["top1"])
 
@@ -166,24 +173,114 @@ def test_second_repro_skips_every_stage(smoke_repo: Path) -> None:
     assert "up to date" in run(["dvc", "status"], smoke_repo).stdout
 
 
-def test_dvc_views_work(smoke_repo: Path) -> None:
+def model_rows(path: Path, model: str) -> pd.DataFrame:
+    """The rows of `model` in a long-form plot CSV."""
+    table = pd.read_csv(path)
+    return table[table["model"] == model].reset_index(drop=True)
+
+
+class ResourceLinks(HTMLParser):
+    """Every src/href attribute of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.links += [value or "" for name, value in attrs if name in ("src", "href")]
+
+
+def network_links(html: str) -> list[str]:
+    """The src/href attributes of `html` that a browser would fetch over the network."""
+    parser = ResourceLinks()
+    parser.feed(html)
+    return [link for link in parser.links if re.match(r"(https?:)?//", link)]
+
+
+def test_dvc_views_work(smoke_repo: Path, tmp_path: Path) -> None:
     dag = run(["dvc", "dag", "--md"], smoke_repo).stdout
     assert all(stage in dag for stage in STAGES)
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], smoke_repo).stdout)
     workspace = next(iter(metrics.values()))["data"]  # keyed by revision ('' = workspace)
-    assert "metrics/evaluate.json" in workspace and "models/teacher/metrics.json" in workspace
-    run(["dvc", "plots", "show", "-o", "dvc_plots"], smoke_repo)
-    html = (smoke_repo / "dvc_plots" / "index.html").read_text()
-    plots = (
-        "Pre-training_probe_accuracy",
-        "Masked-token_heterogeneity",
-        "Teacher_training",
-        "Fine-tuning",
-        "Occlusion_robustness",
-        "Pruned_top-1_by_init",
-        "Cost_vs_accuracy",
-    )
-    assert all(f"vegaEmbed('#{plot}'" in html for plot in plots)
+    assert sorted(workspace) == ["metrics/headline.json", "metrics/verdicts.json"]  # the headline set only
+    models = json.loads((smoke_repo / "metrics" / "evaluate.json").read_text())["models"]
+    headline = workspace["metrics/headline.json"]["data"]
+    assert sorted(headline) == sorted(models)
+    assert headline["teacher"]["top1"] == models["teacher"]["top1"]
+    verdicts = workspace["metrics/verdicts.json"]["data"]
+    summary = json.loads((smoke_repo / "reports" / "summary.json").read_text())
+    assert {key: v["word"] for key, v in verdicts.items()} == {key: c["word"] for key, c in summary["claims"].items()}
+    readme = (REPO / "README.md").read_text().splitlines()
+    invocation = next(line for line in readme if line.startswith("dvc exp show --drop"))
+    table = run([*shlex.split(invocation.split("  #")[0]), "--no-pager"], smoke_repo, COLUMNS="120").stdout
+    assert "…" not in table and max(len(line) for line in table.splitlines()) <= 120, table
+    assert all(f"{key}.word" in table and v["word"] in table for key, v in verdicts.items()), table
+    declared = [next(iter(plot)) for plot in yaml.safe_load((smoke_repo / "dvc.yaml").read_text())["plots"]]
+    for command in (["show"], ["diff", "HEAD"]):
+        shown = json.loads(run(["dvc", "plots", *command, "--json"], smoke_repo).stdout)
+        assert "errors" not in shown, shown["errors"]
+        assert sorted(shown["data"]) == sorted(declared)
+    page = REPO / ".dvc" / "plots" / "offline.html"
+    assert page.is_file(), "scripts/setup.sh builds the offline plots page: run it"
+    out = tmp_path / "dvc_plots"
+    run(["dvc", "plots", "show", "--html-template", str(page), "-o", str(out)], smoke_repo)
+    html = (out / "index.html").read_text()
+    assert network_links(html) == []
+    assert all(f"vegaEmbed('#{name.replace(' ', '_')}'" in html for name in declared)
+    assert network_links('<script src="https://cdn.jsdelivr.net/npm/vega@5"></script><a href="#x">') == [
+        "https://cdn.jsdelivr.net/npm/vega@5"
+    ]
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser:  # NOTE: offline, so every chart drawn proves the inlined scripts work
+        dom = subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                (out / "index.html").as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        assert dom.count('class="vega-embed') == len(declared), dom[-2000:]
+
+
+def test_shrinking_the_prune_matrix_removes_its_outputs_and_nothing_reads_them(
+    smoke_repo: Path, tmp_path: Path
+) -> None:
+    repo = copy_run(smoke_repo, tmp_path / "run")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["prune"]["keep_rates"] == [1.0, 0.5]
+    params["prune"]["keep_rates"] = [0.5]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    gone = [name for name in PRUNED if name.endswith("-1.0")]
+    kept = [name for name in PRUNED if name.endswith("-0.5")]
+    assert gone and kept
+    for name in gone:  # NOTE: copy_run leaves out checkpoints; one stands in for a stage's training state
+        (repo / "checkpoints" / "prune" / name).mkdir(parents=True)
+        (repo / "checkpoints" / "prune" / name / "state.json").write_text("{}")
+    (repo / "models" / "prune" / "mine").mkdir()  # not a stage's output (no meta.json): left alone
+    out = run(["dvc", "repro"], repo).stdout
+    for name in gone:
+        assert f"evaluate: removing models/prune/{name}: params.yaml no longer declares its stage" in out
+        assert not (repo / "models" / "prune" / name).exists()
+        assert not (repo / "checkpoints" / "prune" / name).exists()
+    assert (repo / "models" / "prune" / "mine").is_dir()
+    assert all((repo / "models" / "prune" / name / "meta.json").is_file() for name in kept)
+    models = json.loads((repo / "metrics" / "evaluate.json").read_text())["models"]
+    assert not [m for m in models if m.endswith("-1.0")] and all(f"prune/{name}" in models for name in kept)
+    headline = json.loads((repo / "metrics" / "headline.json").read_text())
+    assert sorted(headline) == sorted(models)
+    for table in ("occlusion.csv", "cost.csv", "training.csv"):
+        listed = set(pd.read_csv(repo / "plots" / "evaluate" / table)["model"])
+        assert not [m for m in listed if str(m).endswith("-1.0")], table
+    report = (repo / "reports" / "report.md").read_text()
+    assert not [name for name in gone if name in report]
+    assert "up to date" in run(["dvc", "status"], repo).stdout
 
 
 def test_mlflow_has_one_parent_with_a_nested_run_per_stage(smoke_repo: Path) -> None:

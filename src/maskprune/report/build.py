@@ -34,6 +34,9 @@ from maskprune.report.sections_training import section_maskedkd, section_mto, se
 from maskprune.report.stats import CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED
 
 WORDS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE)
+# NOTE: the verdicts as the numbers `dvc exp show` and `dvc metrics show` print (dvc.yaml declares it
+# the stage's metric); reports/summary.json holds the whole account
+VERDICTS_FILE = Path("metrics") / "verdicts.json"
 
 
 def chance_warning(ctx: Context) -> str | None:
@@ -127,7 +130,8 @@ def build_report(root: Path, params: Params, figures_dir: Path) -> Report:
 
 
 def write_report(root: Path, params: Params) -> Report:
-    """Build the report and write reports/report.md, reports/report.html and reports/figures/*.png.
+    """Build the report; write reports/report.{md,html}, reports/figures/*.png, reports/summary.json and
+    metrics/verdicts.json.
 
     The figures are drawn into a temporary folder that replaces reports/figures/ whole, so the
     report never refers to a figure of another run.
@@ -139,4 +143,5 @@ def write_report(root: Path, params: Params) -> Report:
     atomic.write_text(out / "report.md", markdown)
     atomic.write_text(out / "report.html", page)
     atomic.write_json(out / "summary.json", report.summary())
+    atomic.write_json(root / VERDICTS_FILE, report.headline())
     return report

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from maskprune.aa_control import aa_noisy
 from maskprune.config import Params
 from maskprune.layout import MODELS_DIR, prepared_dir
 from maskprune.report.checks import Check, above_chance
@@ -71,6 +72,17 @@ class Report:
             "claims": {key: outcome.to_json() for key, outcome in self.outcomes.items()},
         }
 
+    def headline(self) -> dict[str, Any]:
+        """What metrics/verdicts.json holds for `dvc exp show`: per claim its word and, per test, the
+        mean difference and the Holm-adjusted p."""
+        return {
+            key: {
+                "word": outcome.word,
+                **{test["name"]: {"mean": test["mean"], "p_holm": test["p_holm"]} for test in outcome.tests},
+            }
+            for key, outcome in self.outcomes.items()
+        }
+
 
 class Context:
     """What every section reads: the seeds' results, params, where figures go, the interval settings."""
@@ -127,12 +139,12 @@ class Context:
         )
 
 
-def ratio_text(ratio: float, aa_ratio: float | None, tolerance: float = 0.05) -> str:
+def ratio_text(ratio: float, aa_ratio: float | None) -> str:
     """A measured throughput ratio, '1.52x', or 'noisy (1.52x, A/A 1.08)' when its A/A control strays
-    from 1 by more than `tolerance` (no A/A measured: the bare ratio with '(no A/A)')."""
+    from 1 by more than AA_TOLERANCE (no A/A measured: the bare ratio with '(no A/A)')."""
     if aa_ratio is None or math.isnan(aa_ratio):
         return f"{ratio:.2f}x (no A/A)"
-    if abs(aa_ratio - 1.0) > tolerance:
+    if aa_noisy(aa_ratio):
         return f"noisy ({ratio:.2f}x, A/A {aa_ratio:.2f})"
     return f"{ratio:.2f}x"
 
@@ -147,10 +159,22 @@ def signed_points(iv: Interval) -> str:
     return iv.text(scale=100, digits=2, signed=True)
 
 
-def mean_curve(ctx: Context, relative: Path, x: str, y: str) -> tuple[list[float], list[float], list, list] | None:
-    """Mean and interval over seeds of `y` against `x` from each seed's CSV at `relative`: (x, mean, low, high)."""
+def model_rows(ctx: Context, relative: Path, model: str) -> list[tuple[int, pd.DataFrame]]:
+    """(seed, rows of `model`) from each seed's long-form plot CSV at `relative`, where it has any."""
     frames = [(r.seed, r.csv(relative)) for r in ctx.results]
-    frames = [(s, f) for s, f in frames if f is not None]
+    frames = [(s, f[f["model"] == model].reset_index(drop=True)) for s, f in frames if f is not None]
+    return [(s, f) for s, f in frames if len(f)]
+
+
+def mean_curve(
+    ctx: Context,
+    relative: Path,
+    model: str,
+    x: str,
+    y: str,
+) -> tuple[list[float], list[float], list, list] | None:
+    """Mean and interval over seeds of `model`'s `y` against `x` in the plot CSV at `relative`: (x, mean, low, high)."""
+    frames = model_rows(ctx, relative, model)
     if not frames:
         return None
     xs = list(frames[0][1][x])

@@ -88,7 +88,7 @@ def section_masked_finetuning(ctx: Context) -> Section:
     )
     occlusion, areas = {}, []
     for variant in FINETUNE_VARIANTS:
-        curve = mean_curve(ctx, PLOTS_DIR / "occlusion" / f"finetune-{variant}.csv", "drop_fraction", "top1")
+        curve = mean_curve(ctx, PLOTS_DIR / "occlusion.csv", f"{FINETUNE_DIR.name}/{variant}", "drop_fraction", "top1")
         if curve:
             occlusion[variant] = curve
         areas.append(

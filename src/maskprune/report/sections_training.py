@@ -35,7 +35,7 @@ from maskprune.report.checks import (
     teacher_gap,
 )
 from maskprune.report.claims import Claim, differences
-from maskprune.report.model import Context, Section, mean_curve, newest, points, ratio_text, signed_points
+from maskprune.report.model import Context, Section, mean_curve, model_rows, newest, points, ratio_text, signed_points
 from maskprune.report.stats import Test
 
 MASKEDKD_ARMS = ("full", "full_kd", "masked_kd", "random_kd")
@@ -267,7 +267,7 @@ def section_mto(ctx: Context) -> Section:
         }
         curves = {}
         for loss in PRETRAIN_LOSSES:
-            curve = mean_curve(ctx, PLOTS_DIR / "pretrain" / f"{objective}.csv", "epoch", f"{loss}_probe_top1")
+            curve = mean_curve(ctx, PLOTS_DIR / "pretrain.csv", f"{objective}-{loss}", "epoch", "probe_top1")
             if curve:
                 curves[f"{objective} {loss}"] = curve
         if curves and floor:
@@ -286,9 +286,13 @@ def section_mto(ctx: Context) -> Section:
                 f"Per-epoch linear-probe accuracy of the {objective} encoder (bands: 95% intervals), and the "
                 "same probe on raw pixels (the floor a representation must clear).",
             )
-        frames = [f for r in ctx.results if (f := r.csv(PLOTS_DIR / "heterogeneity" / f"{objective}.csv")) is not None]
-        if frames:
-            mean = pd.concat(frames).groupby("layer").mean()
+        layers = {
+            loss: pd.concat([f for _, f in rows]).groupby("layer")["h"].mean()
+            for loss in PRETRAIN_LOSSES
+            if (rows := model_rows(ctx, PLOTS_DIR / "heterogeneity.csv", f"{objective}-{loss}"))
+        }
+        if len(layers) == len(PRETRAIN_LOSSES):
+            mean = pd.DataFrame({f"{loss}_h": h for loss, h in layers.items()})
             sec.figure(
                 figures.grouped_bars(
                     ctx.figures / f"d-{objective}-heterogeneity.png",
