@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from maskprune import measure
+from maskprune.aa_control import aa_noisy
 from maskprune.data.loader import Normalizer, Split
-from maskprune.measure import PairedThroughput, occlusion_curve, paired_throughput, throughput, top1
+from maskprune.measure import occlusion_curve, paired_throughput, throughput, top1
 from maskprune.models.vit import TokenViT
 from maskprune.runtime import Runtime
 
@@ -63,6 +64,5 @@ def test_paired_throughput_times_the_reference_twice_for_an_a_a_ratio(monkeypatc
     out = paired_throughput(lambda: call("fn", 2.0), lambda: call("reference", 1.0), 8, CPU, warmup=2, repeats=3)
     assert calls == {"fn": 2 + 3, "reference": 2 * (2 + 3)}  # warm-up and timed runs, the reference twice
     assert (out.img_per_s, out.reference_img_per_s, out.ratio, out.aa_ratio) == (4.0, 8.0, 0.5, 1.0)
-    assert not out.noisy()
-    assert PairedThroughput(4.0, 8.0, 1.06).noisy() and not PairedThroughput(4.0, 8.0, 0.96).noisy()
-    assert not PairedThroughput(4.0, 8.0, 1.06).noisy(tolerance=0.1)
+    assert not aa_noisy(out.aa_ratio)
+    assert aa_noisy(1.06) and aa_noisy(0.94) and not aa_noisy(0.96) and not aa_noisy(1.04)

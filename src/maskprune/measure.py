@@ -177,7 +177,8 @@ class PairedThroughput:
 
     The reference is timed twice per round, as two entries of the rotation: `aa_ratio` (its first
     copy's img/s over its second's) is what `ratio` reads when nothing differs, 1 with no bias from
-    the order of the turns or drift; its distance from 1 is the noise floor of `ratio`.
+    the order of the turns or drift; its distance from 1 is the noise floor of `ratio`
+    (`aa_control.aa_noisy` decides when that makes `ratio` noise).
     """
 
     img_per_s: float
@@ -188,10 +189,6 @@ class PairedThroughput:
     def ratio(self) -> float:
         """`img_per_s` over `reference_img_per_s`."""
         return self.img_per_s / self.reference_img_per_s
-
-    def noisy(self, tolerance: float = 0.05) -> bool:
-        """Whether the A/A ratio lies more than `tolerance` from 1 (then `ratio` is not that precise)."""
-        return abs(self.aa_ratio - 1.0) > tolerance
 
 
 def paired_throughput(
