@@ -34,6 +34,7 @@ def prepare_dataset(cfg: DataSection, seed: int, out_root: Path) -> dict[str, An
         "classes": list(raw.classes),
         "num_classes": len(raw.classes),
         "image_shape": list(raw.train_images.shape[1:]),
+        "resize": "none here; a model whose img_size differs resizes at load (bilinear) and says so",
         "mean": mean,
         "std": std,
         "counts": {split: int(len(labels)) for split, (_, labels) in splits.items()},
@@ -51,7 +52,11 @@ def prepare_dataset(cfg: DataSection, seed: int, out_root: Path) -> dict[str, An
 
 def compute(params: Params, root: Path, runtime: Runtime) -> None:
     meta = prepare_dataset(params.data, params.data.seed, root / PREPARED_DIR)
-    print(f"prepare: {meta['name']} {meta['counts']} -> {prepared_dir(meta['name'])}")
+    channels, height, width = meta["image_shape"]
+    print(
+        f"prepare: {meta['name']} {meta['counts']}, {channels}x{height}x{width} images "
+        f"(a model with another img_size resizes them, bilinear) -> {prepared_dir(meta['name'])}"
+    )
 
 
 def record(params: Params, root: Path) -> StageRecord:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskprune.checkpoint import load_model, save_model
+from maskprune.checkpoint import load_model, model_meta, save_model
 from maskprune.config import ModelSpec
+from maskprune.data.loader import PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.models.vit import build_model
 from tests.conftest import cpu_params
@@ -59,3 +60,15 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"\x80\x04pickle-ish bytes")
     with pytest.raises(MaskpruneError, match="not a readable safetensors file"):
         load_model(tmp_path)
+
+
+def test_model_meta_records_the_input_resize() -> None:
+    params = cpu_params()
+    meta = {"name": "fm", "num_classes": 10, "image_shape": [1, 20, 20], "classes": [], "mean": [0.3], "std": [0.3]}
+    data = PreparedData(Path("."), meta, {})
+    size = params.models.student.img_size
+    assert model_meta(params, data, "student")["input_resize"] == (
+        f"20x20 images are resized to {size}x{size} (bilinear) for this model"
+    )
+    same = PreparedData(Path("."), {**meta, "image_shape": [1, size, size]}, {})
+    assert model_meta(params, same, "student")["input_resize"] is None

@@ -102,6 +102,16 @@ def test_fit_learns_and_records_history(tmp_path: Path) -> None:
     assert json.loads((tmp_path / STATE_FILE).read_text())["epoch"] == 3
 
 
+def test_fit_states_a_resize_and_is_silent_without_one(tmp_path: Path) -> None:
+    lines: list[str] = []
+    model = TokenViT(img_size=16, patch_size=4, in_chans=1, num_classes=4, embed_dim=16, depth=1, num_heads=2)
+    fit(model, tiny_data(), CFG, ClassificationObjective(0.1), CPU, 0, tmp_path / "a", "h", "student", 16, lines.append)
+    assert "student: 12x12 images are resized to 16x16 (bilinear) for this model" in lines
+    quiet: list[str] = []
+    fit(tiny_model(), tiny_data(), CFG, ClassificationObjective(0.1), CPU, 0, tmp_path / "b", "h", log=quiet.append)
+    assert not any("resized" in line for line in quiet)
+
+
 class Killed(Exception):
     pass
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from maskprune import atomic
 from maskprune.config import ModelSpec, Params
-from maskprune.data.loader import PreparedData
+from maskprune.data.loader import PreparedData, resize_note
 from maskprune.errors import MaskpruneError
 from maskprune.models.pruned import PruningSpec, make_pruned
 from maskprune.models.vit import TokenViT, build_model
@@ -75,6 +75,7 @@ def model_meta(params: Params, data: PreparedData, role: str) -> dict[str, Any]:
         "mean": data.meta["mean"],
         "std": data.meta["std"],
         "data": data.meta["name"],
+        "input_resize": resize_note(data.meta["image_shape"], spec.img_size),
         "role": role,
         "seed": params.seed,
     }

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from maskprune.checkpoint import load_train_state, save_train_state
 from maskprune.config import TrainSection
-from maskprune.data.loader import Normalizer, PreparedData, shift_and_flip, steps_per_epoch, train_batches
+from maskprune.data.loader import Normalizer, PreparedData, resize_note, shift_and_flip, steps_per_epoch, train_batches
 from maskprune.errors import MaskpruneError
 from maskprune.measure import top1
 from maskprune.runtime import Runtime, all_reduce_sum
@@ -135,7 +135,11 @@ def fit(
     model.to(runtime.device)
     train_split = data.splits["train"].to(runtime.device)
     val_split = data.splits["val"].to(runtime.device)
-    normalize = Normalizer(data.meta["mean"], data.meta["std"], img_size or data.image_size, runtime.device)
+    size = img_size or data.image_size
+    normalize = Normalizer(data.meta["mean"], data.meta["std"], size, runtime.device)
+    note = resize_note(data.meta["image_shape"], size)
+    if note:
+        log(f"{name}: {note}")
     steps = steps_per_epoch(len(train_split), cfg.batch_size)
     if steps == 0:
         raise MaskpruneError(

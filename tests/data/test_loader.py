@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskprune.data.loader import Normalizer, eval_batches, load_prepared, shift_and_flip, train_batches
+from maskprune.data.loader import Normalizer, eval_batches, load_prepared, resize_note, shift_and_flip, train_batches
 from maskprune.errors import MaskpruneError
 
 
@@ -45,3 +45,8 @@ def test_normalizer_scales_and_resizes() -> None:
     out = norm(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8))
     assert out.shape == (1, 1, 4, 4)
     torch.testing.assert_close(out, torch.full((1, 1, 4, 4), 2.0))
+
+
+def test_resize_note_names_both_sizes_or_is_none() -> None:
+    assert resize_note([1, 28, 28], 28) is None
+    assert resize_note([3, 28, 20], 32) == "28x20 images are resized to 32x32 (bilinear) for this model"

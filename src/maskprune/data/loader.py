@@ -143,6 +143,18 @@ def shift_and_flip(
     return torch.where(flips, images.flip(-1), images)
 
 
+def resize_note(image_shape: list[int], size: int) -> str | None:
+    """How images of `image_shape` `[c, h, w]` reach a model of input `size`, or None if unchanged.
+
+    The one resize in the pipeline is `Normalizer`'s; stages print this note and store it in
+    each model's meta.json so that it is never silent.
+    """
+    height, width = image_shape[-2:]
+    if height == size and width == size:
+        return None
+    return f"{height}x{width} images are resized to {size}x{size} (bilinear) for this model"
+
+
 class Normalizer:
     """uint8 `[b, c, h, w]` -> float `[b, c, size, size]`, scaled to 0..1 and standardised."""
 
