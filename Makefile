@@ -40,9 +40,9 @@ seeds: setup
 mto-ablation: setup
 	python -m flows.mto_ablation $(ARGS)
 
-## The report alone (reports/report.html, reports/report.md), after the stages it reads
+## The report alone (reports/report.html, reports/report.md) from the results as they stand (`make run` updates them)
 report: setup
-	dvc repro report
+	dvc repro --single-item report
 
 ## The speed and cost benchmark suite -> results/benchmarks/<device>.{json,md}; ARGS="--parts pruning teacher"
 bench: setup

@@ -35,8 +35,8 @@ _EDGE = re.compile(r'^"(?P<src>[^"]+)" -> "(?P<dst>[^"]+)";$')
 _NODE = re.compile(r'^"(?P<name>[^"]+)";$')
 
 
-def stage_order(root: Path, target: str | None = None) -> list[str]:
-    """Stage names in a topological order of `dvc dag` (only `target` and its ancestors if given)."""
+def stage_graph(root: Path, target: str | None = None) -> dict[str, set[str]]:
+    """{stage: the stages it depends on directly} from `dvc dag` (only `target` and its ancestors if given)."""
     args = [DVC, "dag", "--dot", *([target] if target else [])]
     dot = subprocess.run(args, cwd=root, capture_output=True, text=True, check=True).stdout
     graph: dict[str, set[str]] = {}
@@ -45,7 +45,12 @@ def stage_order(root: Path, target: str | None = None) -> list[str]:
             graph.setdefault(edge["dst"], set()).add(edge["src"])
         elif node := _NODE.match(line):
             graph.setdefault(node["name"], set())
-    return list(graphlib.TopologicalSorter(graph).static_order())
+    return graph
+
+
+def stage_order(root: Path, target: str | None = None) -> list[str]:
+    """Stage names in a topological order of `dvc dag` (only `target` and its ancestors if given)."""
+    return list(graphlib.TopologicalSorter(stage_graph(root, target)).static_order())
 
 
 def uses_gpu(stage: str) -> bool:

@@ -5,8 +5,10 @@
     python -m flows.seeds --status                   # where each seed stands; runs nothing
 
 Seed n trains in .dvc/tmp/seeds/seed-<n>/: a copy of this repository with `seed: n` that shares its
-DVC cache, where `dvc repro` does the work. The data split and the teachers have seeds of their own
-(`data.seed`, `teacher.seed`), so DVC restores them from the cache and only the students retrain.
+DVC cache, where `dvc repro` does the work. The stages no seed changes (the data split and the
+teachers, which have seeds of their own: `data.seed`, `teacher.seed`) are brought up to date once,
+here, before any seed starts; each seed's copy restores them from the cache and only the students
+retrain. In a fresh clone, whose cache is empty, that retrains the teachers once for all seeds.
 The copy outlives a kill or a reboot: the same command again copies the workspace's current code
 and params into it (keeping its outputs, dvc.lock and training checkpoints), DVC skips the stages
 that finished, and the stage that was cut off resumes after its last saved epoch.
@@ -15,12 +17,13 @@ The training stages of up to `--jobs` seeds run at a time, with cores / jobs tor
 Each seed's evaluate then runs alone with the workspace's own thread count, so its throughput ratios
 are measured as seed 0's are. A finished seed's results (params.yaml, metrics/evaluate.json,
 plots/evaluate/ and the stages' metrics.json files) are copied once into reports/seeds/seed-<n>/,
-and `dvc repro report` rebuilds the report over every seed.
+and the report stage alone (`dvc repro --single-item report`) rebuilds the report over every seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import graphlib
 import hashlib
 import json
 import os
@@ -30,21 +33,25 @@ import subprocess
 from pathlib import Path
 
 import psutil
+import yaml
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import GPU_TAG, check_prefect_api
 from flows.dvc_runner import DVC, run_dvc
-from flows.experiments import add_experiment_options, repro, sweep_run, threads_per_job
-from flows.pipeline import stage_order
+from flows.experiments import add_experiment_options, sweep_run, threads_per_job
+from flows.pipeline import stage_graph, stage_order
 from maskprune import atomic
 from maskprune.checkpoint import train_progress
 from maskprune.config import PARAMS_FILE, find_repo_root, load_params
+from maskprune.dvc_yaml import expand
 from maskprune.errors import MaskpruneError, exit_on_user_error
 from maskprune.layout import CHECKPOINTS_DIR, EVALUATE_FILE, MODELS_DIR, PLOTS_DIR, SEED_WORKSPACES_DIR, SEEDS_DIR
 from maskprune.workspace import LOCK_FILE, copy_workspace, update_workspace
 
 EVALUATE = "evaluate"
+REPORT = "report"
+SEED_KEY = "seed"  # the top-level params key a seed sweep sets
 RUN_FILE = "seed-run.json"  # in a seed's workspace: the process working on it, and what was collected
 
 
@@ -58,6 +65,22 @@ def with_seed(params_text: str, seed: int) -> str:
     if count != 1:
         raise MaskpruneError(f"{PARAMS_FILE}: expected one top-level `seed:` line; rewrite it with `make profile-cpu`")
     return text
+
+
+def shared_stages(root: Path) -> list[str]:
+    """The stages before evaluate that every seed shares, in a topological order: neither they nor
+    any stage upstream of them take the `seed` param (the data split and the teachers)."""
+    dvc = yaml.safe_load((root / "dvc.yaml").read_text())
+    params = yaml.safe_load((root / PARAMS_FILE).read_text())
+    seeded = {stage.name for stage in expand(dvc, params) if SEED_KEY in stage.params}
+    graph = stage_graph(root, EVALUATE)
+    shared = []
+    for stage in graphlib.TopologicalSorter(graph).static_order():
+        if stage in seeded or graph[stage] & seeded:
+            seeded.add(stage)
+        else:
+            shared.append(stage)
+    return shared
 
 
 def prepare_workspace(root: Path, seed: int) -> Path:
@@ -176,6 +199,12 @@ def collect(root: Path, ws: Path, seed: int) -> Path:
     return target
 
 
+@task(cache_policy=NO_CACHE, task_run_name="shared stages", tags=[GPU_TAG])
+def train_shared(root: str, stages: list[str], env: dict[str, str]) -> None:
+    """The stages every seed shares, in this workspace (DVC skips them when they are up to date)."""
+    run_dvc(["repro", *stages], root, env)
+
+
 @task(cache_policy=NO_CACHE, task_run_name="train seed {seed}", tags=[GPU_TAG])
 def train_seed(seed: int, ws: str, env: dict[str, str]) -> None:
     """Every stage before evaluate in the seed's workspace (DVC skips the finished ones)."""
@@ -204,6 +233,9 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
     """Run, or resume, the pipeline for `seeds`, collect their results, rebuild the report; returns the folders."""
     check_seeds(find_repo_root(), seeds)
     with sweep_run("seeds", "prefect seeds") as (root, _, env, _):
+        shared = shared_stages(root)
+        print(f"stages every seed shares, brought up to date here once: {', '.join(shared)}")
+        train_shared(str(root), shared, env)
         workspaces = {seed: prepare_workspace(root, seed) for seed in seeds}
         for seed, ws in workspaces.items():
             print(describe(seed, ws, read_run(ws).get("collected") == lock_digest(ws)))
@@ -229,7 +261,9 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
                 f"seeds {failed} failed (see the log above); fix the cause and rerun the same command to resume them"
             )
         if report:
-            repro("report", str(root), env)
+            # NOTE: the report stage alone: the workspace's own seed counts as it stands (its results
+            # may come from a commit, with no weights here), and a sweep never retrains it
+            run_dvc(["repro", "--single-item", REPORT], str(root), env)
     print(f"seeds {seeds} collected in {SEEDS_DIR}: " + ", ".join(f.name for f in folders))
     return [str(f.relative_to(root)) for f in folders]
 
@@ -243,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 1 2 (with --status: every seed started)")
     add_experiment_options(parser)
-    parser.add_argument("--no-report", action="store_true", help="collect only; do not run `dvc repro report`")
+    parser.add_argument("--no-report", action="store_true", help="collect only; do not rebuild the report")
     parser.add_argument("--status", action="store_true", help="say where each seed stands; run nothing")
     args = parser.parse_args(argv)
     if args.status:

@@ -1,4 +1,5 @@
-"""dvc.yaml against the code: every stage lists as deps each project file its program imports.
+"""dvc.yaml against the code: every stage lists as deps each project file its program imports;
+and dvc.yaml's stages as maskprune.dvc_yaml writes them out.
 
 DVC reruns a stage when a dep changes, so a module missing from `deps:` is a change DVC never
 sees. The imports are followed statically (every `import` in a file, also inside functions),
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from maskprune.dvc_yaml import expand
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"maskprune": ROOT / "src", "stages": ROOT}
@@ -96,3 +99,25 @@ def test_closure_follows_imports_inside_functions_and_from_package_imports(tmp_p
     program.write_text("def main():\n    from maskprune.report import figures\n")
     closure = project_closure(program)
     assert closure == {"src/maskprune/report/figures.py"}  # the empty package __init__ files add nothing
+
+
+def test_expand_names_matrix_items_and_fills_in_their_deps_and_params() -> None:
+    """A hand-written two-stage dvc.yaml: a matrix stage over a params list and a plain stage whose
+    params list mixes a params.yaml key with another file's keys (left out: not params.yaml's)."""
+    dvc = {
+        "stages": {
+            "split": {"cmd": "python -m stages.split", "deps": ["raw"], "params": ["data.seed", {"other.yaml": ["x"]}]},
+            "train": {
+                "matrix": {"arch": "${archs}", "rate": [0.5]},
+                "cmd": "python -m stages.train ${item.arch} ${item.rate}",
+                "deps": ["split/${item.arch}"],
+                "params": ["seed", "train.${item.arch}", {"params.yaml": ["lr"]}],
+            },
+        }
+    }
+    params = {"archs": ["vit", "evit"], "data": {"seed": 0}, "seed": 1, "train": {"vit": {}, "evit": {}}, "lr": 0.1}
+    assert [(s.name, s.cmd, s.deps, s.params) for s in expand(dvc, params)] == [
+        ("split", "python -m stages.split", ["raw"], ["data.seed"]),
+        ("train@vit-0.5", "python -m stages.train vit 0.5", ["split/vit"], ["seed", "train.vit", "lr"]),
+        ("train@evit-0.5", "python -m stages.train evit 0.5", ["split/evit"], ["seed", "train.evit", "lr"]),
+    ]

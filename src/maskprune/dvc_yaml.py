@@ -22,6 +22,7 @@ class Stage:
     name: str  # as DVC names it: 'prepare', 'finetune@masked', 'prune@evit-full-0.5'
     cmd: str
     deps: list[str]
+    params: list[str]  # params.yaml keys, dotted: 'seed', 'pretrain.train'
 
 
 def lookup(tree: dict[str, Any], dotted: str) -> Any:
@@ -57,6 +58,13 @@ def _scopes(name: str, stage: dict[str, Any], params: dict[str, Any]) -> list[tu
     return [(name, params)]
 
 
+def param_keys(entries: list[str | dict[str, list[str]]], scope: dict[str, Any]) -> list[str]:
+    """The params.yaml keys of a stage's `params` list (a `{file: [keys]}` entry names another file's)."""
+    keys = [entry for entry in entries if isinstance(entry, str)]
+    keys += [key for entry in entries if isinstance(entry, dict) for key in entry.get("params.yaml", [])]
+    return [interpolate(key, scope) for key in keys]
+
+
 def expand(dvc: dict[str, Any], params: dict[str, Any]) -> list[Stage]:
     """Every stage of the parsed dvc.yaml `dvc` under `params`, in the file's order."""
     stages = []
@@ -64,5 +72,6 @@ def expand(dvc: dict[str, Any], params: dict[str, Any]) -> list[Stage]:
         body = stage.get("do", stage)
         for stage_name, scope in _scopes(name, stage, params):
             deps = [interpolate(dep, scope) for dep in body.get("deps", [])]
-            stages.append(Stage(stage_name, interpolate(body["cmd"], scope), deps))
+            keys = param_keys(body.get("params", []), scope)
+            stages.append(Stage(stage_name, interpolate(body["cmd"], scope), deps, keys))
     return stages

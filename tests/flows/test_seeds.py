@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.seeds import with_seed
+from flows.seeds import shared_stages, with_seed
 from maskprune.errors import MaskpruneError
 from tests.conftest import copy_run, narrow, subprocess_env
 
@@ -66,6 +66,12 @@ def test_params_take_the_seed_and_keep_their_comments() -> None:
     assert with_seed(text, 3) == "# profile cpu\nprofile: cpu\nseed: 3\ndata:\n  seed: 0\n"
     with pytest.raises(MaskpruneError, match="one top-level `seed:` line"):
         with_seed("data:\n  seed: 0\n", 3)
+
+
+def test_only_the_data_split_and_the_teachers_are_shared_by_every_seed() -> None:
+    """dvc.yaml: the students' stages take `seed` (directly or through an upstream stage); prepare
+    and the two teachers take only `data.seed` and `teacher.seed`."""
+    assert shared_stages(Path(__file__).resolve().parents[2]) == ["prepare", "distill_teacher", "teacher"]
 
 
 def test_a_killed_seed_sweep_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(
