@@ -26,6 +26,7 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 
 from maskprune.config import ModelSpec, Params
 from maskprune.models.vit import TokenViT, build_model
@@ -135,6 +136,34 @@ class BenchSetup:
             "comparison are timed in turns in one process, with device sync; the A/A control times the "
             "reference twice in the same turns",
         }
+
+
+def training_step(
+    net: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    dtype: torch.dtype | None = None,
+) -> Callable[[], None]:
+    """One optimizer step of a classifier as a call: forward (under `dtype` autocast), cross-entropy,
+    backward, `optimizer` step.
+
+    Args:
+        net: the model, or its compiled forward.
+        optimizer: over the model's parameters.
+        images: [batch, channels, height, width].
+        labels: [batch] class indices.
+        dtype: the autocast dtype, None for fp32.
+    """
+
+    def step() -> None:
+        with torch.autocast(images.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            loss = F.cross_entropy(net(images).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
 
 
 def cuda_graphed(call: Callable[[], Any], runtime: Runtime, warmup: int = 3) -> Callable[[], Any]:

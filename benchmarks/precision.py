@@ -17,9 +17,8 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from benchmarks.common import BenchSetup
+from benchmarks.common import BenchSetup, training_step
 from maskprune.measure import median_seconds
 from maskprune.runtime import NATIVE_BF16_FLAGS, cpu_flags
 
@@ -71,21 +70,7 @@ def training_rows(setup: BenchSetup, plain: Any) -> list[dict[str, Any]]:
         x = setup.images(batch)
         x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         labels = torch.randint(0, setup.num_classes, (batch,), device=x.device)
-
-        def step(
-            net: Any = net,
-            optimizer: Any = optimizer,
-            x: torch.Tensor = x,
-            labels: torch.Tensor = labels,
-            dtype: torch.dtype | None = DTYPES[dtype],
-        ) -> None:
-            with _autocast(x.device, dtype):
-                loss = F.cross_entropy(net(x).float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        calls.append(step)
+        calls.append(training_step(net, optimizer, x, labels, DTYPES[dtype]))
     # NOTE: a training step is 10-100x an inference call, so fewer rounds give as stable a median
     seconds = median_seconds(calls, plain, *training_rounds(setup), inference=False)
     return [

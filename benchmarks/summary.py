@@ -194,6 +194,20 @@ def markdown(results: dict[str, Any]) -> str:
             _table(p["training"], ["batch", "dtype", "channels_last", "compile", "img_per_s"]),
             "",
         ]
+    if "jobs" in results:
+        j = results["jobs"]
+        lines += ["## 7. Trainings at a time (the seed sweep's `--jobs`)", ""]
+        if "skipped" in j:
+            lines += [f"Skipped: {j['skipped']}.", ""]
+        else:
+            lines += [
+                f"Student training steps (batch {j['batch']}, fp32), summed over the workers running at once, "
+                f"medians of {j['rounds']} rounds of {j['steps']} steps: one job with {j['cores']} threads "
+                f"{j['one_job_img_per_s']:.0f} img/s, {j['cores']} one-thread jobs {j['split_jobs_img_per_s']:.0f} "
+                f"img/s: **{j['jobs_speedup']:.3f}x** (A/A {j['aa_ratio']:.3f}{', noisy' if j['noisy'] else ''}). "
+                f"Most seeds per hour: `--jobs {j['best_jobs']}`.",
+                "",
+            ]
     if results.get("skipped"):
         lines += ["## Not measured", "", _table(results["skipped"], ["part", "mode", "reason"]), ""]
     return "\n".join(lines)

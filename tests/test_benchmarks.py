@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import engine, mae, masked_teacher, orchestration, precision, pruning
+from benchmarks import engine, jobs, mae, masked_teacher, orchestration, precision, pruning
 from benchmarks.__main__ import main, run_parts
 from benchmarks.common import PRESETS, BenchSetup, device_info
 from benchmarks.summary import check_targets, markdown
@@ -197,3 +197,48 @@ def test_graph_modes_need_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit) as stop:
         main(["--parts", "teacher", "--device", "cpu", "--modes", "graph", "--out", str(tmp_path)])
     assert stop.value.code == 2 and "CUDA graphs need a CUDA device" in capsys.readouterr().err
+
+
+def test_jobs_workers_run_as_processes_and_report_their_summed_throughput(setup: BenchSetup) -> None:
+    config = {
+        "spec": setup.params.models.student.model_dump(),
+        "in_chans": setup.in_chans,
+        "num_classes": setup.num_classes,
+        "batch": 2,
+        "warmup": 1,
+        "steps": 2,
+    }
+    assert jobs.timed_round(config, workers=2, threads=1) > 0
+    broken = {**config, "spec": {**config["spec"], "name": "no_such_model"}}
+    with pytest.raises(RuntimeError, match="a benchmark worker exited with 1"):
+        jobs.timed_round(broken, workers=1, threads=1)
+
+
+@pytest.mark.parametrize(
+    ("split", "again", "best"),
+    [
+        (190.0, 104.0, 2),  # 1.9x, A/A 1.04: two jobs
+        (103.0, 104.0, 1),  # 1.03x is within the A/A control's 1.04: one job
+        (190.0, 110.0, 1),  # the A/A control strays by 10%: the measurement is noise
+    ],
+)
+def test_jobs_ratios_come_from_the_medians_and_the_a_a_control_decides(
+    setup: BenchSetup, monkeypatch: pytest.MonkeyPatch, split: float, again: float, best: int
+) -> None:
+    """Hand-made rounds (one job, two jobs, one job again; the middle round's values are the medians)."""
+    rounds = iter([100.0, split, again, 90.0, split - 5, again - 5, 120.0, split + 5, again + 5])
+    calls = []
+
+    def timed_round(config: dict, workers: int, threads: int) -> float:
+        calls.append((workers, threads))
+        return next(rounds)
+
+    monkeypatch.setattr(jobs, "timed_round", timed_round)
+    monkeypatch.setattr(jobs, "cores", lambda: 2)
+    out = jobs.run(replace(setup, repeats=2))
+    assert calls == [(1, 2), (2, 1), (1, 2)] * 3
+    assert out["jobs_speedup"] == pytest.approx(split / 100.0)
+    assert out["aa_ratio"] == pytest.approx(again / 100.0)
+    assert out["best_jobs"] == best
+    summary = markdown({"device": device_info(CPU), "setup": setup.describe(), "jobs": out})
+    assert f"Most seeds per hour: `--jobs {best}`" in summary
