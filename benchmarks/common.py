@@ -21,7 +21,6 @@ import platform
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from maskprune.config import ModelSpec, Params
+from maskprune.environment import cpu_name
 from maskprune.models.vit import TokenViT, build_model
 from maskprune.runtime import Runtime
 
@@ -187,16 +187,6 @@ def cuda_graphed(call: Callable[[], Any], runtime: Runtime, warmup: int = 3) -> 
     with torch.inference_mode(), autocast, torch.cuda.graph(graph):
         call()
     return graph.replay
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device_info(runtime: Runtime) -> dict[str, Any]:

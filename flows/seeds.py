@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -45,6 +46,7 @@ from maskprune import atomic
 from maskprune.checkpoint import train_progress
 from maskprune.config import PARAMS_FILE, find_repo_root, load_params
 from maskprune.dvc_yaml import expand
+from maskprune.environment import cpu_name
 from maskprune.errors import MaskpruneError, exit_on_user_error
 from maskprune.layout import CHECKPOINTS_DIR, EVALUATE_FILE, MODELS_DIR, PLOTS_DIR, SEED_WORKSPACES_DIR, SEEDS_DIR
 from maskprune.workspace import LOCK_FILE, copy_workspace, update_workspace
@@ -53,6 +55,7 @@ EVALUATE = "evaluate"
 REPORT = "report"
 SEED_KEY = "seed"  # the top-level params key a seed sweep sets
 RUN_FILE = "seed-run.json"  # in a seed's workspace: the process working on it, and what was collected
+TIMES_FILE = "sweep.json"  # in a collected seed: how it was run and how long it took
 
 
 def workspace_of(root: Path, seed: int) -> Path:
@@ -185,7 +188,8 @@ def result_files(ws: Path) -> list[Path]:
 
 
 def collect(root: Path, ws: Path, seed: int) -> Path:
-    """Copy the seed's results into reports/seeds/seed-<seed>/ (replacing it whole), once per result."""
+    """Copy the seed's results into reports/seeds/seed-<seed>/ (replacing it whole), once per result,
+    with sweep.json: the jobs, threads and wall times of the run that finished it."""
     target = root / SEEDS_DIR / f"seed-{seed}"
     digest = lock_digest(ws)
     if read_run(ws).get("collected") == digest and target.is_dir():
@@ -195,6 +199,7 @@ def collect(root: Path, ws: Path, seed: int) -> Path:
             relative = path.relative_to(ws)
             (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, tmp / relative)
+        atomic.write_json(tmp / TIMES_FILE, read_run(ws).get("times", {}))
     write_run(ws, collected=digest)
     return target
 
@@ -237,23 +242,37 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
         print(f"stages every seed shares, brought up to date here once: {', '.join(shared)}")
         train_shared(str(root), shared, env)
         workspaces = {seed: prepare_workspace(root, seed) for seed in seeds}
+        whole = {}  # seeds this run trains from their first stage: their times are a seed's whole cost
         for seed, ws in workspaces.items():
             print(describe(seed, ws, read_run(ws).get("collected") == lock_digest(ws)))
+            whole[seed] = not read_run(ws)
             me = psutil.Process()
             write_run(ws, pid=me.pid, started=me.create_time())
         failed = []
         training = threads_per_job(env, jobs)
         for start in range(0, len(seeds), jobs):
             batch = seeds[start : start + jobs]
+            began = time.perf_counter()
             futures = {seed: train_seed.submit(seed, str(workspaces[seed]), training) for seed in batch}
             for seed, future in futures.items():
                 future.wait()
                 if future.state.is_failed():
                     failed.append(seed)
+            for seed in batch:
+                times = {
+                    "cpu": cpu_name(),
+                    "jobs": len(batch),
+                    "omp_num_threads": training["OMP_NUM_THREADS"],
+                    "train_seconds": time.perf_counter() - began,  # the batch's: its seeds train at once
+                    "whole_seed": whole[seed],
+                }
+                write_run(workspaces[seed], times=times)
         folders = []
         for seed, ws in workspaces.items():
             if seed not in failed:
+                began = time.perf_counter()
                 evaluate_seed(seed, str(ws), env)
+                write_run(ws, times={**read_run(ws)["times"], "evaluate_seconds": time.perf_counter() - began})
                 folders.append(collect(root, ws, seed))
             write_run(ws, pid=None)
         if failed:

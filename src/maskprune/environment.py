@@ -45,6 +45,17 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def cpu_name() -> str:
+    """The CPU's model name ('AMD EPYC 7B13'), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def probe() -> dict[str, Any]:
     """The facts; raises MaskpruneError naming every missing requirement."""
     missing = []
@@ -66,6 +77,7 @@ def probe() -> dict[str, Any]:
     facts: dict[str, Any] = {
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "cpu": cpu_name(),
         "cpus": os.cpu_count(),
         "packages": packages,
         "orchestration": {d: _version(d) for d in OPTIONAL.values()},

@@ -98,6 +98,14 @@ def test_a_killed_seed_sweep_resumes_where_it_stopped_and_ends_as_an_uninterrupt
     assert ours.keys() == theirs.keys() and len(ours) > 50
     # NOTE: the same seeded work on the same threads; only float reduction order may differ
     assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-4)
+    resumed_times = json.loads((collected / "sweep.json").read_text())
+    straight_times = json.loads((straight / "reports" / "seeds" / "seed-1" / "sweep.json").read_text())
+    assert (resumed_times["whole_seed"], straight_times["whole_seed"]) == (
+        False,
+        True,
+    )  # a resumed run's time is partial
+    for times in (resumed_times, straight_times):
+        assert times["jobs"] == 1 and times["train_seconds"] > 0 and times["evaluate_seconds"] > 0
 
     assert "seed 1: done, collected in reports/seeds/seed-1" in seed_run(resumed, [*SEEDS, "--status"])
     before = (collected / "params.yaml").stat().st_mtime_ns
