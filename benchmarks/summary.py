@@ -204,7 +204,9 @@ def markdown(results: dict[str, Any]) -> str:
                 f"Student training steps (batch {j['batch']}, fp32), summed over the workers running at once, "
                 f"medians of {j['rounds']} rounds of {j['steps']} steps: one job with {j['cores']} threads "
                 f"{j['one_job_img_per_s']:.0f} img/s, {j['cores']} one-thread jobs {j['split_jobs_img_per_s']:.0f} "
-                f"img/s: **{j['jobs_speedup']:.3f}x** (A/A {j['aa_ratio']:.3f}{', noisy' if j['noisy'] else ''}). "
+                f"img/s: **{j['jobs_speedup']:.3f}x** the mean of the one-job timings around it (A/A "
+                f"{j['aa_ratio']:.3f}{', noisy' if j['noisy'] else ''}; the worst round against the faster of "
+                f"its two one-job timings: {j['worst_round_speedup']:.3f}x). "
                 f"Most seeds per hour: `--jobs {j['best_jobs']}`.",
                 "",
             ]

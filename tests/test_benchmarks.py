@@ -215,30 +215,37 @@ def test_jobs_workers_run_as_processes_and_report_their_summed_throughput(setup:
 
 
 @pytest.mark.parametrize(
-    ("split", "again", "best"),
+    ("rounds", "speedup", "aa", "worst", "best"),
     [
-        (190.0, 104.0, 2),  # 1.9x, A/A 1.04: two jobs
-        (103.0, 104.0, 1),  # 1.03x is within the A/A control's 1.04: one job
-        (190.0, 110.0, 1),  # the A/A control strays by 10%: the measurement is noise
+        # (one job, two jobs, one job again) per round; medians 100, 190, 96 (a host slowing down)
+        ([(100, 190, 96), (90, 185, 85), (120, 195, 100)], 190 / 98, 0.96, 195 / 120, 2),
+        # two jobs lose one round to the one-job timing after it: one job
+        ([(100, 190, 96), (90, 105, 110), (120, 195, 100)], 190 / 100, 1.0, 105 / 110, 1),
     ],
 )
-def test_jobs_ratios_come_from_the_medians_and_the_a_a_control_decides(
-    setup: BenchSetup, monkeypatch: pytest.MonkeyPatch, split: float, again: float, best: int
+def test_jobs_win_only_when_they_beat_both_one_job_timings_of_every_round(
+    setup: BenchSetup,
+    monkeypatch: pytest.MonkeyPatch,
+    rounds: list[tuple[float, float, float]],
+    speedup: float,
+    aa: float,
+    worst: float,
+    best: int,
 ) -> None:
-    """Hand-made rounds (one job, two jobs, one job again; the middle round's values are the medians)."""
-    rounds = iter([100.0, split, again, 90.0, split - 5, again - 5, 120.0, split + 5, again + 5])
+    values = iter(float(v) for round_ in rounds for v in round_)
     calls = []
 
     def timed_round(config: dict, workers: int, threads: int) -> float:
         calls.append((workers, threads))
-        return next(rounds)
+        return next(values)
 
     monkeypatch.setattr(jobs, "timed_round", timed_round)
     monkeypatch.setattr(jobs, "cores", lambda: 2)
     out = jobs.run(replace(setup, repeats=2))
     assert calls == [(1, 2), (2, 1), (1, 2)] * 3
-    assert out["jobs_speedup"] == pytest.approx(split / 100.0)
-    assert out["aa_ratio"] == pytest.approx(again / 100.0)
+    assert out["jobs_speedup"] == pytest.approx(speedup)
+    assert out["aa_ratio"] == pytest.approx(aa) and out["noisy"] is False
+    assert out["worst_round_speedup"] == pytest.approx(worst)
     assert out["best_jobs"] == best
     summary = markdown({"device": device_info(CPU), "setup": setup.describe(), "jobs": out})
     assert f"Most seeds per hour: `--jobs {best}`" in summary
