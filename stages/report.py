@@ -2,7 +2,7 @@
 
 Its MLflow run holds the report and its figures (the pipeline's parent run gets them too), one tag
 per section verdict and one per claim's word (`claim.A`: reproduced, ...), and the best pruned
-model, registered with an alias.
+model, registered with an alias (when its weights are here).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from maskprune.checkpoint import read_meta
+from maskprune.checkpoint import WEIGHTS_FILE, read_meta
 from maskprune.cli import run_stage
 from maskprune.config import Params
 from maskprune.layout import MODELS_DIR, REPORT_DIR, REPORT_FIGURES_DIR
@@ -27,6 +27,24 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
         print(f"report: {section.key}. {section.verdict}")
 
 
+def best_pruned_model(params: Params, root: Path, name: str) -> ModelToRegister | None:
+    """The best pruned model to register, or None (and one line why) when its weights are not here:
+    the workspace's results then come from a commit, as in a fresh clone after a seed sweep."""
+    folder = root / MODELS_DIR / name
+    if not (folder / WEIGHTS_FILE).is_file():
+        print(f"report: {folder.relative_to(root)} has no weights here, so it is not registered; `dvc repro` trains it")
+        return None
+    meta = read_meta(folder)
+    size = meta["model"]["img_size"]
+    return ModelToRegister(
+        folder,
+        params.tracking.registered_model,
+        params.tracking.model_alias,
+        (meta["in_chans"], size, size),
+        meta["num_classes"],
+    )
+
+
 def record(params: Params, root: Path) -> StageRecord:
     out = root / REPORT_DIR
     summary = json.loads((out / "summary.json").read_text())
@@ -37,23 +55,13 @@ def record(params: Params, root: Path) -> StageRecord:
         root / VERDICTS_FILE,
         root / REPORT_FIGURES_DIR,
     ]
-    folder = root / MODELS_DIR / summary["best_pruned"]
-    meta = read_meta(folder)
-    size = meta["model"]["img_size"]
-    register = ModelToRegister(
-        folder,
-        params.tracking.registered_model,
-        params.tracking.model_alias,
-        (meta["in_chans"], size, size),
-        meta["num_classes"],
-    )
     return StageRecord(
         stage="report",
         params={"seed": params.seed, "report": params.report.model_dump()},
         metrics={"seeds": len(summary["seeds"]), "excluded_seeds": len(summary["excluded"])},
         artifacts=files,
         parent_artifacts=files,
-        register=register,
+        register=best_pruned_model(params, root, summary["best_pruned"]),
         tags={f"verdict.{key}": text[:4000] for key, text in summary["verdicts"].items()}
         | {f"claim.{key}": claim["word"] for key, claim in summary["claims"].items()}
         | {"seeds": ",".join(map(str, summary["seeds"])), "best_pruned": summary["best_pruned"]},

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from maskprune.profile import profile_params
+from stages.report import best_pruned_model
+from tests.conftest import REPO
 from tests.report.structure import parse
 
 SECTIONS = ("A", "B", "C", "D", "E", "T")
@@ -68,3 +71,14 @@ def test_best_pruned_model_is_registered_with_an_alias_and_serves_predictions(
             Normalizer(meta["mean"], meta["std"], meta["model"]["img_size"], torch.device("cpu"))(images)
         ).softmax(-1)
     np.testing.assert_allclose(probabilities, expected.numpy(), atol=1e-5)
+
+
+def test_a_best_pruned_model_without_weights_is_not_registered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Results from a commit (a fresh clone after a seed sweep): the report stands, nothing is registered."""
+    (tmp_path / "models" / "prune" / "evit-masked-0.5").mkdir(parents=True)
+    assert best_pruned_model(profile_params("smoke", REPO), tmp_path, "prune/evit-masked-0.5") is None
+    assert capsys.readouterr().out == (
+        "report: models/prune/evit-masked-0.5 has no weights here, so it is not registered; `dvc repro` trains it\n"
+    )
