@@ -32,7 +32,7 @@ flow: setup
 sweep: setup
 	python -m flows.sweep $(ARGS)
 
-## More seeds of the pipeline as DVC experiments, collected for the report; ARGS="--seeds 1 2 3 --jobs 2"
+## More seeds of the pipeline, each in its own workspace, collected for the report; on 2 cores ARGS="--seeds 3 4 --jobs 2"
 seeds: setup
 	python -m flows.seeds $(ARGS)
 
