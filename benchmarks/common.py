@@ -138,6 +138,11 @@ class BenchSetup:
         }
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[object]:
+    """Autocast to `dtype` on `device`, or nothing for fp32 (None)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
 def training_step(
     net: Callable[[torch.Tensor], torch.Tensor],
     optimizer: torch.optim.Optimizer,
@@ -157,7 +162,7 @@ def training_step(
     """
 
     def step() -> None:
-        with torch.autocast(images.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+        with autocast(images.device, dtype):
             loss = F.cross_entropy(net(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -10,7 +10,6 @@ where the CPU runs bf16 natively (`native_bf16` below).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,15 +17,11 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import BenchSetup, training_step
+from benchmarks.common import BenchSetup, autocast, training_step
 from maskprune.measure import median_seconds
 from maskprune.runtime import NATIVE_BF16_FLAGS, cpu_flags
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[object]:
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def inference_rows(setup: BenchSetup, plain: Any) -> list[dict[str, Any]]:
@@ -38,7 +33,7 @@ def inference_rows(setup: BenchSetup, plain: Any) -> list[dict[str, Any]]:
 
         def call(dtype: torch.dtype | None, model: torch.nn.Module = model, x: torch.Tensor = x) -> Callable[[], Any]:
             def forward() -> Any:
-                with _autocast(x.device, dtype):
+                with autocast(x.device, dtype):
                     return model(x)
 
             return forward

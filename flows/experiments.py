@@ -58,11 +58,6 @@ def run_queue(root: str, env: dict[str, str], jobs: int) -> None:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="dvc repro {stage}")
-def repro(stage: str, root: str, env: dict[str, str]) -> None:
-    """Bring one stage of the workspace up to date (DVC skips it if nothing changed)."""
-    run_dvc(["repro", stage], root, env)
-
-
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
