@@ -57,7 +57,6 @@ def run_queue(root: str, env: dict[str, str], jobs: int) -> None:
     run_dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], root, threads_per_job(env, jobs))
 
 
-@task(cache_policy=NO_CACHE, task_run_name="dvc repro {stage}")
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:

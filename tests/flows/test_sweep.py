@@ -49,6 +49,21 @@ def test_queued_experiments_share_the_cpu_threads() -> None:
     }
 
 
+def test_jobs_option_takes_a_positive_count(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from flows.experiments import add_experiment_options
+
+    parser = argparse.ArgumentParser(prog="sweep")
+    add_experiment_options(parser, sets_help="override")
+    args = parser.parse_args(["--jobs", "2", "--set", "a=1"])
+    assert (args.jobs, args.sets) == (2, ["a=1"])
+    assert parser.parse_args([]).jobs == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--jobs", "0"])
+    assert "argument --jobs: must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_sweep_runs_experiments_and_lines_them_up(
     prefect_harness: None, smoke_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
