@@ -86,3 +86,12 @@ def test_report_aggregates_seeds_with_paired_intervals_and_excludes_other_config
     assert report.outcomes["A"].word == "not testable here"
     assert report.sections[0].verdict.startswith("not testable here: trained arms have plateaued (")
     assert report.summary()["claims"]["A"]["tests"][0]["word"] == "reproduced"
+    maskedkd = next(frame for kind, frame in report.sections[1].blocks if kind == "table")
+    no_kd = maskedkd[maskedkd["teacher sees"] == "no teacher (labels only)"].iloc[0]
+    teacher_columns = ["teacher GMACs / image", "teacher GMACs vs full", "teacher img/s vs full"]
+    assert list(no_kd[teacher_columns]) == ["-", "-", "-"]  # the no-KD arm runs no teacher
+    for section in report.sections:  # a missing number reads as "-" or is left out, never "nan"
+        for kind, block in section.blocks:
+            if kind == "table":
+                cells = block.astype(str)
+                assert not cells.apply(lambda column: column.str.contains("nan")).to_numpy().any(), section.key

@@ -60,13 +60,18 @@ def section_maskedkd(ctx: Context) -> Section:
             values = ctx.stage_metric(f, key)
             return ctx.interval(values).mean if values else float("nan")
 
+        teacher = {
+            "teacher GMACs / image": f"{stage('teacher_gmacs_per_image'):.4f}",
+            "teacher GMACs vs full": f"{stage('teacher_gmacs_ratio'):.2f}x",
+            "teacher img/s vs full": ratio_text(stage("teacher_throughput_ratio"), stage("teacher_aa_ratio")),
+        }
+        if arm == "full":  # the no-KD arm runs no teacher: nothing to count or time
+            teacher = dict.fromkeys(teacher, "-")
         rows.append(
             {
                 "teacher sees": label,
                 "student top-1": points(ctx.interval(ctx.model_metric(folder, "top1"))),
-                "teacher GMACs / image": f"{stage('teacher_gmacs_per_image'):.4f}",
-                "teacher GMACs vs full": f"{stage('teacher_gmacs_ratio'):.2f}x",
-                "teacher img/s vs full": ratio_text(stage("teacher_throughput_ratio"), stage("teacher_aa_ratio")),
+                **teacher,
                 "training TFLOPs": f"{stage('train_tflops'):.2f}",
             }
         )
