@@ -27,9 +27,13 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
         print(f"report: {section.key}. {section.verdict}")
 
 
-def best_pruned_model(params: Params, root: Path, name: str) -> ModelToRegister | None:
-    """The best pruned model to register, or None (and one line why) when its weights are not here:
-    the workspace's results then come from a commit, as in a fresh clone after a seed sweep."""
+def best_pruned_model(params: Params, root: Path, name: str | None) -> ModelToRegister | None:
+    """The best pruned model to register, or None (and one line why) when there is none (every keep
+    rate is 1.0) or its weights are not here: the workspace's results then come from a commit, as in
+    a fresh clone after a seed sweep."""
+    if name is None:
+        print("report: no pruned model (every prune keep rate is 1.0), so none is registered")
+        return None
     folder = root / MODELS_DIR / name
     if not (folder / WEIGHTS_FILE).is_file():
         print(f"report: {folder.relative_to(root)} has no weights here, so it is not registered; `dvc repro` trains it")
@@ -64,7 +68,7 @@ def record(params: Params, root: Path) -> StageRecord:
         register=best_pruned_model(params, root, summary["best_pruned"]),
         tags={f"verdict.{key}": text[:4000] for key, text in summary["verdicts"].items()}
         | {f"claim.{key}": claim["word"] for key, claim in summary["claims"].items()}
-        | {"seeds": ",".join(map(str, summary["seeds"])), "best_pruned": summary["best_pruned"]},
+        | {"seeds": ",".join(map(str, summary["seeds"])), "best_pruned": summary["best_pruned"] or "none"},
     )
 
 

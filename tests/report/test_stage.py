@@ -22,6 +22,7 @@ def test_report_stage_writes_a_self_contained_report_with_a_verdict_per_section(
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["verdicts"]) == sorted(SECTIONS) and summary["seeds"] == [0]
     assert all(summary["verdicts"][k] for k in SECTIONS) and summary["best_pruned"].startswith("prune/")
+    assert not summary["best_pruned"].endswith("-1.0")  # the sham arm (keep 1.0) drops nothing: never the best pruned
     page = (out / "report.html").read_text()
     structure = parse(page)
     assert not structure.errors and not structure.stack, structure.errors
@@ -82,3 +83,5 @@ def test_a_best_pruned_model_without_weights_is_not_registered(
     assert capsys.readouterr().out == (
         "report: models/prune/evit-masked-0.5 has no weights here, so it is not registered; `dvc repro` trains it\n"
     )
+    assert best_pruned_model(profile_params("smoke", REPO), tmp_path, None) is None
+    assert capsys.readouterr().out == "report: no pruned model (every prune keep rate is 1.0), so none is registered\n"

@@ -25,7 +25,7 @@ import pandas as pd
 
 from maskprune import atomic
 from maskprune.config import Params
-from maskprune.layout import REPORT_DIR, REPORT_FIGURES_DIR
+from maskprune.layout import PRUNE_DIR, REPORT_DIR, REPORT_FIGURES_DIR, PruneVariant
 from maskprune.report.claims import Outcome, conclude
 from maskprune.report.model import Context, Report, Section
 from maskprune.report.render import render_html, render_markdown
@@ -115,8 +115,12 @@ def build_report(root: Path, params: Params, figures_dir: Path) -> Report:
         f"{1 - ctx.confidence:.2f} after Holm-Bonferroni over all {sum(len(o.tests) for o in outcomes.values())} "
         "pre-registered tests (report.rules in params.yaml, with their sources)."
     )
-    pruned = [n for n in ctx.results[0].evaluate["models"] if n.startswith("prune/")]
-    best = max(pruned, key=lambda n: ctx.interval(ctx.model_metric(n, "top1")).mean)
+    pruned = [  # keep 1.0 is the sham arm: it drops nothing, so it is no pruned model
+        name
+        for name in ctx.results[0].evaluate["models"]
+        if name.startswith(f"{PRUNE_DIR.name}/") and PruneVariant.parse(name.partition("/")[2]).keep_rate < 1
+    ]
+    best = max(pruned, key=lambda n: ctx.interval(ctx.model_metric(n, "top1")).mean) if pruned else None
     return Report(
         "maskprune report: does masking make pruned ViTs better and cheaper?",
         intro,

@@ -55,7 +55,7 @@ class Report:
     sections: list[Section]
     seeds: list[int]
     excluded: list[dict[str, Any]]
-    best_pruned: str  # the pruned model with the highest mean test top-1 over the seeds
+    best_pruned: str | None  # the pruned model (keep < 1) with the highest mean test top-1 over the seeds
     outcomes: dict[str, Outcome]  # per claim section: the word, the tests and the checks
     confidence: float
 
