@@ -39,6 +39,7 @@ from maskprune.report.model import Context, Section, mean_curve, model_rows, new
 from maskprune.report.stats import Test
 
 MASKEDKD_ARMS = ("full", "full_kd", "masked_kd", "random_kd")
+TEACHER_COLUMNS = ("teacher GMACs / image", "teacher GMACs vs full", "teacher img/s vs full")
 
 
 def section_maskedkd(ctx: Context) -> Section:
@@ -60,13 +61,14 @@ def section_maskedkd(ctx: Context) -> Section:
             values = ctx.stage_metric(f, key)
             return ctx.interval(values).mean if values else float("nan")
 
-        teacher = {
-            "teacher GMACs / image": f"{stage('teacher_gmacs_per_image'):.4f}",
-            "teacher GMACs vs full": f"{stage('teacher_gmacs_ratio'):.2f}x",
-            "teacher img/s vs full": ratio_text(stage("teacher_throughput_ratio"), stage("teacher_aa_ratio")),
-        }
         if arm == "full":  # the no-KD arm runs no teacher: nothing to count or time
-            teacher = dict.fromkeys(teacher, "-")
+            teacher = dict.fromkeys(TEACHER_COLUMNS, "-")
+        else:
+            teacher = {
+                "teacher GMACs / image": f"{stage('teacher_gmacs_per_image'):.4f}",
+                "teacher GMACs vs full": f"{stage('teacher_gmacs_ratio'):.2f}x",
+                "teacher img/s vs full": ratio_text(stage("teacher_throughput_ratio"), stage("teacher_aa_ratio")),
+            }
         rows.append(
             {
                 "teacher sees": label,
