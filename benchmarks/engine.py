@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from benchmarks.common import IN_CHANS, NUM_CLASSES, BenchSetup
 from maskprune.config import TrainSection
-from maskprune.data.loader import Normalizer, PreparedData, Split
+from maskprune.data.loader import Normalizer
+from maskprune.data.storage import MemorySplit, PreparedData
 from maskprune.objectives.classification import ClassificationObjective
 from maskprune.runtime import Runtime
 from maskprune.trainer import fit
@@ -35,7 +36,7 @@ LR = 1e-3
 
 def synthetic_data(images: int, size: int) -> PreparedData:
     gen = torch.Generator().manual_seed(0)
-    split = Split(
+    split = MemorySplit(
         torch.randint(0, 256, (images, IN_CHANS, size, size), dtype=torch.uint8, generator=gen),
         torch.randint(0, NUM_CLASSES, (images,), generator=gen),
     )

@@ -23,7 +23,8 @@ from maskprune import atomic
 from maskprune.checkpoint import config_hash, model_meta, save_model
 from maskprune.cli import run_stage
 from maskprune.config import DistillSection, Params
-from maskprune.data.loader import Normalizer, PreparedData, load_prepared
+from maskprune.data.loader import Normalizer
+from maskprune.data.storage import PreparedData, load_prepared
 from maskprune.layout import CHECKPOINTS_DIR, DistillVariant, prepared_dir
 from maskprune.measure import gmacs, top1
 from maskprune.models.loading import load_distill_teacher
@@ -81,7 +82,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
     started = time.perf_counter()
     seed_everything(params.seed)
     cfg = params.distill
-    prepared = load_prepared(root / prepared_dir(params.data.name))
+    prepared = load_prepared(root / prepared_dir(params.data.name), workers=runtime.loader_workers)
     data = prepared.limit_train(cfg.train.train_limit, params.seed)
     backbone = build_model(params.models.student, num_classes=data.num_classes, in_chans=data.in_chans)
     backbone.reset_classifier(0)  # NOTE: distillation trains no head (DDP refuses unused parameters)

@@ -36,8 +36,9 @@ from maskprune.config import (
     Params,
     PruneSection,
 )
-from maskprune.data.loader import Normalizer, PreparedData, Split, load_prepared
+from maskprune.data.loader import Normalizer
 from maskprune.data.splits import stratified_indices
+from maskprune.data.storage import PreparedData, Split, load_prepared
 from maskprune.errors import MaskpruneError
 from maskprune.layout import (
     CHECKPOINTS_DIR,
@@ -369,12 +370,14 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
         for path in undeclared_outputs(root, params):
             log(f"evaluate: removing {path.relative_to(root)}: params.yaml no longer declares its stage")
             shutil.rmtree(path)
-    data = load_prepared(root / prepared_dir(params.data.name), splits=("train", "test"))
+    data = load_prepared(
+        root / prepared_dir(params.data.name), splits=("train", "test"), workers=runtime.loader_workers
+    )
     meter = ModelMeter(params, data.splits["test"].to(runtime.device), runtime)
     # NOTE: a seeded class-stratified sample, the same for every seed (data.seed), so a class-sorted
     # test split still shows several classes
     pictures = stratified_indices(data.splits["test"].labels.numpy(), params.evaluate.token_images, params.data.seed)
-    picture_images = meter.test.images[pictures]
+    picture_images = meter.test.images_at(torch.tensor(pictures))
     tokens: dict[str, Any] = {"images": pictures, "models": {}}
     results: dict[str, Any] = {}
     for name in pipeline_models(params):

@@ -29,7 +29,7 @@ from maskprune import atomic
 from maskprune.checkpoint import config_hash, model_meta, save_model
 from maskprune.cli import run_stage
 from maskprune.config import FINETUNE_VARIANTS, EvaluateSection, FinetuneSection, Params
-from maskprune.data.loader import PreparedData, load_prepared
+from maskprune.data.storage import PreparedData, load_prepared
 from maskprune.errors import MaskpruneError
 from maskprune.layout import CHECKPOINTS_DIR, FINETUNE_DIR, prepared_dir
 from maskprune.masking import HybridRatios
@@ -109,7 +109,9 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
     started = time.perf_counter()
     seed_everything(params.seed)
     cfg = params.finetune
-    data = load_prepared(root / prepared_dir(params.data.name)).limit_train(cfg.train.train_limit, params.seed)
+    data = load_prepared(root / prepared_dir(params.data.name), workers=runtime.loader_workers).limit_train(
+        cfg.train.train_limit, params.seed
+    )
     student, init = init_student(params, data, root)
     teacher, teacher_hash = arm_teacher(params, variant, data, root, runtime.device)
     uses_teacher = teacher is not None

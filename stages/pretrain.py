@@ -29,7 +29,8 @@ from maskprune import atomic
 from maskprune.checkpoint import config_hash, model_meta, save_model, save_tensors
 from maskprune.cli import run_stage
 from maskprune.config import FinetuneTrain, Params, PretrainProbe
-from maskprune.data.loader import Normalizer, PreparedData, load_prepared
+from maskprune.data.loader import Normalizer
+from maskprune.data.storage import PreparedData, load_prepared
 from maskprune.errors import MaskpruneError
 from maskprune.layout import CHECKPOINTS_DIR, DISTILL_TEACHER_DIR, MODELS_DIR, PretrainVariant, prepared_dir
 from maskprune.masking import random_keep_idx
@@ -144,7 +145,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
     started = time.perf_counter()
     seed_everything(job.seed)
     cfg = params.pretrain
-    prepared = load_prepared(root / prepared_dir(params.data.name))
+    prepared = load_prepared(root / prepared_dir(params.data.name), workers=runtime.loader_workers)
     data = prepared.limit_train(job.train.train_limit, job.seed)
     mim, mask_ratio = build_mim(params, job, data)
     encoder = mim.encoder

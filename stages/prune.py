@@ -20,7 +20,7 @@ from maskprune import atomic
 from maskprune.checkpoint import config_hash, model_meta, save_model
 from maskprune.cli import run_stage
 from maskprune.config import Params
-from maskprune.data.loader import load_prepared
+from maskprune.data.storage import load_prepared
 from maskprune.layout import CHECKPOINTS_DIR, PruneVariant, prepared_dir
 from maskprune.measure import gmacs
 from maskprune.models.loading import load_init, load_teacher
@@ -38,7 +38,9 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
     started = time.perf_counter()
     seed_everything(params.seed)
     cfg = params.prune
-    data = load_prepared(root / prepared_dir(params.data.name)).limit_train(cfg.train.train_limit, params.seed)
+    data = load_prepared(root / prepared_dir(params.data.name), workers=runtime.loader_workers).limit_train(
+        cfg.train.train_limit, params.seed
+    )
     model, init_meta = load_init(params.models.student, chosen.init, root, runtime.device)
     unpruned = copy.deepcopy(model).eval().requires_grad_(False)
     spec = PruningSpec(

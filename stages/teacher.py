@@ -18,7 +18,7 @@ from maskprune import atomic
 from maskprune.checkpoint import config_hash, model_meta, save_model
 from maskprune.cli import run_stage
 from maskprune.config import Params
-from maskprune.data.loader import load_prepared
+from maskprune.data.storage import load_prepared
 from maskprune.layout import CHECKPOINTS_DIR, TEACHER_DIR, prepared_dir
 from maskprune.models.loading import init_teacher
 from maskprune.objectives.classification import ClassificationObjective
@@ -32,7 +32,7 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
     started = time.perf_counter()
     seed = params.teacher.seed
     seed_everything(seed)
-    data = load_prepared(root / prepared_dir(params.data.name))
+    data = load_prepared(root / prepared_dir(params.data.name), workers=runtime.loader_workers)
     spec = params.models.teacher
     model, init = init_teacher(params, data, root)
     digest = config_hash(params.data, spec, params.teacher, init, data.meta["sources"], data.meta["counts"])

@@ -10,7 +10,7 @@ import torch
 
 from maskprune.checkpoint import load_model, model_meta, save_model
 from maskprune.config import ModelSpec
-from maskprune.data.loader import PreparedData
+from maskprune.data.storage import PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.models.vit import build_model
 from tests.conftest import cpu_params

@@ -9,7 +9,8 @@ import torch
 
 from maskprune import measure
 from maskprune.aa_control import aa_noisy
-from maskprune.data.loader import Normalizer, Split
+from maskprune.data.loader import Normalizer
+from maskprune.data.storage import MemorySplit
 from maskprune.measure import occlusion_curve, paired_throughput, throughput, top1
 from maskprune.models.vit import TokenViT
 from maskprune.runtime import Runtime
@@ -26,7 +27,7 @@ class Constant(torch.nn.Module):
 
 
 def test_top1_and_occlusion_with_a_hand_made_model() -> None:
-    split = Split(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.tensor([1] * 7 + [0] * 3))
+    split = MemorySplit(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.tensor([1] * 7 + [0] * 3))
     norm = Normalizer([0.0], [1.0], 4, torch.device("cpu"))
     assert top1(Constant(), split, norm, CPU, batch_size=3) == pytest.approx(0.7)
     rows = occlusion_curve(Constant(), split, norm, CPU, 4, [0.0, 0.5, 0.75], num_patches=4, seed=0)
@@ -37,7 +38,7 @@ def test_top1_and_occlusion_with_a_hand_made_model() -> None:
 def test_occlusion_is_independent_of_batch_size() -> None:
     torch.manual_seed(0)
     model = TokenViT(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=1, num_heads=2)
-    split = Split(torch.randint(0, 255, (20, 1, 8, 8), dtype=torch.uint8), torch.randint(0, 3, (20,)))
+    split = MemorySplit(torch.randint(0, 255, (20, 1, 8, 8), dtype=torch.uint8), torch.randint(0, 3, (20,)))
     norm = Normalizer([0.5], [0.5], 8, torch.device("cpu"))
     a = occlusion_curve(model, split, norm, CPU, 3, [0.0, 0.5], 16, seed=1)
     b = occlusion_curve(model, split, norm, CPU, 20, [0.0, 0.5], 16, seed=1)

@@ -8,7 +8,8 @@ import torch
 
 from maskprune.checkpoint import load_model, save_model
 from maskprune.config import ProbeSection
-from maskprune.data.loader import Normalizer, Split
+from maskprune.data.loader import Normalizer
+from maskprune.data.storage import MemorySplit
 from maskprune.models.vit import build_model
 from maskprune.probe import TIMM_POOL, fit_linear_probe, pooled_features
 from maskprune.runtime import Runtime
@@ -33,7 +34,9 @@ def test_flat_probe_features_are_the_patch_tokens_side_by_side_and_serve_as_the_
     images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
     normalize = Normalizer([0.5], [0.25], 28, torch.device("cpu"))
     runtime = Runtime(device=torch.device("cpu"), amp_dtype=None, compile=False, progress=False)
-    features = pooled_features(model, Split(images, torch.zeros(5, dtype=torch.long)), normalize, runtime, 2, "tokens")
+    features = pooled_features(
+        model, MemorySplit(images, torch.zeros(5, dtype=torch.long)), normalize, runtime, 2, "tokens"
+    )
     features = features.clone()  # out of inference mode
     with torch.no_grad():
         tokens = model.forward_features(normalize(images))

@@ -21,7 +21,7 @@ NEUTRAL = {
     "data.seed",
     "teacher.seed",
     *(f"models.{m}.pretrained_file" for m in ("student", "teacher")),
-    *(f"runtime.{key}" for key in ("device", "threads", "amp", "compile", "progress")),
+    *(f"runtime.{key}" for key in ("device", "threads", "amp", "compile", "progress", "loader_workers")),
     *(f"tracking.{key}" for key in ("enabled", "uri", "experiment", "required", "registered_model", "model_alias")),
     *(f"{section}.kd.{key}" for section in ("finetune", "prune") for key in ("temperature", "kind")),
     "prune.locations",

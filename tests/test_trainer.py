@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from maskprune.checkpoint import STATE_FILE, unwrap
 from maskprune.config import TrainSection
-from maskprune.data.loader import PreparedData, Split
+from maskprune.data.storage import MemorySplit, PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.masking import HybridRatios
 from maskprune.models.vit import TokenViT, build_model
@@ -46,11 +46,11 @@ CFG = TrainSection(
 def tiny_data(n_train: int = 96, n_val: int = 40) -> PreparedData:
     gen = torch.Generator().manual_seed(1)
 
-    def split(n: int) -> Split:
+    def split(n: int) -> MemorySplit:
         labels = torch.arange(n) % 4
         images = torch.randint(0, 60, (n, 1, 12, 12), generator=gen, dtype=torch.uint8)
         images[torch.arange(n), 0, labels * 3, :] = 250  # a learnable stripe per class
-        return Split(images, labels)
+        return MemorySplit(images, labels)
 
     meta = {"num_classes": 4, "image_shape": [1, 12, 12], "mean": [0.3], "std": [0.3], "name": "tiny"}
     return PreparedData(root=Path("."), meta=meta, splits={"train": split(n_train), "val": split(n_val)})
@@ -96,7 +96,7 @@ def test_fit_learns_and_records_history(tmp_path: Path) -> None:
         log=lambda line: None,
     )
     assert [r["epoch"] for r in history] == [1, 2, 3]
-    assert set(history[0]) == {"epoch", "train_loss", "val_top1", "lr", "img_per_s", "seconds"}
+    assert set(history[0]) == {"epoch", "train_loss", "val_top1", "lr", "img_per_s", "seconds", "data_wait"}
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["lr"] == pytest.approx(CFG.min_lr)
     assert json.loads((tmp_path / STATE_FILE).read_text())["epoch"] == 3

@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from maskprune import atomic
 from maskprune.config import ModelSpec, Params
-from maskprune.data.loader import PreparedData, resize_note
+from maskprune.data.loader import resize_note
+from maskprune.data.storage import PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.models.pruned import PruningSpec, make_pruned
 from maskprune.models.vit import TokenViT, build_model

@@ -39,12 +39,42 @@ class Section(BaseModel):
 
 class DataSection(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    format: Literal["idx", "cifar10", "imagefolder"]
+    format: Literal["idx", "cifar10", "imagefolder", "webdataset"]
     root: str
     val_fraction: float = Field(gt=0.0, lt=1.0)
     train_limit: int = Field(ge=0, description="0 keeps every training image")
     test_limit: int = Field(ge=0, description="0 keeps every test image")
     seed: int = Field(0, ge=0, description="the train/val split and the subsets (fixed across a seed sweep)")
+    storage: Literal["auto", "memory", "shards"] = Field(
+        description="memory = uint8 arrays loaded whole; shards = tar shards of the encoded images, "
+        "streamed by loader workers; auto = memory when the arrays fit memory_budget_gb and share one size"
+    )
+    memory_budget_gb: float = Field(gt=0.0, description="auto's limit on the in-memory arrays of all splits")
+    image_size: int = Field(
+        ge=0, description="shards: the side images are cropped to (e.g. 224); 0 = their own size, when all share one"
+    )
+    shard_mb: float = Field(gt=0.0, description="shards: target size of one tar shard, in MB (WebDataset's 256)")
+    skip_unreadable: bool = Field(
+        description="false: an unreadable or corrupt image stops prepare; true: it is skipped and listed in meta.json"
+    )
+    train_crop: Literal["shift", "random_resized"] = Field(
+        description="shards, with train.augment: shift = the image (eval crop) shifted by up to 2 pixels; "
+        "random_resized = Inception-style random-resized crop (DeiT), in the loader workers"
+    )
+    crop_scale: list[float] = Field(
+        description="random_resized: [low, high], the crop's area as a fraction of the image"
+    )
+    eval_crop_pct: float = Field(
+        gt=0.0,
+        le=1.0,
+        description="shards: evaluation resizes the short side to image_size / eval_crop_pct, then centre-crops",
+    )
+
+    @model_validator(mode="after")
+    def _crop_scale(self) -> DataSection:
+        if len(self.crop_scale) != 2 or not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+            raise ValueError(f"crop_scale must be [low, high] with 0 < low <= high <= 1 (got {list(self.crop_scale)})")
+        return self
 
 
 class ModelSpec(Section):
@@ -96,6 +126,9 @@ class RuntimeSection(Section):
     )
     compile: bool = False
     progress: Literal["auto", "always", "never"] = Field("auto", description="auto = bar on a terminal")
+    loader_workers: int = Field(
+        0, ge=0, description="sharded data: decoding processes per training process; 0 = cores / processes, at most 8"
+    )
 
 
 class TrackingSection(Section):

@@ -18,7 +18,8 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from maskprune.data.loader import Normalizer, Split, eval_batches
+from maskprune.data.loader import Normalizer
+from maskprune.data.storage import Split
 from maskprune.masking import num_kept, random_keep_idx
 from maskprune.runtime import Runtime, all_reduce_sum
 
@@ -38,9 +39,8 @@ def top1(
     was_training = model.training
     model.eval()
     counts = torch.zeros(2, dtype=torch.float64, device=runtime.device)
-    for idx in eval_batches(len(split), batch_size, runtime.rank, runtime.world_size):
-        images = normalizer(split.images[idx.to(split.images.device)].to(runtime.device))
-        labels = split.labels[idx.to(split.labels.device)].to(runtime.device)
+    for idx, images, labels in split.batches(batch_size, runtime.device, runtime.rank, runtime.world_size):
+        images = normalizer(images)
         keep = keep_fn(idx).to(runtime.device) if keep_fn else None
         with runtime.autocast(inference=True):
             logits = model(images, keep_idx=keep) if keep is not None else model(images)

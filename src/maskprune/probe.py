@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from maskprune.config import ProbeSection
-from maskprune.data.loader import Normalizer, Split, eval_batches
+from maskprune.data.loader import Normalizer
+from maskprune.data.storage import Split
 from maskprune.models.vit import FLAT_POOL, TokenViT
 from maskprune.runtime import Runtime
 
@@ -41,8 +42,8 @@ def pooled_features(
     was_training = model.training
     model.eval()
     parts = []
-    for idx in eval_batches(len(split), batch_size):
-        images = normalizer(split.images[idx.to(split.images.device)].to(runtime.device))
+    for _, images, _ in split.batches(batch_size, runtime.device):
+        images = normalizer(images)
         with runtime.autocast(inference=True):
             tokens = model.forward_features(images)
         pooled = model.pool(tokens, TIMM_POOL[pool])
@@ -94,9 +95,14 @@ def pixel_floor(
         train: the probe's training images `[n, channels, height, width]` and labels.
         test: the images it is scored on.
     """
-    features = normalizer(train.images).flatten(1).float()
-    layer = fit_linear_probe(features, train.labels, num_classes, cfg, seed)
-    return probe_top1(layer, normalizer(test.images).flatten(1).float(), test.labels)
+    layer = fit_linear_probe(pixel_features(train, normalizer), train.labels, num_classes, cfg, seed)
+    return probe_top1(layer, pixel_features(test, normalizer), test.labels)
+
+
+def pixel_features(split: Split, normalizer: Normalizer, batch_size: int = 1024) -> torch.Tensor:
+    """`[n, channels * size * size]`: the normalised pixels of every image in `split`, batch by batch."""
+    device = normalizer.mean.device
+    return torch.cat([normalizer(images).flatten(1).float() for _, images, _ in split.batches(batch_size, device)])
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     inference_amp_dtype: torch.dtype | None = None  # autocast dtype of eval-mode forwards
+    loader_workers: int = 0  # processes that decode sharded data for this process (0 = in this process)
 
     @property
     def is_main(self) -> bool:
@@ -119,7 +120,9 @@ def setup_runtime(cfg: RuntimeSection) -> Runtime:
         torch.set_num_threads(cfg.threads)
     train_amp, inference_amp = amp_dtypes(cfg.amp, use_cuda, frozenset() if use_cuda else cpu_flags())
     progress = cfg.progress == "always" or (cfg.progress == "auto" and sys.stderr.isatty())
-    return Runtime(device, train_amp, cfg.compile, progress and rank == 0, rank, world_size, inference_amp)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    workers = cfg.loader_workers or max(1, min(8, (os.cpu_count() or 1) // local))
+    return Runtime(device, train_amp, cfg.compile, progress and rank == 0, rank, world_size, inference_amp, workers)
 
 
 def all_reduce_sum(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:

@@ -19,7 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from maskprune.checkpoint import load_train_state, save_train_state
 from maskprune.config import TrainSection
-from maskprune.data.loader import Normalizer, PreparedData, resize_note, shift_and_flip, steps_per_epoch, train_batches
+from maskprune.data.loader import Normalizer, resize_note, steps_per_epoch
+from maskprune.data.storage import PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.measure import top1
 from maskprune.runtime import Runtime, all_reduce_sum
@@ -127,7 +128,8 @@ def fit(
 
     `name` labels logs; `section` (default `name`) is the params key that error messages cite.
     The history has one record per epoch: epoch, train_loss, val_top1 (unless `validate` is
-    off, for models without a trained classifier), lr, img_per_s, seconds, the objective's
+    off, for models without a trained classifier), lr, img_per_s, seconds, data_wait (the
+    fraction of the epoch spent waiting for the next batch: a starved device shows), the objective's
     `epoch_summary()` fields if it has one, and what `epoch_end(model)` measures after the
     epoch (e.g. a linear probe), if given.
     """
@@ -165,19 +167,20 @@ def fit(
         net.train()
         started = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
-        batches = train_batches(
-            len(train_split), cfg.batch_size, seed, epoch, runtime.rank, runtime.world_size, runtime.device
+        batches = train_split.train_batches(
+            cfg.batch_size, seed, epoch, runtime.device, cfg.augment, runtime.rank, runtime.world_size
         )
         bar = _progress(runtime, steps, f"{name} {epoch + 1}/{cfg.epochs}")
         set_progress = getattr(objective, "set_progress", None)
-        for step, (idx, shifts, flips) in enumerate(batches, start=1):
+        waited = 0.0
+        for step in range(1, steps + 1):
+            asked = time.perf_counter()
+            images, labels = next(batches)
+            waited += time.perf_counter() - asked
             if set_progress is not None:
                 set_progress(epoch + (step - 1) / steps)
-            images = train_split.images[idx]
-            if cfg.augment:
-                images = shift_and_flip(images, shifts, flips)
             with runtime.autocast():
-                loss = objective(net, normalize(images), train_split.labels[idx])
+                loss = objective(net, normalize(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -202,6 +205,7 @@ def fit(
             lr=max(group["lr"] for group in optimizer.param_groups),
             img_per_s=steps * cfg.batch_size / seconds,
             seconds=seconds,
+            data_wait=waited / seconds,
         )
         summary = getattr(objective, "epoch_summary", None)
         if summary is not None:

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskprune.data.loader import Normalizer, eval_batches, load_prepared, resize_note, shift_and_flip, train_batches
+from maskprune.data.augment import shift_and_flip
+from maskprune.data.loader import Normalizer, eval_batches, resize_note, train_batches
+from maskprune.data.storage import load_prepared
 from maskprune.errors import MaskpruneError
 
 

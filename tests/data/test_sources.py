@@ -23,7 +23,7 @@ def test_missing_dataset_names_the_install_command(tmp_path: Path) -> None:
 def test_image_folder_source(tmp_path: Path) -> None:
     from PIL import Image
 
-    for split, n in (("train", 7), ("test", 2)):
+    for split, n in (("train", 10), ("test", 2)):
         for cls in ("cat", "dog"):
             folder = tmp_path / "tree" / split / cls
             folder.mkdir(parents=True)
@@ -32,5 +32,5 @@ def test_image_folder_source(tmp_path: Path) -> None:
     cfg = updated(cpu_params().data, name="pets", format="imagefolder", root=str(tmp_path / "tree"), val_fraction=0.25)
     meta = prepare_dataset(cfg, 0, tmp_path / "prepared")
     assert meta["classes"] == ["cat", "dog"] and meta["image_shape"] == [3, 8, 8]
-    assert meta["counts"] == {"train": 10, "val": 4, "test": 4}
-    assert list(meta["sources"])[0].startswith("18 files under")
+    assert meta["counts"] == {"train": 15, "val": 5, "test": 4}
+    assert list(meta["sources"])[0].startswith("24 files under")

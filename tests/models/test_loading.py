@@ -9,7 +9,7 @@ import torch
 
 from maskprune.checkpoint import save_model
 from maskprune.config import ModelSpec, Params
-from maskprune.data.loader import PreparedData
+from maskprune.data.storage import PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.models.loading import init_student, load_init, load_teacher
 from maskprune.models.vit import build_model

@@ -50,7 +50,8 @@ def test_best_pruned_model_is_registered_with_an_alias_and_serves_predictions(
     import torch
 
     from maskprune.checkpoint import load_model
-    from maskprune.data.loader import Normalizer, load_prepared
+    from maskprune.data.loader import Normalizer
+    from maskprune.data.storage import load_prepared
 
     uri = f"sqlite:///{smoke_repo / 'mlflow.db'}"
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)

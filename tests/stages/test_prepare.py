@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from maskprune.data.loader import load_prepared
+from maskprune.data.storage import load_prepared
 from maskprune.errors import MaskpruneError
 from stages.prepare import prepare_dataset
 from tests.conftest import REPO, cpu_params, subprocess_env, updated, write_idx

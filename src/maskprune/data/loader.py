@@ -1,90 +1,27 @@
-"""Prepared data in memory: uint8 tensors, seeded batches, augmentation and normalisation on device.
+"""Batches: the seeded order of an epoch, evaluation order, decoding loader processes, normalisation.
 
-Batches are drawn for the *global* batch (all ranks) from a generator seeded by (seed, epoch) and
-then sliced per rank, so one process with batch B and N processes with batch B/N see exactly the
-same images with the same augmentations.
+Training batches are drawn for the *global* batch (all ranks) from a generator seeded by (seed,
+epoch) and then sliced per rank, so one process with batch B and N processes with batch B/N see
+exactly the same images with the same augmentations. The sharded storage's batches are decoded by
+`decoded_batches`, in loader processes, in that order.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskprune.data.splits import SPLITS, subset_indices
+from maskprune.data.augment import CROP_PADDING, eval_crop, random_resized_crop, sample_seed, seeded_crop
+from maskprune.data.sources import decode
 from maskprune.errors import MaskpruneError
 
-CROP_PADDING = 2
+if TYPE_CHECKING:
+    from maskprune.data.storage import ShardedSplit
 
-
-@dataclass
-class Split:
-    images: torch.Tensor  # uint8 [n, channels, height, width]
-    labels: torch.Tensor  # int64 [n]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def to(self, device: torch.device) -> Split:
-        pin = device.type == "cuda"
-        images = self.images.pin_memory() if pin else self.images
-        labels = self.labels.pin_memory() if pin else self.labels
-        return Split(images.to(device, non_blocking=pin), labels.to(device, non_blocking=pin))
-
-    def subset(self, limit: int, seed: int) -> Split:
-        """A seeded subset of `limit` images (0 keeps all)."""
-        if not limit:
-            return self
-        keep = torch.from_numpy(subset_indices(len(self), limit, seed)).to(self.labels.device)
-        return Split(self.images[keep.to(self.images.device)], self.labels[keep])
-
-
-@dataclass
-class PreparedData:
-    root: Path
-    meta: dict
-    splits: dict[str, Split]
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.meta["num_classes"])
-
-    @property
-    def in_chans(self) -> int:
-        return int(self.meta["image_shape"][0])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.meta["image_shape"][1])
-
-    def limit_train(self, limit: int, seed: int) -> PreparedData:
-        """The same data with a seeded subset of `limit` training images (0 keeps all)."""
-        if not limit:
-            return self
-        return replace(self, splits={**self.splits, "train": self.splits["train"].subset(limit, seed)})
-
-
-def load_prepared(root: str | Path, splits: tuple[str, ...] = SPLITS) -> PreparedData:
-    """Load `data/prepared/<name>/`; a missing or partial folder names the stage to run."""
-    root = Path(root)
-    meta_path = root / "meta.json"
-    if not meta_path.is_file():
-        raise MaskpruneError(f"prepared data not found at {root}: run `dvc repro prepare` first")
-    meta = json.loads(meta_path.read_text())
-    loaded = {}
-    for split in splits:
-        try:
-            images = np.load(root / f"{split}_images.npy", allow_pickle=False)
-            labels = np.load(root / f"{split}_labels.npy", allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise MaskpruneError(f"{root}: cannot load split {split!r} ({err}); rerun `dvc repro -f prepare`") from None
-        loaded[split] = Split(torch.from_numpy(images), torch.from_numpy(labels))
-    return PreparedData(root=root, meta=meta, splits=loaded)
+Draws = tuple[int, int] | None  # (seed, epoch) of a training batch's random crops; None = evaluation crop
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -124,25 +61,6 @@ def steps_per_epoch(num_items: int, global_batch: int) -> int:
     return num_items // global_batch
 
 
-def shift_and_flip(
-    images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int = CROP_PADDING
-) -> torch.Tensor:
-    """Translate each image `[b, c, h, w]` by its (dy, dx) with zero fill, then mirror where flagged.
-
-    Shifts must lie within +-`pad` (a constant, so no value is read back from the device).
-    """
-    b, _, h, w = images.shape
-    if pad:
-        padded = F.pad(images, (pad, pad, pad, pad))
-        rows = torch.arange(h, device=images.device) + pad - shifts[:, 0:1].to(images.device)
-        cols = torch.arange(w, device=images.device) + pad - shifts[:, 1:2].to(images.device)
-        batch = torch.arange(b, device=images.device)[:, None, None]
-        # NOTE: advanced indexing around a slice moves the indexed dims first: [b, h, w, c]
-        images = padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    flips = flips.to(images.device)[:, None, None, None]
-    return torch.where(flips, images.flip(-1), images)
-
-
 def resize_note(image_shape: list[int], size: int) -> str | None:
     """How images of `image_shape` `[c, h, w]` reach a model of input `size`, or None if unchanged.
 
@@ -174,3 +92,65 @@ def eval_batches(num_items: int, batch_size: int, rank: int = 0, world_size: int
     """Index batches over this rank's strided share of a split, in order."""
     mine = torch.arange(rank, num_items, world_size)
     yield from mine.split(batch_size)
+
+
+class DecodedSamples(torch.utils.data.Dataset):
+    """A sharded split's samples by key (position, draws): decoded, cropped to uint8 `[c, size, size]`."""
+
+    def __init__(self, split: ShardedSplit) -> None:
+        self.split = split
+        self.eval_crop = eval_crop(split.view.size, split.view.eval_crop_pct)
+        self.train_crop = random_resized_crop(split.view.size, list(split.view.crop_scale))
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, Draws]) -> tuple[torch.Tensor, int]:
+        position, draws = key
+        row_number = int(self.split.positions[position])
+        row = self.split.index[row_number]
+        try:
+            image = decode(self.split.reader.read(row), self.split.view.channels)
+        except Exception as err:  # noqa: BLE001 - re-raised with the sample it concerns
+            raise MaskpruneError(
+                f"{self.split.reader.folder}: sample {row_number} of {self.split.reader.split} cannot be decoded "
+                f"({err}); rerun `dvc repro -f prepare`"
+            ) from None
+        if draws is None:
+            return self.eval_crop(image), int(row["label"])
+        return seeded_crop(self.train_crop, image, sample_seed(*draws, row_number)), int(row["label"])
+
+
+def _stack(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = zip(*samples, strict=True)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+def decoded_batches(
+    split: ShardedSplit,
+    batches: list[tuple[torch.Tensor, Draws]],
+    workers: int,
+    device: torch.device | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) of each batch of positions, in order, decoded by `workers` processes.
+
+    Args:
+        split: the sharded split the positions index.
+        batches: per batch, its positions `[b]` and its draws (None = evaluation crop).
+        workers: loader processes (0 = decode in this process).
+        device: where the batches go (pinned first for CUDA); None = stay on the CPU.
+    """
+    keys = [[(int(p), draws) for p in idx.tolist()] for idx, draws in batches]
+    pin = device is not None and device.type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        DecodedSamples(split),
+        batch_sampler=keys,
+        num_workers=min(workers, len(keys)),
+        collate_fn=_stack,
+        pin_memory=pin,
+        prefetch_factor=4 if workers else None,
+    )
+    for images, labels in loader:
+        if device is not None:
+            images, labels = images.to(device, non_blocking=pin), labels.to(device, non_blocking=pin)
+        yield images, labels

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from maskprune.config import DataSection
 from maskprune.data.sources import RawSplits, sha256_of
+from maskprune.errors import MaskpruneError
 
 SPLITS = ("train", "val", "test")
 
@@ -75,3 +77,37 @@ def build_splits(raw: RawSplits, cfg: DataSection, seed: int) -> dict[str, tuple
         "val": (raw.train_images[val_idx], raw.train_labels[val_idx]),
         "test": (raw.test_images[test_idx], raw.test_labels[test_idx]),
     }
+
+
+def missing_classes(labels: np.ndarray, classes: tuple[str, ...]) -> list[str]:
+    """The classes with no image among `labels` `[n]`."""
+    counts = np.bincount(labels, minlength=len(classes))
+    return [classes[c] for c in np.flatnonzero(counts == 0)]
+
+
+def check_class_coverage(
+    labels: dict[str, np.ndarray],
+    classes: tuple[str, ...],
+    log: Callable[[str], None],
+) -> None:
+    """Every class needs training and test images, or accuracy and chance mean nothing; one line if not.
+
+    A class without validation images only costs the validation top-1 that class, so it is a warning.
+
+    Args:
+        labels: the labels `[n]` of each split (train, val, test).
+        classes: the class names, by label.
+        log: where the warning goes.
+    """
+    for split, split_labels in labels.items():
+        empty = missing_classes(split_labels, classes)
+        if not empty:
+            continue
+        listed = ", ".join(map(repr, empty[:5])) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        if split == "val":
+            log(f"prepare: warning: class(es) {listed} have no val images; raise data.val_fraction to include them")
+            continue
+        raise MaskpruneError(
+            f"class(es) {listed} have no {split} images; add images of those classes, "
+            "raise the data limits, or remove their folders"
+        )

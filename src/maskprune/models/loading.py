@@ -13,7 +13,7 @@ import torch
 
 from maskprune.checkpoint import WEIGHTS_FILE, load_model, load_tensors, read_meta
 from maskprune.config import ModelSpec, Params
-from maskprune.data.loader import PreparedData
+from maskprune.data.storage import PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.layout import FINETUNE_DIR, TEACHER_DIR
 from maskprune.models.vit import TokenViT, build_model

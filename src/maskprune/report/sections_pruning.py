@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from maskprune.config import FINETUNE_VARIANTS, PRUNING_METHODS
-from maskprune.data.loader import load_prepared
+from maskprune.data.storage import load_prepared
 from maskprune.layout import FINETUNE_DIR, PLOTS_DIR, PRUNE_DIR, TEACHER_DIR, PruneVariant, model_name, prepared_dir
 from maskprune.report import figures
 from maskprune.report.checks import NOT_MEASURED, gmacs_matched, keep_ratio, plateaued, teacher_gap
@@ -256,7 +257,7 @@ def section_tokens(ctx: Context) -> Section:
         sec.verdict = f"{NOT_MEASURED}: metrics/evaluate.json holds no token pictures"
         return sec
     data = load_prepared(ctx.root / prepared_dir(ctx.params.data.name), splits=("test",))
-    images = data.splits["test"].images[tokens["images"]].numpy()[:, 0]
+    images = data.splits["test"].images_at(torch.tensor(tokens["images"])).numpy()[:, 0]
     grid = tokens["grid"]
     every = np.ones((len(images), grid * grid), dtype=bool)
 
