@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import engine, jobs, mae, masked_teacher, orchestration, precision, pruning
+from benchmarks import engine, jobs, loader, mae, masked_teacher, orchestration, precision, pruning
 from benchmarks.common import GRAPH_MODES, IN_CHANS, MODES, NUM_CLASSES, PRESETS, BenchSetup, device_info
 from benchmarks.summary import check_targets, markdown
 from maskprune import atomic
@@ -33,7 +33,7 @@ from maskprune.profile import PROFILES, add_set_argument, apply_sets, profile_pa
 from maskprune.runtime import setup_runtime
 from maskprune.tracking.provenance import git_tags
 
-PARTS = ("pruning", "teacher", "engine", "mae", "precision", "jobs", "orchestration")
+PARTS = ("pruning", "teacher", "engine", "mae", "precision", "jobs", "loader", "orchestration")
 PER_MODE = ("pruning", "teacher")  # the parts that run once per mode
 RUNNERS = {
     "pruning": pruning.run,
@@ -42,6 +42,7 @@ RUNNERS = {
     "mae": mae.run,
     "precision": precision.run,
     "jobs": jobs.run,
+    "loader": loader.run,
 }
 
 

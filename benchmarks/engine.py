@@ -62,6 +62,10 @@ def engine_img_per_s(model: torch.nn.Module, data: PreparedData, batch: int, run
         label_smoothing=LABEL_SMOOTHING,
         grad_clip=GRAD_CLIP,
         augment=False,
+        mixup=0.0,
+        cutmix=0.0,
+        random_erasing=0.0,
+        repeated_aug=1,
     )
     with tempfile.TemporaryDirectory() as state:
         history = fit(

@@ -31,12 +31,28 @@ def _orchestration(results: dict[str, Any]) -> list[tuple[str | None, float]]:
     return [] if value is None else [(None, value)]
 
 
+def _loader(key: str, field: str) -> Callable[[dict[str, Any]], list[tuple[str | None, float]]]:
+    def read(results: dict[str, Any]) -> list[tuple[str | None, float]]:
+        value = results.get("loader", {}).get(key, {}).get(field)
+        return [] if value is None else [(None, value)]
+
+    return read
+
+
 TARGETS: list[Target] = [
     ("EViT keep 0.5: efficiency (measured / theoretical speed-up)", "cpu", _evit_half, ">=", 0.9),
     ("EViT keep 0.5: efficiency (measured / theoretical speed-up)", "cuda", _evit_half, ">=", 0.95),
     ("MaskedKD teacher at keep 0.5: time / keep-1.0 time", None, _teacher_half, "<=", 0.55),
     ("training engine img/s / plain loop img/s", None, _engine, ">=", 1.0),
     ("orchestration overhead / pipeline wall time", None, _orchestration, "<=", 0.05),
+    (
+        "loader: 500x375 JPEG decode + crop to 224, img/s per core",
+        "cpu",
+        _loader("decode", "img_per_s_per_core"),
+        ">=",
+        350,
+    ),
+    ("training fed by the loader / fed from memory", None, _loader("feed", "loader_over_memory"), ">=", 0.95),
 ]
 
 
@@ -192,6 +208,20 @@ def markdown(results: dict[str, Any]) -> str:
             "Training steps of the student (forward, backward, AdamW), img/s:",
             "",
             _table(p["training"], ["batch", "dtype", "channels_last", "compile", "img_per_s"]),
+            "",
+        ]
+    if "loader" in results:
+        d, f = results["loader"]["decode"], results["loader"]["feed"]
+        lines += [
+            "## 8. The sharded data path",
+            "",
+            f"Decode + random-resized crop to {d['crop']} of {d['images']} {d['source_size'][0]}x{d['source_size'][1]} "
+            f"JPEGs on one core: **{d['img_per_s_per_core']:.0f} img/s** (A/A {d['aa_ratio']:.3f}). Training "
+            f"(batch {f['batch']}) fed by the loader ({f['workers']} workers) {f['loader_img_per_s']:.0f} img/s "
+            f"against the same batches from memory {f['memory_img_per_s']:.0f} img/s: "
+            f"**{f['loader_over_memory']:.3f}x** "
+            f"(A/A {f['aa_ratio']:.3f}{', noisy' if f['noisy'] else ''}; data wait {f['data_wait']:.1%} of the "
+            "loader's step time).",
             "",
         ]
     if "jobs" in results:

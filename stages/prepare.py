@@ -50,8 +50,15 @@ def _cores() -> int:
 
 def choose_storage(cfg: DataSection, images: int, channels: int, shapes: set[tuple[int, int]]) -> tuple[str, str]:
     """(storage, why): `cfg.storage` unless auto, which keeps memory for one image size within the budget."""
+    if cfg.storage == "memory" and cfg.train_crop == "random_resized":
+        raise MaskpruneError(
+            "data.train_crop random_resized crops in the loader, which the memory storage has not: "
+            "set data.storage to shards or auto, or data.train_crop to shift"
+        )
     if cfg.storage != "auto":
         return cfg.storage, f"data.storage is {cfg.storage}"
+    if cfg.train_crop == "random_resized":
+        return "shards", "data.train_crop random_resized crops in the loader"
     if len(shapes) > 1:
         return "shards", f"images differ in size ({len(shapes)} sizes among those sampled)"
     (height, width) = next(iter(shapes))
@@ -150,7 +157,12 @@ def _view_meta(cfg: DataSection, channels: int, sizes: list[list[int]]) -> dict[
         side = sizes[0][0]
     return {
         "image_shape": [channels, side, side],
-        "view": {"train_crop": cfg.train_crop, "crop_scale": list(cfg.crop_scale), "eval_crop_pct": cfg.eval_crop_pct},
+        "view": {
+            "train_crop": cfg.train_crop,
+            "crop_scale": list(cfg.crop_scale),
+            "rand_augment": cfg.rand_augment,
+            "eval_crop_pct": cfg.eval_crop_pct,
+        },
         "resize": f"the loader crops every image to {side}x{side} (evaluation: short side to "
         f"{side}/{cfg.eval_crop_pct} then the centre; training: {cfg.train_crop})",
     }

@@ -40,6 +40,10 @@ CFG = TrainSection(
     label_smoothing=0.1,
     grad_clip=1.0,
     augment=True,
+    mixup=0.0,
+    cutmix=0.0,
+    random_erasing=0.0,
+    repeated_aug=1,
 )
 
 

@@ -64,6 +64,9 @@ class DataSection(Section):
     crop_scale: list[float] = Field(
         description="random_resized: [low, high], the crop's area as a fraction of the image"
     )
+    rand_augment: str = Field(
+        description="with train_crop random_resized: timm's RandAugment config (DeiT's rand-m9-mstd0.5-inc1); '' = off"
+    )
     eval_crop_pct: float = Field(
         gt=0.0,
         le=1.0,
@@ -71,7 +74,15 @@ class DataSection(Section):
     )
 
     @model_validator(mode="after")
-    def _crop_scale(self) -> DataSection:
+    def _crops(self) -> DataSection:
+        if self.rand_augment and self.train_crop != "random_resized":
+            raise ValueError(
+                "rand_augment runs in the loader with the random-resized crop: set train_crop: random_resized"
+            )
+        if self.rand_augment and not self.rand_augment.startswith("rand"):
+            raise ValueError(
+                f"rand_augment {self.rand_augment!r} is not a timm RandAugment config such as rand-m9-mstd0.5-inc1"
+            )
         if len(self.crop_scale) != 2 or not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
             raise ValueError(f"crop_scale must be [low, high] with 0 < low <= high <= 1 (got {list(self.crop_scale)})")
         return self
@@ -154,6 +165,10 @@ class TrainSection(Section):
     label_smoothing: float = Field(ge=0.0, lt=1.0)
     grad_clip: float = Field(ge=0.0, description="max gradient norm; 0 = off")
     augment: bool
+    mixup: float = Field(ge=0.0, description="mixup's Beta alpha (timm's Mixup, per batch on the device); 0 = off")
+    cutmix: float = Field(ge=0.0, description="cutmix's Beta alpha (with mixup: either, half the time each); 0 = off")
+    random_erasing: float = Field(ge=0.0, le=1.0, description="probability of timm's RandomErasing per image; 0 = off")
+    repeated_aug: int = Field(ge=1, description="each image this many times an epoch, each augmented anew (DeiT: 3)")
 
     @model_validator(mode="after")
     def _schedule(self) -> TrainSection:

@@ -1,6 +1,7 @@
 """The training engine shared by every stage.
 
-AdamW with linear warm-up then cosine decay (per step), label smoothing, gradient clipping, bf16
+AdamW with linear warm-up then cosine decay (per step), label smoothing, DeiT's batch augmentations
+(random erasing, mixup/cutmix, repeated augmentation) when switched on, gradient clipping, bf16
 autocast on CUDA, full seeding, a resumable checkpoint after every epoch, a clear stop on a
 non-finite loss, and torchrun/DDP (rank 0 writes). What a stage optimises is an `Objective`.
 """
@@ -19,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from maskprune.checkpoint import load_train_state, save_train_state
 from maskprune.config import TrainSection
+from maskprune.data.augment import BatchAugment
 from maskprune.data.loader import Normalizer, resize_note, steps_per_epoch
 from maskprune.data.storage import PreparedData
 from maskprune.errors import MaskpruneError
@@ -142,12 +144,15 @@ def fit(
     note = resize_note(data.meta["image_shape"], size)
     if note:
         log(f"{name}: {note}")
-    steps = steps_per_epoch(len(train_split), cfg.batch_size)
+    steps = steps_per_epoch(len(train_split), cfg.batch_size, cfg.repeated_aug)
     if steps == 0:
         raise MaskpruneError(
             f"{section}.batch_size {cfg.batch_size} exceeds the {len(train_split)} "
             "training images; lower it or raise data.train_limit"
         )
+    mix = BatchAugment(cfg.mixup, cfg.cutmix, cfg.random_erasing, data.num_classes, runtime.device)
+    if mix.mix is not None and (cfg.batch_size // runtime.world_size) % 2:
+        raise MaskpruneError(f"{section}.mixup/cutmix pair the images of a batch: make batch_size per process even")
     groups = param_groups(model, cfg.weight_decay, backbone_lr)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=runtime.device.type == "cuda")
     base = warmup_cosine(steps * cfg.epochs, int(cfg.warmup_epochs * steps), cfg.min_lr / cfg.lr)
@@ -168,7 +173,7 @@ def fit(
         started = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
         batches = train_split.train_batches(
-            cfg.batch_size, seed, epoch, runtime.device, cfg.augment, runtime.rank, runtime.world_size
+            cfg.batch_size, seed, epoch, runtime.device, cfg.augment, runtime.rank, runtime.world_size, cfg.repeated_aug
         )
         bar = _progress(runtime, steps, f"{name} {epoch + 1}/{cfg.epochs}")
         set_progress = getattr(objective, "set_progress", None)
@@ -180,7 +185,10 @@ def fit(
             if set_progress is not None:
                 set_progress(epoch + (step - 1) / steps)
             with runtime.autocast():
-                loss = objective(net, normalize(images), labels)
+                images = normalize(images)
+                if mix.active:
+                    images, labels = mix(images, labels, (seed, epoch, step, runtime.rank))
+                loss = objective(net, images, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

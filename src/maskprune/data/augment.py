@@ -3,9 +3,11 @@
 The sharded storage decodes each image in a loader worker and crops it there to uint8
 `[c, size, size]` with timm's own transforms (`create_transform(..., use_prefetcher=True)`, which
 stop before normalisation): for evaluation, resize the short side to `size / crop_pct` and centre-crop
-(bicubic, as DeiT); for training, timm's random-resized crop, its draws seeded by (seed, epoch, sample
-index) so they do not depend on the worker, the batch or the number of processes. Shifts and flips
-are drawn per global batch and applied to whole batches on the device (`shift_and_flip`).
+(bicubic, as DeiT); for training, timm's random-resized crop and RandAugment, their draws seeded by
+(seed, epoch, the sample's place in the epoch) so they do not depend on the worker, the batch or the
+number of processes. Shifts and flips are drawn per global batch and applied to whole batches on the
+device (`shift_and_flip`); random erasing and mixup/cutmix run on the normalised batch there
+(`BatchAugment`, timm's RandomErasing and Mixup).
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ def eval_crop(size: int, crop_pct: float) -> Crop:
     )
 
 
-def random_resized_crop(size: int, scale: list[float]) -> Crop:
-    """PIL image -> uint8 `[c, size, size]`: timm's random-resized crop (aspect 3/4..4/3), no flip or colour."""
+def random_resized_crop(size: int, scale: list[float], rand_augment: str = "") -> Crop:
+    """PIL image -> uint8 `[c, size, size]`: timm's random-resized crop (aspect 3/4..4/3), then RandAugment if given.
+
+    No flip (the device flips whole batches) and no colour jitter (DeiT's recipe turns it off with RandAugment).
+    """
     from timm.data import create_transform
 
     return create_transform(
@@ -43,6 +48,7 @@ def random_resized_crop(size: int, scale: list[float]) -> Crop:
         scale=tuple(scale),
         hflip=0.0,
         color_jitter=None,
+        auto_augment=rand_augment or None,
         interpolation=INTERPOLATION,
         use_prefetcher=True,
     )
@@ -89,3 +95,62 @@ def shift_and_flip(
         images = padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     flips = flips.to(images.device)[:, None, None, None]
     return torch.where(flips, images.flip(-1), images)
+
+
+class BatchAugment:
+    """timm's RandomErasing and Mixup/CutMix on a normalised batch on the device; labels become soft targets.
+
+    Each batch's draws are seeded by (seed, epoch, step, rank). Mixup and CutMix pair the images of
+    one process's batch (as timm and DeiT do), so with them on, N processes at batch B/N mix other
+    pairs than one process at B. The targets carry no label smoothing: the objectives' cross-entropy
+    applies it to soft targets as to labels, which equals timm's smoothed mixup targets.
+
+    Args:
+        mixup: mixup's Beta alpha (0 = off).
+        cutmix: cutmix's Beta alpha (0 = off).
+        erasing: probability of erasing a random rectangle of an image (0 = off).
+        num_classes: the classes of the soft targets.
+        device: where the batches are.
+    """
+
+    def __init__(
+        self,
+        mixup: float,
+        cutmix: float,
+        erasing: float,
+        num_classes: int,
+        device: torch.device,
+    ) -> None:
+        from timm.data import Mixup
+        from timm.data.random_erasing import RandomErasing
+
+        self.mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=0.0, num_classes=num_classes)
+        self.mix = self.mix if mixup or cutmix else None
+        self.erase = RandomErasing(erasing, mode="pixel", device=str(device)) if erasing else None
+
+    @property
+    def active(self) -> bool:
+        return self.mix is not None or self.erase is not None
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        draws: tuple[int, int, int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, targets) of normalised images `[b, c, h, w]` and labels `[b]`; draws: (seed, epoch, step, rank)."""
+        seed = sample_seed(draws[0], draws[1], draws[2] * 100_003 + draws[3])
+        state, numpy_state = random.getstate(), np.random.get_state()
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            if self.erase is not None:
+                with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
+                    torch.manual_seed(seed)
+                    images = self.erase(images)
+            if self.mix is not None:
+                images, labels = self.mix(images, labels)
+        finally:
+            random.setstate(state)
+            np.random.set_state(numpy_state)
+        return images, labels

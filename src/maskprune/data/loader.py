@@ -21,7 +21,8 @@ from maskprune.errors import MaskpruneError
 if TYPE_CHECKING:
     from maskprune.data.storage import ShardedSplit
 
-Draws = tuple[int, int] | None  # (seed, epoch) of a training batch's random crops; None = evaluation crop
+# a training batch's random crops: (seed, epoch, the place in the epoch of its first image); None = evaluation crop
+Draws = tuple[int, int, int] | None
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -36,18 +37,29 @@ def train_batches(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
+    repeats: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (indices, shifts `[b, 2]`, flips `[b]`) of this rank's share of each global batch.
 
     The epoch's order and augmentation draws are made at once (seeded by `seed` and `epoch`) and
     moved to `device` once, so a step costs no host-to-device copy. The last incomplete global
-    batch is dropped, so every step has the same size on every rank.
+    batch is dropped, so every step has the same size on every rank. With `repeats` > 1 the order
+    is timm's repeated-augmentation sampler's (DeiT's): each image `repeats` times in a row, as many
+    places as images (rounded down to 256), drawn for the global batch like any other order.
     """
     if global_batch % world_size:
         raise MaskpruneError(f"batch_size {global_batch} is not divisible by {world_size} processes")
     gen = epoch_generator(seed, epoch)
-    steps = num_items // global_batch
-    order = torch.randperm(num_items, generator=gen)[: steps * global_batch].view(steps, global_batch)
+    if repeats > 1:
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        sampler = RepeatAugSampler(range(num_items), num_replicas=1, rank=0, num_repeats=repeats)
+        sampler.set_epoch(seed * 100_003 + epoch)
+        order = torch.tensor(list(sampler), dtype=torch.int64)
+    else:
+        order = torch.randperm(num_items, generator=gen)
+    steps = len(order) // global_batch
+    order = order[: steps * global_batch].view(steps, global_batch)
     shifts = torch.randint(-CROP_PADDING, CROP_PADDING + 1, (steps, global_batch, 2), generator=gen)
     flips = torch.rand(steps, global_batch, generator=gen) < 0.5
     per_rank = global_batch // world_size
@@ -57,8 +69,10 @@ def train_batches(
         yield order[step], shifts[step], flips[step]
 
 
-def steps_per_epoch(num_items: int, global_batch: int) -> int:
-    return num_items // global_batch
+def steps_per_epoch(num_items: int, global_batch: int, repeats: int = 1) -> int:
+    """The steps of `train_batches` (an epoch of repeated augmentation has its images rounded down to 256)."""
+    places = num_items if repeats == 1 or num_items < 256 else num_items // 256 * 256
+    return places // global_batch
 
 
 def resize_note(image_shape: list[int], size: int) -> str | None:
@@ -95,12 +109,16 @@ def eval_batches(num_items: int, batch_size: int, rank: int = 0, world_size: int
 
 
 class DecodedSamples(torch.utils.data.Dataset):
-    """A sharded split's samples by key (position, draws): decoded, cropped to uint8 `[c, size, size]`."""
+    """A sharded split's samples by key (position, draws): decoded, cropped to uint8 `[c, size, size]`.
+
+    With draws (seed, epoch, place) the crop is the training one, seeded by them: an image met twice
+    in an epoch (repeated augmentation) is cropped anew each time.
+    """
 
     def __init__(self, split: ShardedSplit) -> None:
         self.split = split
         self.eval_crop = eval_crop(split.view.size, split.view.eval_crop_pct)
-        self.train_crop = random_resized_crop(split.view.size, list(split.view.crop_scale))
+        self.train_crop = random_resized_crop(split.view.size, list(split.view.crop_scale), split.view.rand_augment)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -118,7 +136,25 @@ class DecodedSamples(torch.utils.data.Dataset):
             ) from None
         if draws is None:
             return self.eval_crop(image), int(row["label"])
-        return seeded_crop(self.train_crop, image, sample_seed(*draws, row_number)), int(row["label"])
+        return seeded_crop(self.train_crop, image, sample_seed(*draws)), int(row["label"])
+
+
+class BatchKeys:
+    """The loader's batch sampler: each batch's keys made when the loader asks (an epoch's keys are never all held)."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, Draws]]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[tuple[int, Draws]]]:
+        for idx, draws in self.batches:
+            if draws is None:
+                yield [(position, None) for position in idx.tolist()]
+            else:
+                seed, epoch, first = draws
+                yield [(position, (seed, epoch, first + j)) for j, position in enumerate(idx.tolist())]
 
 
 def _stack(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,12 +176,11 @@ def decoded_batches(
         workers: loader processes (0 = decode in this process).
         device: where the batches go (pinned first for CUDA); None = stay on the CPU.
     """
-    keys = [[(int(p), draws) for p in idx.tolist()] for idx, draws in batches]
     pin = device is not None and device.type == "cuda"
     loader = torch.utils.data.DataLoader(
         DecodedSamples(split),
-        batch_sampler=keys,
-        num_workers=min(workers, len(keys)),
+        batch_sampler=BatchKeys(batches),
+        num_workers=min(workers, len(batches)),
         collate_fn=_stack,
         pin_memory=pin,
         prefetch_factor=4 if workers else None,

@@ -73,8 +73,9 @@ class Split(ABC):
         augment: bool,
         rank: int = 0,
         world_size: int = 1,
+        repeats: int = 1,
     ) -> Iterator[Batch]:
-        """This rank's share of each global batch of one epoch, augmented if `augment`.
+        """This rank's share of each global batch of one epoch, augmented if `augment` (`repeats`: see train_batches).
 
         The order and every augmentation draw depend only on (seed, epoch) and each image's position,
         so one process with batch B and N processes with B/N see the same images, augmented alike.
@@ -106,8 +107,10 @@ class MemorySplit(Split):
             images = self.images[idx.to(self.images.device)].to(device)
             yield idx, images, self.labels[idx.to(self.labels.device)].to(device)
 
-    def train_batches(self, global_batch, seed, epoch, device, augment, rank=0, world_size=1):  # noqa: ANN001, ANN201
-        for idx, shifts, flips in train_batches(len(self), global_batch, seed, epoch, rank, world_size, device):
+    def train_batches(self, global_batch, seed, epoch, device, augment, rank=0, world_size=1, repeats=1):  # noqa: ANN001, ANN201
+        for idx, shifts, flips in train_batches(
+            len(self), global_batch, seed, epoch, rank, world_size, device, repeats
+        ):
             images = self.images[idx]
             if augment:
                 images = shift_and_flip(images, shifts, flips)
@@ -122,6 +125,7 @@ class View:
     size: int
     train_crop: str  # "shift" (the evaluation crop, shifted on the device) or "random_resized"
     crop_scale: tuple[float, float]
+    rand_augment: str  # timm's RandAugment config, '' = none
     eval_crop_pct: float
 
 
@@ -158,10 +162,15 @@ class ShardedSplit(Split):
         for idx, (images, labels) in zip(order, loaded, strict=True):
             yield idx, images, labels
 
-    def train_batches(self, global_batch, seed, epoch, device, augment, rank=0, world_size=1):  # noqa: ANN001, ANN201
-        steps = list(train_batches(len(self), global_batch, seed, epoch, rank, world_size))
-        draws = (seed, epoch) if augment and self.view.train_crop == "random_resized" else None
-        loaded = decoded_batches(self, [(idx, draws) for idx, _, _ in steps], self.workers, device)
+    def train_batches(self, global_batch, seed, epoch, device, augment, rank=0, world_size=1, repeats=1):  # noqa: ANN001, ANN201
+        steps = list(train_batches(len(self), global_batch, seed, epoch, rank, world_size, repeats=repeats))
+        cropped = augment and self.view.train_crop == "random_resized"
+        first = rank * (global_batch // world_size)  # the place in the epoch of this rank's first image of a step
+        keys = [
+            (idx, (seed, epoch, step * global_batch + first) if cropped else None)
+            for step, (idx, _, _) in enumerate(steps)
+        ]
+        loaded = decoded_batches(self, keys, self.workers, device)
         pad = CROP_PADDING if self.view.train_crop == "shift" else 0
         for (_, shifts, flips), (images, labels) in zip(steps, loaded, strict=True):
             if augment:
@@ -207,6 +216,7 @@ def _sharded_split(root: Path, split: str, meta: dict, workers: int) -> ShardedS
         size=int(meta["image_shape"][1]),
         train_crop=meta["view"]["train_crop"],
         crop_scale=tuple(meta["view"]["crop_scale"]),
+        rand_augment=meta["view"]["rand_augment"],
         eval_crop_pct=float(meta["view"]["eval_crop_pct"]),
     )
     return ShardedSplit(ShardReader(root, split), index, np.arange(len(index)), view, workers)
