@@ -216,7 +216,8 @@ def markdown(results: dict[str, Any]) -> str:
             "## 8. The sharded data path",
             "",
             f"Decode + random-resized crop to {d['crop']} of {d['images']} {d['source_size'][0]}x{d['source_size'][1]} "
-            f"JPEGs on one core: **{d['img_per_s_per_core']:.0f} img/s** (A/A {d['aa_ratio']:.3f}). Training "
+            f"JPEGs on one core: **{d['img_per_s_per_core']:.0f} img/s** (A/A {d['aa_ratio']:.3f}); `prepare` of "
+            f"them on every core: {d['prepare_img_per_s_per_core']:.0f} img/s per core. Training "
             f"(batch {f['batch']}) fed by the loader ({f['workers']} workers) {f['loader_img_per_s']:.0f} img/s "
             f"against the same batches from memory {f['memory_img_per_s']:.0f} img/s: "
             f"**{f['loader_over_memory']:.3f}x** "

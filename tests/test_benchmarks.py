@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import engine, jobs, mae, masked_teacher, orchestration, precision, pruning
+from benchmarks import engine, jobs, loader, mae, masked_teacher, orchestration, precision, pruning
 from benchmarks.__main__ import main, run_parts
 from benchmarks.common import PRESETS, BenchSetup, device_info
 from benchmarks.summary import check_targets, markdown
@@ -249,3 +249,20 @@ def test_jobs_win_only_when_they_beat_both_one_job_timings_of_every_round(
     assert out["best_jobs"] == best
     summary = markdown({"device": device_info(CPU), "setup": setup.describe(), "jobs": out})
     assert f"Most seeds per hour: `--jobs {best}`" in summary
+
+
+def test_loader_part_reports_decode_rate_and_the_loader_over_memory_ratio(
+    setup: BenchSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loader, "DECODE_IMAGES", 8)
+    monkeypatch.setattr(loader, "FEED_IMAGES", 40)
+    monkeypatch.setattr(loader, "ROUNDS", 1)
+    out = loader.run(setup)
+    decode, feed = out["decode"], out["feed"]
+    assert decode["images"] == 5  # 6 of the 8 are in train/, one of them held out for validation
+    assert decode["img_per_s_per_core"] > 0 and decode["prepare_img_per_s_per_core"] > 0
+    (round_,) = feed["rounds"]
+    assert feed["loader_over_memory"] == pytest.approx(round_["loader"] / round_["memory"])
+    assert feed["images"] == (39 // setup.batch) * setup.batch and 0.0 <= feed["data_wait"] < 1.0
+    text = markdown({"device": device_info(CPU), "setup": setup.describe(), "loader": out})
+    assert "## 8. The sharded data path" in text

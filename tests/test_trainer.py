@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from maskprune.checkpoint import STATE_FILE, unwrap
 from maskprune.config import TrainSection
-from maskprune.data.storage import MemorySplit, PreparedData
+from maskprune.data.sources import RawSplits
+from maskprune.data.storage import MemorySplit, PreparedData, load_prepared
 from maskprune.errors import MaskpruneError
 from maskprune.masking import HybridRatios
 from maskprune.models.vit import TokenViT, build_model
@@ -24,7 +25,8 @@ from maskprune.objectives.masked_finetune import MaskedFinetuneObjective
 from maskprune.objectives.masked_kd import TeacherView
 from maskprune.runtime import Runtime
 from maskprune.trainer import BackboneLR, fit, group_schedules, param_groups, warmup_cosine
-from tests.conftest import cpu_params
+from stages.prepare import prepare_shards
+from tests.conftest import cpu_params, updated
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, compile=False, progress=False)
 
@@ -58,6 +60,19 @@ def tiny_data(n_train: int = 96, n_val: int = 40) -> PreparedData:
 
     meta = {"num_classes": 4, "image_shape": [1, 12, 12], "mean": [0.3], "std": [0.3], "name": "tiny"}
     return PreparedData(root=Path("."), meta=meta, splits={"train": split(n_train), "val": split(n_val)})
+
+
+def tiny_shards(root: Path) -> Path:
+    """`tiny_data`'s images in the sharded storage, cropped at random (random-resized, 50-100% of the area)."""
+    data = tiny_data(n_train=136, n_val=40)
+    train, test = data.splits["train"], data.splits["val"]
+    raw = RawSplits(train.images.numpy(), train.labels.numpy(), test.images.numpy(), test.labels.numpy(), tuple("0123"))
+    crops = {"train_crop": "random_resized", "crop_scale": [0.5, 1.0], "image_size": 0, "shard_mb": 0.01}
+    cfg = updated(
+        cpu_params().data, name="tiny", storage="shards", val_fraction=0.3, train_limit=0, test_limit=0, **crops
+    )
+    prepare_shards(cfg, 0, root, raw, log=lambda _: None, workers=1)
+    return root / "tiny"
 
 
 def tiny_model() -> TokenViT:
@@ -221,7 +236,7 @@ def masked_kd_objective(world_size: int = 1) -> MaskedFinetuneObjective:
     )
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str, masked: bool = False) -> None:
+def _ddp_worker(rank: int, world: int, port: int, out: str, masked: bool = False, shards: str = "") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -229,22 +244,25 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, masked: bool = False
     model = tiny_model()
     cfg = CFG.model_copy(update={"epochs": 2})
     objective = masked_kd_objective(world) if masked else ClassificationObjective(0.1)
-    history = fit(model, tiny_data(), cfg, objective, runtime, 0, Path(out) / "state", "h", log=lambda s: None)
+    data = load_prepared(shards, workers=1) if shards else tiny_data()
+    history = fit(model, data, cfg, objective, runtime, 0, Path(out) / "state", "h", log=lambda s: None)
     if rank == 0:
         Path(out, "history.json").write_text(json.dumps(history))
         save_file({k: v.contiguous() for k, v in weights(model).items()}, str(Path(out, "w.safetensors")))
     torch.distributed.destroy_process_group()
 
 
-def test_ddp_two_gloo_processes_match_one_process_with_same_global_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage", ["memory", "shards"])
+def test_ddp_two_gloo_processes_match_one_process_with_same_global_batch(tmp_path: Path, storage: str) -> None:
+    shards = str(tiny_shards(tmp_path / "prepared")) if storage == "shards" else ""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), False, shards), nprocs=2, join=True)
     single = tiny_model()
     history = fit(
         single,
-        tiny_data(),
+        load_prepared(shards, workers=1) if shards else tiny_data(),
         CFG.model_copy(update={"epochs": 2}),
         ClassificationObjective(0.1),
         CPU,

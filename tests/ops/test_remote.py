@@ -88,3 +88,23 @@ def test_s3_compatible_remote_round_trips_with_credentials_from_the_environment(
     assert tracked(clone) == tracked(origin)
     found = subprocess.run(["git", "grep", "-I", "-l", AWS["AWS_SECRET_ACCESS_KEY"]], cwd=origin, capture_output=True)
     assert found.returncode == 1 and not found.stdout  # no credential is in the repository's files
+
+
+def test_s3_remote_round_trips_sharded_data(smoke_repo: Path, s3_endpoint: str, tmp_path: Path) -> None:
+    repo = copy_run(smoke_repo, tmp_path / "sharded")
+    params = (repo / "params.yaml").read_text()
+    assert "  storage: auto\n" in params
+    (repo / "params.yaml").write_text(params.replace("  storage: auto\n", "  storage: shards\n"))
+    run(["dvc", "repro", "--single-item", "prepare"], repo)
+    shards = sorted((repo / "data/prepared/fashion_mnist").glob("*.tar"))
+    assert shards and (repo / "data/prepared/fashion_mnist/train.index.npy").is_file()
+    run(["git", "commit", "-q", "-am", "sharded data"], repo)
+    configure_s3(repo, s3_endpoint)
+    run(["dvc", "push", "-r", "s3", "prepare"], repo, **AWS)
+    clone = fresh_clone(repo, tmp_path / "clone")
+    configure_s3(clone, s3_endpoint)
+    run(["dvc", "pull", "-r", "s3", "prepare"], clone, **AWS)
+    prepared = {k: v for k, v in tracked(repo).items() if k.startswith("data/")}
+    assert len(prepared) == len(shards) + 4  # the shards, an index per split, meta.json
+    assert {k: v for k, v in tracked(clone).items() if k.startswith("data/")} == prepared
+    assert "up to date" in run(["dvc", "status", "prepare"], clone).stdout
