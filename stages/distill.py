@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from maskprune import atomic
-from maskprune.checkpoint import config_hash, model_meta, save_model
+from maskprune.checkpoint import config_hash, model_meta, pretrained_digest, save_model
 from maskprune.cli import run_stage
 from maskprune.config import DistillSection, Params
 from maskprune.data.loader import Normalizer
@@ -29,7 +29,7 @@ from maskprune.layout import CHECKPOINTS_DIR, DistillVariant, prepared_dir
 from maskprune.measure import gmacs, top1
 from maskprune.models.loading import load_distill_teacher
 from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
-from maskprune.models.vit import TokenViT, build_model
+from maskprune.models.vit import Stats, TokenViT, build_model, input_stats
 from maskprune.objectives.classification import ClassificationObjective
 from maskprune.objectives.feature_kd import FeatureKDObjective, ProjectedStudent
 from maskprune.probe import fit_linear_probe, pooled_features
@@ -51,10 +51,21 @@ def distil(
     chosen: DistillVariant,
     data: PreparedData,
     backbone: TokenViT,
+    stats: Stats,
 ) -> tuple[str, list[dict[str, Any]]]:
-    """Distil `distill.teacher` into `backbone` without labels (nothing for `scratch`); its config hash and history."""
+    """Distil `distill.teacher` into `backbone` (its images standardised with `stats`) without labels (nothing
+    for `scratch`); its config hash and history."""
     cfg = params.distill
-    common = (params.data, params.models.student, chosen.name, cfg.keep_rate, params.seed, data.meta["sources"])
+    student = params.models.student
+    common = (
+        params.data,
+        student,
+        pretrained_digest(student),
+        chosen.name,
+        cfg.keep_rate,
+        params.seed,
+        data.meta["sources"],
+    )
     if chosen.target == "scratch":
         return config_hash(*common, data.meta["counts"]), []
     teacher, teacher_meta = load_distill_teacher(params, data, root, runtime.device)
@@ -72,6 +83,7 @@ def distil(
         img_size=params.models.student.img_size,
         section="distill.train",
         validate=False,
+        stats=stats,
     )
     return digest, history
 
@@ -89,9 +101,10 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
     spec = student_spec(chosen, cfg, len(backbone.blocks))
     if spec is not None:
         backbone = make_pruned(backbone, spec)
-    digest, history = distil(params, root, runtime, chosen, data, backbone)
+    stats = input_stats(params.models.student, data.meta)
+    digest, history = distil(params, root, runtime, chosen, data, backbone, stats)
     size = params.models.student.img_size
-    normalize = Normalizer(data.meta["mean"], data.meta["std"], size, runtime.device)
+    normalize = Normalizer(*stats, size, runtime.device)
     train, val = data.splits["train"].to(runtime.device), data.splits["val"].to(runtime.device)
 
     probe = copy.deepcopy(backbone).to(runtime.device)
@@ -115,6 +128,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         name=f"distill@{chosen.name} finetune",
         img_size=size,
         section="distill.finetune",
+        stats=stats,
     )
     example = torch.randn(1, data.in_chans, size, size, device=runtime.device)
     metrics: dict[str, Any] = {

@@ -58,7 +58,7 @@ from maskprune.layout import (
 )
 from maskprune.measure import count_params, gmacs, occlusion_curve, paired_throughput, top1
 from maskprune.models.tome import apply_tome, tome_schedule_for
-from maskprune.models.vit import FLAT_POOL, TokenViT, build_model
+from maskprune.models.vit import FLAT_POOL, TokenViT, build_model, take_inputs_as
 from maskprune.mto_curves import mto_row, pretrain_history
 from maskprune.objectives.masked_kd import TeacherView
 from maskprune.probe import pixel_floor
@@ -142,7 +142,8 @@ def kept_patches(model: TokenViT, images: torch.Tensor, normalize: Normalizer) -
 def teacher_patches(cfg: MaskedKDVariant, root: Path, images: torch.Tensor, runtime: Runtime) -> dict[str, Any]:
     """The patches the MaskedKD teacher sees for `images`, chosen as finetune@masked_kd chooses them."""
     student, meta = load_model(root / FINETUNE_DIR / "masked_kd", runtime.device)
-    teacher, _ = load_model(root / TEACHER_DIR, runtime.device)
+    teacher, teacher_meta = load_model(root / TEACHER_DIR, runtime.device)
+    take_inputs_as(teacher, (teacher_meta["mean"], teacher_meta["std"]), (meta["mean"], meta["std"]))
     spec = ModelSpec.model_validate(meta["model"])
     x = Normalizer(meta["mean"], meta["std"], spec.img_size, runtime.device)(images)
     _, attn = student.eval()(x, return_cls_attn=True)
@@ -184,7 +185,7 @@ class ModelMeter:
         cfg, runtime = self.params.evaluate, self.runtime
         spec = ModelSpec.model_validate(meta["model"])
         normalize = Normalizer(meta["mean"], meta["std"], spec.img_size, runtime.device)
-        reference = build_model(spec, meta["num_classes"], meta["in_chans"]).to(runtime.device)
+        reference = build_model(spec, meta["num_classes"], meta["in_chans"], weights=False).to(runtime.device)
         # NOTE: a flat-pooled probe head needs every patch, so occlusion does not apply to it
         curve = (
             []

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from maskprune import atomic
-from maskprune.checkpoint import config_hash, model_meta, save_model
+from maskprune.checkpoint import config_hash, model_meta, pretrained_digest, save_model
 from maskprune.cli import run_stage
 from maskprune.config import FINETUNE_VARIANTS, EvaluateSection, FinetuneSection, Params
 from maskprune.data.storage import PreparedData, load_prepared
@@ -35,7 +35,7 @@ from maskprune.layout import CHECKPOINTS_DIR, FINETUNE_DIR, prepared_dir
 from maskprune.masking import HybridRatios
 from maskprune.measure import gmacs, paired_throughput
 from maskprune.models.loading import init_student, load_init, load_teacher
-from maskprune.models.vit import TokenViT
+from maskprune.models.vit import Stats, TokenViT, input_stats
 from maskprune.objectives.masked_finetune import MaskedFinetuneObjective
 from maskprune.objectives.masked_kd import TeacherView
 from maskprune.runtime import Runtime, seed_everything
@@ -63,15 +63,16 @@ def student_masking(cfg: FinetuneSection, variant: str) -> HybridRatios:
 
 
 def arm_teacher(
-    params: Params, variant: str, data: PreparedData, root: Path, device: torch.device
+    params: Params, variant: str, data: PreparedData, root: Path, device: torch.device, stats: Stats
 ) -> tuple[TokenViT | None, str]:
-    """The arm's teacher and its config hash: none, models/teacher, or the fine-tuned `full` arm."""
+    """The arm's teacher and its config hash: none, models/teacher, or the fine-tuned `full` arm; it
+    takes the student's images, standardised with `stats`."""
     if variant == "full":
         return None, ""
     if variant == "masked":
         model, meta = load_init(params.models.student, "full", root, device)
         return model.eval().requires_grad_(False), str(meta.get("config_hash", ""))
-    return load_teacher(params.models.teacher, data, root, device)
+    return load_teacher(params.models.teacher, data, root, device, stats)
 
 
 def teacher_speed(
@@ -113,7 +114,8 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         cfg.train.train_limit, params.seed
     )
     student, init = init_student(params, data, root)
-    teacher, teacher_hash = arm_teacher(params, variant, data, root, runtime.device)
+    stats = input_stats(params.models.student, data.meta)
+    teacher, teacher_hash = arm_teacher(params, variant, data, root, runtime.device, stats)
     uses_teacher = teacher is not None
     view = teacher_view(cfg, variant, teacher)
     objective = MaskedFinetuneObjective(
@@ -129,6 +131,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         params.data,
         params.models.student,
         init,
+        pretrained_digest(params.models.student),
         cfg.train,
         cfg.kd if uses_teacher else None,
         variant,
@@ -150,6 +153,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         name=f"finetune@{variant}",
         img_size=params.models.student.img_size,
         section="finetune.train",
+        stats=stats,
     )
     last = history[-1]
     metrics: dict[str, Any] = {

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from maskprune import atomic
-from maskprune.checkpoint import config_hash, model_meta, save_model, save_tensors
+from maskprune.checkpoint import config_hash, model_meta, pretrained_digest, save_model, save_tensors
 from maskprune.cli import run_stage
 from maskprune.config import FinetuneTrain, Params, PretrainProbe
 from maskprune.data.loader import Normalizer
@@ -36,7 +36,7 @@ from maskprune.layout import CHECKPOINTS_DIR, DISTILL_TEACHER_DIR, MODELS_DIR, P
 from maskprune.masking import random_keep_idx
 from maskprune.measure import gmacs
 from maskprune.models.mim_heads import MAE, SimMIM, check_decoder
-from maskprune.models.vit import TokenViT, build_model
+from maskprune.models.vit import Stats, TokenViT, build_model, input_stats
 from maskprune.objectives.masked_image_modelling import MIMObjective
 from maskprune.probe import TIMM_POOL, fit_linear_probe, pooled_features, probe_top1
 from maskprune.runtime import Runtime, seed_everything
@@ -112,11 +112,13 @@ def build_mim(params: Params, job: PretrainJob, data: PreparedData) -> tuple[MAE
 class LinearProbe:
     """Fits a linear probe on the frozen encoder's pooled features and scores it (after every epoch)."""
 
-    def __init__(self, cfg: PretrainProbe, seed: int, img_size: int, data: PreparedData, runtime: Runtime) -> None:
+    def __init__(
+        self, cfg: PretrainProbe, seed: int, img_size: int, stats: Stats, data: PreparedData, runtime: Runtime
+    ) -> None:
         self.cfg, self.seed, self.runtime = cfg, seed, runtime
         self.train = data.splits["train"].subset(cfg.train_limit, seed).to(runtime.device)
         self.test = data.splits["test"].subset(cfg.test_limit, seed).to(runtime.device)
-        self.normalize = Normalizer(data.meta["mean"], data.meta["std"], img_size, runtime.device)
+        self.normalize = Normalizer(*stats, img_size, runtime.device)
         self.num_classes = data.num_classes
         self.head: torch.nn.Linear | None = None
 
@@ -160,10 +162,12 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         job.mto,
         runtime,
     )
-    probe = LinearProbe(cfg.probe, job.seed, spec.img_size, prepared, runtime)
+    stats = input_stats(spec, data.meta)
+    probe = LinearProbe(cfg.probe, job.seed, spec.img_size, stats, prepared, runtime)
     digest = config_hash(
         params.data,
         spec,
+        pretrained_digest(spec),
         job.name,
         job.train,
         getattr(cfg, job.objective),
@@ -187,6 +191,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         section="distill.teacher_train" if job.role == "teacher" else "pretrain.train",
         validate=False,
         epoch_end=probe,
+        stats=stats,
     )
     if probe.head is None:  # NOTE: a run resumed after its last epoch has no probe fitted yet
         probe.fit_and_score(encoder)

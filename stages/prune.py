@@ -25,6 +25,7 @@ from maskprune.layout import CHECKPOINTS_DIR, PruneVariant, prepared_dir
 from maskprune.measure import gmacs
 from maskprune.models.loading import load_init, load_teacher
 from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
+from maskprune.models.vit import input_stats
 from maskprune.objectives.masked_kd import TeacherView
 from maskprune.objectives.token_pruning import DynamicViTObjective, EViTObjective
 from maskprune.runtime import Runtime, seed_everything
@@ -50,7 +51,8 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         cfg.evit.fuse_token if chosen.method == "evit" else False,
     )
     model = make_pruned(model, spec)
-    teacher, teacher_hash = load_teacher(params.models.teacher, data, root, runtime.device)
+    stats = input_stats(params.models.student, data.meta)
+    teacher, teacher_hash = load_teacher(params.models.teacher, data, root, runtime.device, stats)
     view = TeacherView(teacher)
     backbone_lr = None
     if chosen.method == "evit":
@@ -90,6 +92,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         img_size=params.models.student.img_size,
         section="prune.train",
         backbone_lr=backbone_lr,
+        stats=stats,
     )
     size = params.models.student.img_size
     example = torch.randn(1, data.in_chans, size, size, device=runtime.device)

@@ -3,7 +3,10 @@
 It starts from `teacher.init`: scratch, or (the cpu profile) claim C's MAE teacher
 models/distill_teacher, so that the teacher is pre-trained and then fine-tuned, as the teachers of
 the papers are; a from-scratch teacher of a few epochs is weaker than an MAE-initialised student.
-It writes the weights, meta.json, history.csv (per epoch) and metrics.json.
+With `teacher.epochs` 0 it is not trained: the teacher from `teacher.init` (e.g. pretrained weights
+already fine-tuned on this data) is measured on the validation split and saved as it is.
+It writes the weights, meta.json, history.csv (per epoch; epoch 0 alone for an untrained teacher)
+and metrics.json.
 """
 
 from __future__ import annotations
@@ -13,48 +16,72 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from maskprune import atomic
-from maskprune.checkpoint import config_hash, model_meta, save_model
+from maskprune.checkpoint import config_hash, model_meta, pretrained_digest, save_model
 from maskprune.cli import run_stage
 from maskprune.config import Params
-from maskprune.data.storage import load_prepared
+from maskprune.data.loader import Normalizer
+from maskprune.data.storage import PreparedData, load_prepared
 from maskprune.layout import CHECKPOINTS_DIR, TEACHER_DIR, prepared_dir
+from maskprune.measure import top1
 from maskprune.models.loading import init_teacher
+from maskprune.models.vit import Stats, input_stats
 from maskprune.objectives.classification import ClassificationObjective
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.tracking.runs import StageRecord
 from maskprune.trainer import fit
 
 
+def as_is(
+    model: torch.nn.Module, data: PreparedData, stats: Stats, img_size: int, runtime: Runtime, batch_size: int
+) -> list[dict[str, float]]:
+    """The history of a teacher used as it is (`teacher.epochs` 0): epoch 0, its validation top-1."""
+    normalize = Normalizer(*stats, img_size, runtime.device)
+    val = data.splits["val"].to(runtime.device)
+    return [{"epoch": 0, "val_top1": top1(model.to(runtime.device), val, normalize, runtime, max(256, batch_size))}]
+
+
 def compute(params: Params, root: Path, runtime: Runtime) -> None:
-    """Train the teacher; write weights, meta, history CSV and metrics JSON into models/teacher/."""
+    """Train the teacher (or take it as it is); write weights, meta, history and metrics into models/teacher/."""
     started = time.perf_counter()
-    seed = params.teacher.seed
-    seed_everything(seed)
+    cfg = params.teacher
+    seed_everything(cfg.seed)
     data = load_prepared(root / prepared_dir(params.data.name), workers=runtime.loader_workers)
     spec = params.models.teacher
+    stats = input_stats(spec, data.meta)
     model, init = init_teacher(params, data, root)
-    digest = config_hash(params.data, spec, params.teacher, init, data.meta["sources"], data.meta["counts"])
-    history = fit(
-        model,
-        data,
-        params.teacher,
-        ClassificationObjective(params.teacher.label_smoothing),
-        runtime,
-        seed,
-        root / CHECKPOINTS_DIR / "teacher",
-        digest,
-        name="teacher",
-        img_size=spec.img_size,
+    digest = config_hash(
+        params.data, spec, cfg, init, pretrained_digest(spec), data.meta["sources"], data.meta["counts"]
     )
+    if not cfg.epochs:
+        history = as_is(model, data, stats, spec.img_size, runtime, cfg.batch_size)
+    else:
+        history = fit(
+            model,
+            data,
+            cfg,
+            ClassificationObjective(cfg.label_smoothing),
+            runtime,
+            cfg.seed,
+            root / CHECKPOINTS_DIR / "teacher",
+            digest,
+            name="teacher",
+            img_size=spec.img_size,
+            stats=stats,
+        )
+    trained = [r for r in history if r["epoch"]]
     last = history[-1]
     metrics = {
         "val_top1": last["val_top1"],
-        "train_loss": last["train_loss"],
-        "epochs": len(history),
-        "train_img_per_s": sum(r["img_per_s"] for r in history) / len(history),
-        "train_seconds": sum(r["seconds"] for r in history),  # all epochs, also across a resume
+        "epochs": len(trained),
+        **(
+            {"train_loss": last["train_loss"], "train_img_per_s": sum(r["img_per_s"] for r in trained) / len(trained)}
+            if trained
+            else {}
+        ),
+        "train_seconds": sum(r["seconds"] for r in trained),  # all epochs, also across a resume
         "wall_seconds": time.perf_counter() - started,  # this invocation
     }
     if runtime.is_main:
@@ -64,7 +91,7 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
             model,
             {
                 **model_meta(params, data, "teacher"),
-                "seed": seed,
+                "seed": cfg.seed,
                 "stage": "teacher",
                 "config_hash": digest,
                 "val_top1": last["val_top1"],

@@ -51,7 +51,12 @@ BAD = [
     (full(teacher={"lr_rate": 0.1}), "teacher.lr_rate: unknown key; allowed keys here: epochs, batch_size"),
     (full(bogus=1), "bogus: unknown key; allowed keys here: profile, seed, data"),
     (full(teacher={"epochs": "many"}), "teacher.epochs: Input should be a valid integer"),
-    (full(teacher={"epochs": 0}), "teacher.epochs: Input should be greater than or equal to 1 (got 0)"),
+    (full(teacher={"epochs": -1}), "teacher.epochs: Input should be greater than or equal to 0 (got -1)"),
+    (full(finetune={"train": {"epochs": 0}}), "finetune.train.epochs: Input should be greater than or equal to 1"),
+    (
+        full(teacher={"epochs": 0, "init": "scratch"}),
+        "teacher.epochs is 0 but teacher.init is 'scratch': an untrained teacher teaches noise",
+    ),
     (full(teacher={"lr": -1.0}), "teacher.lr: Input should be greater than 0"),
     (full(data={"format": "parquet"}), "data.format: Input should be 'idx', 'cifar10', 'imagefolder' or 'webdataset'"),
     (full(data={"val_fraction": 1.5}), "data.val_fraction: Input should be less than 1"),
@@ -99,9 +104,28 @@ BAD = [
         "finetune.init is 'pretrained_file' but models.student.pretrained_file is empty",
     ),
     (
-        full(models={"student": {"name": "vit_tiny_patch16_224", "pretrained_file": "w.safetensors"}}),
+        full(models={"student": {"name": "vit_tiny_patch16_224", "pretrained_file": "pretrained/w.safetensors"}}),
         "models.student.pretrained_file is set but finetune.init is 'models/pretrain/mae-baseline'",
     ),
+    (
+        full(teacher={"init": "pretrained_file"}),
+        "teacher.init is 'pretrained_file' but models.teacher.pretrained_file is empty",
+    ),
+    (
+        full(
+            models={"teacher": {"name": "vit_tiny_patch16_224", "pretrained_file": "pretrained/w.safetensors"}},
+            teacher={"init": "scratch"},
+        ),
+        "models.teacher.pretrained_file is set but teacher.init is 'scratch'",
+    ),
+    *(
+        (
+            full(models={"teacher": {"name": "vit_tiny_patch16_224", "pretrained_file": path}}),
+            "models.teacher.pretrained_file: give a file under pretrained/",
+        )
+        for path in ("/weights/w.safetensors", "w.safetensors", "pretrained/../w.safetensors", "pretrained")
+    ),
+    (full(models={"student": {"normalize": "imagenet"}}), "models.student.normalize: Input should be 'auto' or 'data'"),
 ]
 
 
@@ -111,6 +135,14 @@ def test_bad_params_fail_with_one_line_naming_the_key(raw: object, message: str)
         validate_params(raw)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_teacher_of_no_epochs_needs_no_schedule() -> None:
+    """teacher.epochs 0 (a teacher used as it is) keeps the profile's warm-up: it runs no schedule to check."""
+    params = validate_params(full(teacher={"epochs": 0, "warmup_epochs": 0.5}))
+    assert params.teacher.epochs == 0 and params.teacher.init == "models/distill_teacher"
+    with pytest.raises(MaskpruneError, match="warmup_epochs 3.0 exceeds epochs 2"):
+        validate_params(full(teacher={"epochs": 2, "warmup_epochs": 3.0}))
 
 
 @pytest.mark.parametrize("section, key", [("teacher", "grad_clip"), ("data", "val_fraction"), ("runtime", "device")])
@@ -171,7 +203,7 @@ def test_stage_cli_reports_bad_params_in_one_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "maskprune: error: params.yaml: teacher.epochs: Input should be greater than or equal to 1 (got -3)"
+        "maskprune: error: params.yaml: teacher.epochs: Input should be greater than or equal to 0 (got -3)"
     ]
 
 

@@ -20,7 +20,7 @@ NEUTRAL = {
     "seed",
     "data.seed",
     "teacher.seed",
-    *(f"models.{m}.pretrained_file" for m in ("student", "teacher")),
+    *(f"models.{m}.{key}" for m in ("student", "teacher") for key in ("pretrained_file", "normalize")),
     *(f"runtime.{key}" for key in ("device", "threads", "amp", "compile", "progress", "loader_workers")),
     *(f"tracking.{key}" for key in ("enabled", "uri", "experiment", "required", "registered_model", "model_alias")),
     *(f"{section}.kd.{key}" for section in ("finetune", "prune") for key in ("temperature", "kind")),
@@ -101,8 +101,8 @@ def test_a_key_missing_from_cpu_yaml_is_named_with_the_fix(profiles_copy: Path, 
 
 
 def test_a_bad_value_names_the_profile_file_that_sets_it(profiles_copy: Path) -> None:
-    edit(profiles_copy, "gpu", {"teacher": {"epochs": 0}})
-    with pytest.raises(MaskpruneError, match=r"^profiles/gpu.yaml: teacher.epochs: .* equal to 1 \(got 0\)$"):
+    edit(profiles_copy, "gpu", {"teacher": {"epochs": -1}})
+    with pytest.raises(MaskpruneError, match=r"^profiles/gpu.yaml: teacher.epochs: .* equal to 0 \(got -1\)$"):
         profile_params("gpu", profiles_copy)
     edit(profiles_copy, "cpu", {"prune": {"keep_rates": [0.5, 0.5]}})
     with pytest.raises(MaskpruneError, match=r"^profiles/cpu.yaml: prune.keep_rates: \[0.5, 0.5\] lists a keep rate"):
@@ -138,7 +138,7 @@ def test_without_an_overlay_a_switch_says_it_replaces_your_data(tmp_path: Path, 
     ("overlay", "message"),
     [
         ({"data": {"nmae": "shoes"}}, r"^maskprune: error: params.local.yaml: data.nmae: .*"),
-        ({"teacher": {"epochs": 0}}, r"^maskprune: error: params.local.yaml: teacher.epochs: .* \(got 0\)$"),
+        ({"teacher": {"epochs": -1}}, r"^maskprune: error: params.local.yaml: teacher.epochs: .* \(got -1\)$"),
         (["data"], r"^maskprune: error: params.local.yaml: expected a mapping of sections"),
     ],
 )

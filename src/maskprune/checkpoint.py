@@ -23,10 +23,11 @@ from safetensors.torch import load_file, save_file
 from maskprune import atomic
 from maskprune.config import ModelSpec, Params
 from maskprune.data.loader import resize_note
+from maskprune.data.sources import sha256_of
 from maskprune.data.storage import PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.models.pruned import PruningSpec, make_pruned
-from maskprune.models.vit import TokenViT, build_model
+from maskprune.models.vit import TokenViT, build_model, input_stats
 
 CHECKPOINT_FORMAT = "maskprune-model/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -65,16 +66,24 @@ def config_hash(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def pretrained_digest(spec: ModelSpec) -> str:
+    """The sha256 of `spec`'s pretrained weights file, '' without one: a stage's config hash includes it."""
+    return sha256_of(Path(spec.pretrained_file)) if spec.pretrained_file else ""
+
+
 def model_meta(params: Params, data: PreparedData, role: str) -> dict[str, Any]:
-    """Everything needed to rebuild and feed a model: spec, classes, normalisation."""
+    """Everything needed to rebuild and feed a model: spec, classes, normalisation (`input_stats`), and
+    the digest of the pretrained weights it descends from."""
     spec = getattr(params.models, role)
+    mean, std = input_stats(spec, data.meta)
     return {
         "model": spec.model_dump(),
         "num_classes": data.num_classes,
         "in_chans": data.in_chans,
         "classes": data.meta["classes"],
-        "mean": data.meta["mean"],
-        "std": data.meta["std"],
+        "mean": mean,
+        "std": std,
+        "pretrained_sha256": pretrained_digest(spec),
         "data": data.meta["name"],
         "input_resize": resize_note(data.meta["image_shape"], spec.img_size),
         "role": role,
@@ -107,11 +116,11 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[TokenViT, dict[str, Any]]:
     """Rebuild the model described by `meta.json` (pruned if it says so) and load its weights,
-    checking every key."""
+    checking every key. Every weight comes from the folder: the pretrained file it started from is not read."""
     folder = Path(folder)
     meta = read_meta(folder)
     spec = ModelSpec.model_validate(meta["model"])
-    model = build_model(spec, num_classes=meta["num_classes"], in_chans=meta["in_chans"])
+    model = build_model(spec, num_classes=meta["num_classes"], in_chans=meta["in_chans"], weights=False)
     if meta.get("pruning"):
         model = make_pruned(model, PruningSpec.from_meta(meta["pruning"]))
     if "global_pool" in meta:  # e.g. a mean-pooled or flat linear probe as the head

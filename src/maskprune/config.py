@@ -8,8 +8,9 @@ key, so no hidden default can change a result behind DVC's back.
 
 NOTE: a key has a default here only where its value is a convention, not a recipe choice: the seeds
 (0), where and how a run executes and is recorded (`runtime`, `tracking`), no pretrained weights file
-(''), the methods' own pruning blocks (`prune.locations: []`), plain soft-label KD (`kind: soft`,
-`temperature: 1`), MTO's numerical `eps` and 95% confidence intervals. Epochs, learning rates, batch
+('') and inputs standardised as such weights expect (`normalize: auto`), the methods' own pruning
+blocks (`prune.locations: []`), plain soft-label KD (`kind: soft`, `temperature: 1`), MTO's
+numerical `eps` and 95% confidence intervals. Epochs, learning rates, batch
 sizes, limits, models, data, keep and mask rates, loss weights and the rest have none: a recipe value
 comes from a profile.
 """
@@ -17,7 +18,7 @@ comes from a profile.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, get_args
 
 import yaml
@@ -27,6 +28,7 @@ from maskprune.errors import MaskpruneError
 from maskprune.masking import Criterion, HybridRatios, check_keep_ratio
 
 PARAMS_FILE = "params.yaml"
+PRETRAINED_DIR = "pretrained"  # the tracked folder of local pretrained weights (a DVC dependency)
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 ProfileName = Literal["smoke", "cpu", "gpu", "gpu-check"]
 PROFILES: tuple[str, ...] = get_args(ProfileName)
@@ -93,7 +95,15 @@ class ModelSpec(Section):
     img_size: int = Field(ge=8)
     patch_size: int = Field(ge=1)
     drop_path_rate: float = Field(ge=0.0, lt=1.0)
-    pretrained_file: str = Field("", description="local timm weights (.safetensors); '' = none")
+    pretrained_file: str = Field(
+        "",
+        description=f"local timm weights (.safetensors) under {PRETRAINED_DIR}/, relative to the repository; '' = none",
+    )
+    normalize: Literal["auto", "data"] = Field(
+        "auto",
+        description="the inputs' mean/std: auto = the pretrained weights' own (timm's pretrained config of the "
+        "name and tag) when pretrained_file is set, else the prepared data's; data = the data's always",
+    )
 
     @field_validator("name")
     @classmethod
@@ -102,6 +112,17 @@ class ModelSpec(Section):
 
         check_model_name(name)
         return name
+
+    @field_validator("pretrained_file")
+    @classmethod
+    def _tracked_file(cls, value: str) -> str:
+        parts = PurePosixPath(value).parts
+        if value and (len(parts) < 2 or parts[0] != PRETRAINED_DIR or ".." in parts):
+            raise ValueError(
+                f"give a file under {PRETRAINED_DIR}/, such as {PRETRAINED_DIR}/deit_small_patch16_224.safetensors: "
+                "the stages depend on that folder, so DVC reruns them when the weights change"
+            )
+        return value
 
     @model_validator(mode="after")
     def _grid(self) -> ModelSpec:
@@ -174,7 +195,7 @@ class TrainSection(Section):
     def _schedule(self) -> TrainSection:
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} is larger than lr {self.lr}")
-        if self.warmup_epochs > self.epochs:
+        if self.epochs and self.warmup_epochs > self.epochs:  # NOTE: 0 epochs (a teacher as it is) run no schedule
             raise ValueError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
         return self
 
@@ -182,6 +203,7 @@ class TrainSection(Section):
 class TeacherSection(TrainSection):
     """The teacher's recipe and its own seed: a seed sweep varies the students, not the teacher."""
 
+    epochs: int = Field(ge=0, description="0 = no training: the teacher from `init` is evaluated and used as it is")
     init: str = Field(
         description="scratch | pretrained_file | a model folder, e.g. models/distill_teacher (its MAE pre-training)"
     )
@@ -559,6 +581,26 @@ class Params(Section):
             raise ValueError(
                 f"models.student.pretrained_file is set but finetune.init is {init!r}; "
                 "set finetune.init: pretrained_file or clear the file"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_init(self) -> Params:
+        init, weights = self.teacher.init, self.models.teacher.pretrained_file
+        if init == "pretrained_file" and not weights:
+            raise ValueError(
+                "teacher.init is 'pretrained_file' but models.teacher.pretrained_file "
+                "is empty; set the local weights file or use another init"
+            )
+        if init == "scratch" and weights:
+            raise ValueError(
+                "models.teacher.pretrained_file is set but teacher.init is 'scratch'; "
+                "set teacher.init: pretrained_file or clear the file"
+            )
+        if init == "scratch" and not self.teacher.epochs:
+            raise ValueError(
+                "teacher.epochs is 0 but teacher.init is 'scratch': an untrained teacher teaches noise; "
+                "start it from pretrained_file or a model folder, or train it (epochs >= 1)"
             )
         return self
 

@@ -28,7 +28,12 @@ def test_init_of_another_architecture_is_refused(tmp_path: Path) -> None:
         load_init(cpu_params().models.student, "full", tmp_path, torch.device("cpu"))
 
 
-DATA = PreparedData(Path("."), {"name": "fashion_mnist", "num_classes": 10, "image_shape": [1, 28, 28]}, {})
+DATA = PreparedData(
+    Path("."),
+    {"name": "fashion_mnist", "num_classes": 10, "image_shape": [1, 28, 28], "mean": [0.3], "std": [0.3]},
+    {},
+)
+STATS = ([0.3], [0.3])  # DATA's, as write_model records them
 
 
 def params(**overlay: object) -> Params:
@@ -89,27 +94,29 @@ def test_init_errors_name_the_problem_and_the_fix(tmp_path: Path) -> None:
 def test_teacher_must_match_its_config_and_the_data(tmp_path: Path) -> None:
     teacher_dir = tmp_path / "models" / "teacher"
     write_model(teacher_dir, cpu_params().models.teacher)
-    model, _ = load_teacher(cpu_params().models.teacher, DATA, tmp_path, torch.device("cpu"))
+    model, _ = load_teacher(cpu_params().models.teacher, DATA, tmp_path, torch.device("cpu"), STATS)
     assert model.embed_dim == 192
     changed = params(models={"teacher": {"drop_path_rate": 0.1}})
     with pytest.raises(MaskpruneError, match=r"models/teacher was trained as .* rerun `dvc repro teacher`"):
-        load_teacher(changed.models.teacher, DATA, tmp_path, torch.device("cpu"))
+        load_teacher(changed.models.teacher, DATA, tmp_path, torch.device("cpu"), STATS)
     write_model(teacher_dir, cpu_params().models.teacher, data="cifar10")
     with pytest.raises(MaskpruneError, match="trained on 'cifar10', not on the prepared 'fashion_mnist'"):
-        load_teacher(cpu_params().models.teacher, DATA, tmp_path, torch.device("cpu"))
+        load_teacher(cpu_params().models.teacher, DATA, tmp_path, torch.device("cpu"), STATS)
 
 
-def test_init_from_local_timm_weights(tmp_path: Path) -> None:
+def test_init_from_local_timm_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import timm
     from safetensors.torch import save_file
 
     torch.manual_seed(2)
     source = timm.create_model("vit_tiny_patch16_224", img_size=28, patch_size=4, in_chans=1, num_classes=10)
-    weights = tmp_path / "vit_tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
-    student = {"name": "vit_tiny_patch16_224", "pretrained_file": str(weights)}
+    monkeypatch.chdir(tmp_path)  # NOTE: stages resolve pretrained/<file> in the repository, their working directory
+    (tmp_path / "pretrained").mkdir()
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, "pretrained/vit_tiny.safetensors")
+    student = {"name": "vit_tiny_patch16_224", "pretrained_file": "pretrained/vit_tiny.safetensors"}
     model, info = init_student(
         params(models={"student": student}, finetune={"init": "pretrained_file"}), DATA, tmp_path
     )
-    assert info == {"init": "pretrained_file", "init_file": str(weights)}
+    assert info == {"init": "pretrained_file", "init_file": "pretrained/vit_tiny.safetensors"}
     torch.testing.assert_close(model.blocks[0].mlp.fc1.weight, source.blocks[0].mlp.fc1.weight)
+    torch.testing.assert_close(model.head.weight, source.head.weight)  # a head for the data's 10 classes is kept

@@ -133,13 +133,13 @@ def test_unknown_and_unsupported_models() -> None:
                 img_size=32,
                 patch_size=8,
                 drop_path_rate=0.0,
-                pretrained_file="/nonexistent.safetensors",
+                pretrained_file="pretrained/nonexistent.safetensors",
             ),
             10,
             3,
         )
     with pytest.raises(MaskpruneError, match="pretrained_file applies to timm names only"):
-        build_model(updated(cpu_params().models.student, pretrained_file="/x.safetensors"), 10, 1)
+        build_model(updated(cpu_params().models.student, pretrained_file="pretrained/x.safetensors"), 10, 1)
     with pytest.raises(ValueError, match="is a distilled DeiT"):  # it would fail only when the stage builds it
         ModelSpec(name="deit_small_distilled_patch16_224", img_size=28, patch_size=4, drop_path_rate=0.0)
     with pytest.raises(

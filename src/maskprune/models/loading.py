@@ -16,7 +16,7 @@ from maskprune.config import ModelSpec, Params
 from maskprune.data.storage import PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.layout import FINETUNE_DIR, TEACHER_DIR
-from maskprune.models.vit import TokenViT, build_model
+from maskprune.models.vit import Stats, TokenViT, build_model, input_stats, pretrained_classes, take_inputs_as
 
 
 def init_student(params: Params, data: PreparedData, root: Path) -> tuple[TokenViT, dict[str, Any]]:
@@ -25,8 +25,12 @@ def init_student(params: Params, data: PreparedData, root: Path) -> tuple[TokenV
 
 
 def init_teacher(params: Params, data: PreparedData, root: Path) -> tuple[TokenViT, dict[str, Any]]:
-    """The supervised teacher as `teacher.init` says (e.g. claim C's MAE teacher), and where its weights came from."""
-    return init_model(params.models.teacher, "teacher", params.teacher.init, "teacher.init", data, root)
+    """The supervised teacher as `teacher.init` says (e.g. claim C's MAE teacher), and where its weights came from.
+
+    With `teacher.epochs` 0 it is used as it is, so its classifier comes with its weights too.
+    """
+    cfg = params.teacher
+    return init_model(params.models.teacher, "teacher", cfg.init, "teacher.init", data, root, whole=not cfg.epochs)
 
 
 def init_model(
@@ -36,14 +40,24 @@ def init_model(
     key: str,
     data: PreparedData,
     root: Path,
+    whole: bool = False,
 ) -> tuple[TokenViT, dict[str, Any]]:
     """`models.<role>` built fresh for the data, its backbone from `init` (the params key `key`).
 
     Args:
         init: scratch, pretrained_file (the spec's local timm weights) or a maskprune model folder.
+        whole: the classifier head from `init` too (a model used as it is, untrained); it must
+            have the data's number of classes.
     """
     model = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans)
     if init in ("scratch", "pretrained_file"):
+        classes = pretrained_classes(spec.pretrained_file) if whole and spec.pretrained_file else None
+        if whole and classes != data.num_classes:
+            has = f"a {classes}-class classifier" if classes else "no classifier"
+            raise MaskpruneError(
+                f"{key} {init!r} is used as it is (no training epochs), but {spec.pretrained_file or 'scratch'} "
+                f"has {has} for the data's {data.num_classes} classes; train it or give weights fine-tuned on this data"
+            )
         return model, {"init": init, "init_file": spec.pretrained_file}
     folder = (root / init) if not Path(init).is_absolute() else Path(init)
     if not folder.is_dir():
@@ -51,13 +65,24 @@ def init_model(
             f"{key} {init!r} is not scratch, pretrained_file or an existing "
             "model folder; run the stage that writes it or fix the path"
         )
-    meta = load_backbone(model, folder, spec, role)
+    meta = load_backbone(model, folder, spec, role, head=whole)
+    take_inputs_as(model, (meta["mean"], meta["std"]), input_stats(spec, data.meta))  # NOTE: no-op for its own data
     return model, {"init": init, "init_config_hash": meta.get("config_hash", "")}
 
 
-def load_backbone(model: TokenViT, folder: Path, spec: ModelSpec, role: str = "student") -> dict[str, Any]:
-    """Load every weight of a maskprune checkpoint except the classifier head into `model` (`models.<role>`)."""
+def load_backbone(
+    model: TokenViT, folder: Path, spec: ModelSpec, role: str = "student", head: bool = False
+) -> dict[str, Any]:
+    """Load every weight of a maskprune checkpoint into `model` (`models.<role>`); its head only if `head`."""
     meta = read_meta(folder)
+    if head and (meta["num_classes"], meta.get("global_pool", model.global_pool)) != (
+        model.num_classes,
+        model.global_pool,
+    ):
+        raise MaskpruneError(
+            f"{folder} is used as it is (no training epochs), but its head is not a {model.num_classes}-class "
+            f"classifier on the {model.global_pool} features; train it or init from such a model"
+        )
     theirs = ModelSpec.model_validate(meta["model"])
     if (theirs.name, theirs.img_size, theirs.patch_size) != (spec.name, spec.img_size, spec.patch_size):
         raise MaskpruneError(
@@ -66,7 +91,7 @@ def load_backbone(model: TokenViT, folder: Path, spec: ModelSpec, role: str = "s
             f"{spec.patch_size}; make them match or init from scratch"
         )
     tensors = load_tensors(folder / WEIGHTS_FILE)
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    own = {k: v for k, v in model.state_dict().items() if head or not k.startswith("head.")}
     missing = [k for k in own if k not in tensors]
     wrong = [k for k, v in own.items() if k in tensors and tensors[k].shape != v.shape]
     if missing or wrong:
@@ -78,8 +103,11 @@ def load_backbone(model: TokenViT, folder: Path, spec: ModelSpec, role: str = "s
     return meta
 
 
-def load_teacher(spec: ModelSpec, data: PreparedData, root: Path, device: torch.device) -> tuple[TokenViT, str]:
-    """models/teacher, checked against `spec` (models.teacher) and the prepared data."""
+def load_teacher(
+    spec: ModelSpec, data: PreparedData, root: Path, device: torch.device, inputs: Stats
+) -> tuple[TokenViT, str]:
+    """models/teacher, checked against `spec` (models.teacher) and the prepared data, changed to take
+    images standardised with `inputs` (the student's mean and std; `take_inputs_as`)."""
     folder = root / TEACHER_DIR
     meta = read_meta(folder)
     expected = spec.model_dump()
@@ -94,7 +122,7 @@ def load_teacher(spec: ModelSpec, data: PreparedData, root: Path, device: torch.
             f"{data.meta['name']!r}; rerun `dvc repro teacher`"
         )
     model, _ = load_model(folder, device)
-    return model, str(meta.get("config_hash", ""))
+    return take_inputs_as(model, (meta["mean"], meta["std"]), inputs), str(meta.get("config_hash", ""))
 
 
 def load_init(spec: ModelSpec, init: str, root: Path, device: torch.device) -> tuple[TokenViT, dict[str, Any]]:
@@ -111,7 +139,8 @@ def load_init(spec: ModelSpec, init: str, root: Path, device: torch.device) -> t
 
 
 def load_distill_teacher(params: Params, data: PreparedData, root: Path, device: torch.device) -> tuple[TokenViT, dict]:
-    """`distill.teacher`, checked to see the student's patch grid and the prepared data's channels."""
+    """`distill.teacher`, checked to see the student's patch grid and the prepared data's channels, changed
+    to take the student's images (`take_inputs_as`)."""
     folder = Path(params.distill.teacher)
     folder = folder if folder.is_absolute() else root / folder
     teacher, meta = load_model(folder, device)
@@ -122,4 +151,4 @@ def load_distill_teacher(params: Params, data: PreparedData, root: Path, device:
             "channels, the student a different grid or data; use a teacher with the "
             "student's patch grid"
         )
-    return teacher, meta
+    return take_inputs_as(teacher, (meta["mean"], meta["std"]), input_stats(student, data.meta)), meta

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ PRESETS: dict[str, dict[str, object]] = {
     "vit_teacher": dict(embed_dim=192, depth=6, num_heads=3, mlp_ratio=4.0),
 }
 _TIMM_MODULES = ("vision_transformer", "deit")
+Stats = tuple[list[float], list[float]]  # per-channel mean and std that input images are standardised with
 
 
 @dataclass
@@ -248,8 +249,13 @@ def check_model_name(name: str) -> None:
     )
 
 
-def build_model(spec: ModelSpec, num_classes: int, in_chans: int) -> TokenViT:
-    """A TokenViT for `spec`: a preset, or a timm ViT/DeiT (weights from a local file only)."""
+def build_model(spec: ModelSpec, num_classes: int, in_chans: int, weights: bool = True) -> TokenViT:
+    """A TokenViT for `spec`: a preset, or a timm ViT/DeiT (weights from a local file only).
+
+    Args:
+        weights: load `spec.pretrained_file`, if any; False builds the architecture alone (for a
+            checkpoint's own weights, so a saved model never needs the file it started from).
+    """
     common = dict(
         img_size=spec.img_size,
         patch_size=spec.patch_size,
@@ -258,7 +264,7 @@ def build_model(spec: ModelSpec, num_classes: int, in_chans: int) -> TokenViT:
         drop_path_rate=spec.drop_path_rate,
     )
     if spec.name in PRESETS:
-        if spec.pretrained_file:
+        if weights and spec.pretrained_file:
             raise MaskpruneError(
                 f"model {spec.name!r} is a preset: pretrained_file applies to timm "
                 "names only; init presets from a maskprune checkpoint instead"
@@ -266,17 +272,22 @@ def build_model(spec: ModelSpec, num_classes: int, in_chans: int) -> TokenViT:
         return TokenViT(**common, **PRESETS[spec.name])
     import timm
 
-    pretrained = bool(spec.pretrained_file)
+    pretrained = weights and bool(spec.pretrained_file)
     if pretrained and not Path(spec.pretrained_file).is_file():
         raise MaskpruneError(
             f"models: pretrained_file {spec.pretrained_file!r} for {spec.name!r} does "
             "not exist; give a local .safetensors file (nothing is downloaded)"
         )
     try:
+        # NOTE: timm keeps the file's classifier only if it has num_classes rows (e.g. weights already
+        # fine-tuned on this data); it assumes the pretrained config's count (1000) unless told the file's
+        overlay: dict[str, Any] = dict(file=spec.pretrained_file)
+        if pretrained and (classes := pretrained_classes(spec.pretrained_file)):
+            overlay["num_classes"] = classes
         model = timm.create_model(
             spec.name,
             pretrained=pretrained,
-            pretrained_cfg_overlay=dict(file=spec.pretrained_file) if pretrained else None,
+            pretrained_cfg_overlay=overlay if pretrained else None,
             **common,
         )
     except (FileNotFoundError, RuntimeError) as err:
@@ -290,4 +301,69 @@ def build_model(spec: ModelSpec, num_classes: int, in_chans: int) -> TokenViT:
             "VisionTransformer; choose a ViT or non-distilled DeiT"
         )
     model.__class__ = TokenViT
+    return model
+
+
+def pretrained_classes(path: str) -> int | None:
+    """The classes of the classifier head (`head.weight` rows) in a timm weights file, if it has one."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as weights:
+            names = weights.keys()
+            return weights.get_slice("head.weight").get_shape()[0] if "head.weight" in names else None
+    except (SafetensorError, OSError) as err:
+        raise MaskpruneError(f"{path}: not a readable safetensors file ({err}); give timm weights") from None
+
+
+def input_stats(spec: ModelSpec, data_meta: dict[str, Any]) -> Stats:
+    """The per-channel (mean, std) that `spec`'s input images are standardised with.
+
+    With `normalize: auto` and a pretrained_file: the pretrained weights' own, from timm's
+    pretrained config of the model name and its tag (ImageNet's for DeiT). For grey data each is
+    the mean of the three RGB values: timm sums the RGB patch-embedding filters into one grey
+    filter, which sees a grey image as an RGB one exactly when the three channels share their mean
+    and std (ImageNet's std differ by 2%, its means by up to 0.08). Otherwise, or with
+    `normalize: data`: the prepared data's, from its meta.json `data_meta`.
+    """
+    mean, std = list(data_meta["mean"]), list(data_meta["std"])
+    if spec.normalize == "data" or not spec.pretrained_file:
+        return mean, std
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(spec.name)
+    if cfg is None or cfg.mean is None or cfg.std is None:
+        raise MaskpruneError(f"timm has no pretrained mean/std for {spec.name!r}; set normalize: data for this model")
+    theirs = list(cfg.mean), list(cfg.std)
+    if len(mean) == len(theirs[0]):
+        return theirs
+    if len(mean) == 1:
+        return [sum(theirs[0]) / len(theirs[0])], [sum(theirs[1]) / len(theirs[1])]
+    raise MaskpruneError(
+        f"{spec.name!r} was pretrained on {len(theirs[0])}-channel images but the data has {len(mean)} "
+        "channels; set normalize: data for this model"
+    )
+
+
+@torch.no_grad()
+def take_inputs_as(model: TokenViT, expected: Stats, given: Stats) -> TokenViT:
+    """`model`, trained on images standardised with `expected`, changed in place to take `given` ones.
+
+    Its patch embedding is a convolution with stride = kernel and no padding, so the change
+    x_expected = x_given * a + b per channel (a = std_given / std_expected, b = (mean_given -
+    mean_expected) / std_expected) folds exactly into its weights (times a) and bias (plus the
+    weights applied to b); bilinear resizing commutes with it. For a frozen teacher fed the
+    student's images.
+    """
+    if expected == given:
+        return model
+    proj = model.patch_embed.proj
+    mean_e, std_e = (torch.tensor(v, dtype=torch.float64, device=proj.weight.device) for v in expected)
+    mean_g, std_g = (torch.tensor(v, dtype=torch.float64, device=proj.weight.device) for v in given)
+    weight = proj.weight.double()
+    shift = ((weight * ((mean_g - mean_e) / std_e).view(1, -1, 1, 1)).sum(dim=(1, 2, 3))).to(proj.weight.dtype)
+    if proj.bias is None:
+        proj.bias = torch.nn.Parameter(torch.zeros_like(shift), requires_grad=proj.weight.requires_grad)
+    proj.bias += shift
+    proj.weight.copy_(weight * (std_g / std_e).view(1, -1, 1, 1))
     return model
