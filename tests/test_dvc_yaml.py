@@ -9,13 +9,17 @@ from `stages/<name>.py` through the `maskprune` package, to a fixed point.
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from maskprune.config import PRETRAINED_DIR
 from maskprune.dvc_yaml import expand
+from maskprune.layout import PREPARED_DIR
+from tests.conftest import copy_repo, run
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"maskprune": ROOT / "src", "stages": ROOT}
@@ -121,3 +125,42 @@ def test_expand_names_matrix_items_and_fills_in_their_deps_and_params() -> None:
         ("train@vit-0.5", "python -m stages.train vit 0.5", ["split/vit"], ["seed", "train.vit", "lr"]),
         ("train@evit-0.5", "python -m stages.train evit 0.5", ["split/evit"], ["seed", "train.evit", "lr"]),
     ]
+
+
+# NOTE: the stages that build a model from models.* (and so load its pretrained_file); prune and
+# evaluate load saved models, whose weights are all in their folders
+BUILD_FROM_PARAMS = {"distill_teacher", "teacher", "pretrain", "finetune", "distill"}
+
+
+def test_the_stages_that_build_models_from_params_depend_on_the_pretrained_folder() -> None:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    depends = {name for name, stage in stages.items() if PRETRAINED_DIR in stage.get("do", stage)["deps"]}
+    assert depends == BUILD_FROM_PARAMS
+    assert (ROOT / PRETRAINED_DIR / "README.md").is_file()  # DVC refuses a missing dep
+
+
+@pytest.mark.integration
+def test_replacing_a_pretrained_file_reruns_the_stages_that_start_from_it(tmp_path: Path) -> None:
+    """Real DVC on a copy of the repository: the teachers' stages, committed with stand-in outputs
+    (nothing is trained), are up to date until a file under pretrained/ is added or replaced."""
+    repo = copy_repo(tmp_path / "repo")
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    for name in ("distill_teacher", "teacher"):
+        for out in stages[name]["outs"]:
+            (repo / next(iter(out))).parent.mkdir(parents=True, exist_ok=True)
+            (repo / next(iter(out))).write_text(name)
+    (repo / PREPARED_DIR / "stand-in").parent.mkdir(parents=True)
+    (repo / PREPARED_DIR / "stand-in").write_text("prepared")
+
+    def changed() -> dict[str, list]:
+        return json.loads(run(["dvc", "status", "--json", "distill_teacher", "teacher"], repo).stdout)
+
+    run(["dvc", "commit", "-f", "distill_teacher", "teacher"], repo)
+    assert changed() == {}
+    weights = repo / PRETRAINED_DIR / "w.safetensors"
+    weights.write_bytes(b"first")
+    expected = {name: [{"changed deps": {PRETRAINED_DIR: "modified"}}] for name in ("distill_teacher", "teacher")}
+    assert changed() == expected
+    run(["dvc", "commit", "-f", "distill_teacher", "teacher"], repo)
+    weights.write_bytes(b"second")
+    assert changed() == expected
