@@ -56,9 +56,9 @@ PRESETS: dict[str, Preset] = {
         "RGB, 1000 classes, batch 256, bf16 autocast, fused attention",
         sets=[
             "models.student={name: deit_small_patch16_224, img_size: 224, patch_size: 16, drop_path_rate: 0.0, "
-            "pretrained_file: ''}",
+            "pretrained_file: '', normalize: auto}",
             "models.teacher={name: deit_base_patch16_224, img_size: 224, patch_size: 16, drop_path_rate: 0.0, "
-            "pretrained_file: ''}",
+            "pretrained_file: '', normalize: auto}",
             "prune.keep_rates=[0.7, 0.5]",
             "prune.locations=[]",
         ],
