@@ -5,11 +5,12 @@
    second on one core (what one loader worker gives). The A/A control is the same pass again. The
    prepare of those images (every core) is timed too: images per second per core.
 2. feed: the student of the profile trained for one epoch of steps on batches the loader streams
-   from shards (`FEED_WORKERS` processes; 28x28 grey PNGs, the cpu profile's data, shift-and-flip
-   augmentation), against the very same batches held in memory. Rounds run memory, loader, memory,
-   so each loader timing is bracketed; the ratio is the loader's img/s over the mean of the two
-   memory timings (median over rounds), the A/A the second memory timing over the first. The
-   loader's data-wait fraction says how much of its step time went to waiting for batches.
+   from shards (28x28 grey PNGs, the cpu profile's data, shift-and-flip augmentation; 2, 1 and 0
+   loader processes, 0 decoding in the training process), against the very same batches held in
+   memory. Rounds run memory, loader, memory, so each loader timing is bracketed; the ratio is the
+   loader's img/s over the mean of the two memory timings (median over rounds), the A/A the second
+   memory timing over the first. The loader's data-wait fraction says how much of its step time
+   went to waiting for batches.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,12 @@ from benchmarks.common import BenchSetup
 from benchmarks.jobs import cores
 from maskprune.aa_control import aa_noisy
 from maskprune.data.loader import DecodedSamples, Normalizer
-from maskprune.data.storage import Split, load_prepared
+from maskprune.data.storage import PreparedData, Split, load_prepared
 
-DECODE_IMAGES = 120
+DECODE_IMAGES = 400
 DECODE_SIZE = (500, 375)
 FEED_IMAGES = 3072
-FEED_WORKERS = 2
+FEED_WORKERS = (2, 1, 0)  # the target is the first's; 0 decodes in the training process
 ROUNDS = 3
 
 
@@ -64,6 +66,8 @@ def decode_rate(setup: BenchSetup, work: Path) -> dict[str, Any]:
     split = load_prepared(_prepare(data, work / "jpeg-prepared", setup)).splits["train"]
     prepare_s = time.perf_counter() - started
     samples = DecodedSamples(split)
+    for position in range(min(20, len(split))):  # warm-up: caches, the allocator
+        samples[(position, (0, 0, position))]
     rates = []
     for _ in range(2):  # the second pass is the A/A control
         started = time.perf_counter()
@@ -120,12 +124,18 @@ def feed_ratio(setup: BenchSetup, work: Path) -> dict[str, Any]:
             "image_size": 0,
         }
     )
-    prepare_shards(cfg, 0, work, raw, log=lambda _: None, workers=FEED_WORKERS)
-    prepared = load_prepared(work / "feed", workers=FEED_WORKERS)
-    split: Split = prepared.splits["train"]
+    prepare_shards(cfg, 0, work, raw, log=lambda _: None, workers=2)
+    prepared = load_prepared(work / "feed")
+    return {f"workers_{workers}": feed_with(setup, prepared, workers) for workers in FEED_WORKERS}
+
+
+def feed_with(setup: BenchSetup, prepared: PreparedData, workers: int) -> dict[str, Any]:
+    """Rounds of memory, loader (`workers` processes), memory; the medians."""
+    side = setup.params.models.student.img_size
+    split: Split = replace(prepared.splits["train"], workers=workers)
     device = setup.runtime.device
     normalize = Normalizer(prepared.meta["mean"], prepared.meta["std"], side, device)
-    model = setup.model(spec).train()
+    model = setup.model(setup.params.models.student).train()
     held = list(split.train_batches(setup.batch, 0, 0, device, True))
     steps = len(held)
     _epoch(model, held, normalize, min(steps, setup.warmup))
@@ -147,7 +157,7 @@ def feed_ratio(setup: BenchSetup, work: Path) -> dict[str, Any]:
     return {
         "images": steps * setup.batch,
         "batch": setup.batch,
-        "workers": FEED_WORKERS,
+        "workers": workers,
         "memory_img_per_s": statistics.median(r["memory"] for r in rounds),
         "loader_img_per_s": statistics.median(r["loader"] for r in rounds),
         "loader_over_memory": statistics.median(r["ratio"] for r in rounds),

@@ -31,10 +31,12 @@ def _orchestration(results: dict[str, Any]) -> list[tuple[str | None, float]]:
     return [] if value is None else [(None, value)]
 
 
-def _loader(key: str, field: str) -> Callable[[dict[str, Any]], list[tuple[str | None, float]]]:
+def _loader(*path: str) -> Callable[[dict[str, Any]], list[tuple[str | None, float]]]:
     def read(results: dict[str, Any]) -> list[tuple[str | None, float]]:
-        value = results.get("loader", {}).get(key, {}).get(field)
-        return [] if value is None else [(None, value)]
+        value = results.get("loader", {})
+        for key in path:
+            value = value.get(key, {})
+        return [] if value == {} else [(None, value)]
 
     return read
 
@@ -52,7 +54,13 @@ TARGETS: list[Target] = [
         ">=",
         350,
     ),
-    ("training fed by the loader / fed from memory", None, _loader("feed", "loader_over_memory"), ">=", 0.95),
+    (
+        "training fed by the loader (2 workers) / fed from memory",
+        None,
+        _loader("feed", "workers_2", "loader_over_memory"),
+        ">=",
+        0.95,
+    ),
 ]
 
 
@@ -211,18 +219,28 @@ def markdown(results: dict[str, Any]) -> str:
             "",
         ]
     if "loader" in results:
-        d, f = results["loader"]["decode"], results["loader"]["feed"]
+        d = results["loader"]["decode"]
+        feeds = list(results["loader"]["feed"].values())
         lines += [
             "## 8. The sharded data path",
             "",
             f"Decode + random-resized crop to {d['crop']} of {d['images']} {d['source_size'][0]}x{d['source_size'][1]} "
             f"JPEGs on one core: **{d['img_per_s_per_core']:.0f} img/s** (A/A {d['aa_ratio']:.3f}); `prepare` of "
-            f"them on every core: {d['prepare_img_per_s_per_core']:.0f} img/s per core. Training "
-            f"(batch {f['batch']}) fed by the loader ({f['workers']} workers) {f['loader_img_per_s']:.0f} img/s "
-            f"against the same batches from memory {f['memory_img_per_s']:.0f} img/s: "
-            f"**{f['loader_over_memory']:.3f}x** "
-            f"(A/A {f['aa_ratio']:.3f}{', noisy' if f['noisy'] else ''}; data wait {f['data_wait']:.1%} of the "
-            "loader's step time).",
+            f"them on every core: {d['prepare_img_per_s_per_core']:.0f} img/s per core. Training (batch "
+            f"{feeds[0]['batch']}, medians of the rounds) fed by the loader against the same batches from memory:",
+            "",
+            _table(
+                feeds,
+                [
+                    "workers",
+                    "memory_img_per_s",
+                    "loader_img_per_s",
+                    "loader_over_memory",
+                    "data_wait",
+                    "aa_ratio",
+                    "noisy",
+                ],
+            ),
             "",
         ]
     if "jobs" in results:

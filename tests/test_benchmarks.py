@@ -259,10 +259,15 @@ def test_loader_part_reports_decode_rate_and_the_loader_over_memory_ratio(
     monkeypatch.setattr(loader, "ROUNDS", 1)
     out = loader.run(setup)
     decode, feed = out["decode"], out["feed"]
+    checked = {t["target"]: t for t in check_targets({"device": {"type": "cpu"}, "loader": out})}
+    assert len(checked) == 2 and all(t["value"] > 0 for t in checked.values())
     assert decode["images"] == 5  # 6 of the 8 are in train/, one of them held out for validation
     assert decode["img_per_s_per_core"] > 0 and decode["prepare_img_per_s_per_core"] > 0
-    (round_,) = feed["rounds"]
-    assert feed["loader_over_memory"] == pytest.approx(round_["loader"] / round_["memory"])
-    assert feed["images"] == (39 // setup.batch) * setup.batch and 0.0 <= feed["data_wait"] < 1.0
+    assert sorted(feed) == ["workers_0", "workers_1", "workers_2"]
+    for workers, one in feed.items():
+        (round_,) = one["rounds"]
+        assert one["loader_over_memory"] == pytest.approx(round_["loader"] / round_["memory"])
+        assert one["images"] == (39 // setup.batch) * setup.batch and 0.0 <= one["data_wait"] < 1.0
+        assert workers == f"workers_{one['workers']}"
     text = markdown({"device": device_info(CPU), "setup": setup.describe(), "loader": out})
     assert "## 8. The sharded data path" in text

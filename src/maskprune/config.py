@@ -159,7 +159,10 @@ class RuntimeSection(Section):
     compile: bool = False
     progress: Literal["auto", "always", "never"] = Field("auto", description="auto = bar on a terminal")
     loader_workers: int = Field(
-        0, ge=0, description="sharded data: decoding processes per training process; 0 = cores / processes, at most 8"
+        0,
+        ge=0,
+        description="sharded data: decoding processes per training process; 0 = auto: on CUDA cores / processes "
+        "(at most 8), on a CPU none (decoded in the training process, measured faster there)",
     )
 
 

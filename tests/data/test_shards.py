@@ -241,3 +241,16 @@ def test_an_unreadable_class_folder_is_one_line_naming_it(tree: Path, tmp_path: 
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"maskprune: error: {broken / 'train/dog'}: cannot read") and "chmod" in line
     assert not (work / "data").exists()
+
+
+def test_the_evaluation_crop_at_the_images_own_size_is_timms(tmp_path: Path) -> None:
+    from maskprune.data.augment import eval_crop
+
+    crop = eval_crop(16, 1.0)
+    for side in (16, 24):  # the shortcut for images of the crop's size, and timm's resize otherwise
+        folder = image_tree(tmp_path / str(side), 3, 2, side=side)
+        prepare_dataset(shard_data(folder, eval_crop_pct=1.0, val_fraction=0.3), 0, folder / "out", log=lambda _: None)
+        split = load_prepared(folder / "out/pets").splits["test"]
+        for position in range(len(split)):
+            image = decode(split.reader.read(split.index[position]))
+            assert torch.equal(split.images_at(torch.tensor([position]))[0], crop(image))

@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from maskprune.data.augment import CROP_PADDING, eval_crop, random_resized_crop, sample_seed, seeded_crop
 from maskprune.data.sources import decode
@@ -135,8 +137,15 @@ class DecodedSamples(torch.utils.data.Dataset):
                 f"({err}); rerun `dvc repro -f prepare`"
             ) from None
         if draws is None:
-            return self.eval_crop(image), int(row["label"])
+            return self._eval_crop(image), int(row["label"])
         return seeded_crop(self.train_crop, image, sample_seed(*draws)), int(row["label"])
+
+    def _eval_crop(self, image: Image.Image) -> torch.Tensor:
+        view = self.split.view
+        if view.eval_crop_pct == 1.0 and image.size == (view.size, view.size):  # NOTE: timm's crop is the identity
+            pixels = np.array(image)
+            return torch.from_numpy(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1).copy())
+        return self.eval_crop(image)
 
 
 class BatchKeys:

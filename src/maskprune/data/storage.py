@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -132,8 +132,8 @@ class View:
 @dataclass
 class ShardedSplit(Split):
     reader: ShardReader
-    index: np.ndarray  # shards.INDEX_DTYPE rows of the whole split
-    positions: np.ndarray  # int64 [n]: the rows of `index` this split serves
+    index: np.ndarray = field(repr=False)  # shards.INDEX_DTYPE rows of the whole split
+    positions: np.ndarray = field(repr=False)  # int64 [n]: the rows of `index` this split serves
     view: View
     workers: int
     device: torch.device = torch.device("cpu")  # where `labels` live; batches go where they are asked to
