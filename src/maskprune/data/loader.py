@@ -8,6 +8,8 @@ exactly the same images with the same augmentations. The sharded storage's batch
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -171,6 +173,18 @@ def _stack(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
+@functools.cache
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Loader processes forked from a clean server process that has imported the loader once.
+
+    NOTE: forking the training process itself copies whatever threads and locks it holds (a Prefect
+    or MLflow client's, say), and such children can die on exit; the fork server has none.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "timm.data", "torchvision.transforms"])  # what a worker unpickles
+    return context
+
+
 def decoded_batches(
     split: ShardedSplit,
     batches: list[tuple[torch.Tensor, Draws]],
@@ -186,13 +200,15 @@ def decoded_batches(
         device: where the batches go (pinned first for CUDA); None = stay on the CPU.
     """
     pin = device is not None and device.type == "cuda"
+    workers = min(workers, len(batches))
     loader = torch.utils.data.DataLoader(
         DecodedSamples(split),
         batch_sampler=BatchKeys(batches),
-        num_workers=min(workers, len(batches)),
+        num_workers=workers,
         collate_fn=_stack,
         pin_memory=pin,
         prefetch_factor=4 if workers else None,
+        multiprocessing_context=_worker_context() if workers else None,
     )
     for images, labels in loader:
         if device is not None:
