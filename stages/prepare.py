@@ -71,6 +71,7 @@ def choose_storage(cfg: DataSection, images: int, channels: int, shapes: set[tup
 
 
 def _base_meta(cfg: DataSection, classes: tuple[str, ...], counts: dict[str, int], seed: int) -> dict[str, Any]:
+    """The meta.json keys both storages write."""
     return {
         "name": cfg.name,
         "format": cfg.format,
@@ -90,18 +91,12 @@ def prepare_memory(
     check_class_coverage({split: labels for split, (_, labels) in splits.items()}, raw.classes, log)
     mean, std = channel_stats(splits["train"][0])
     meta = {
-        "name": cfg.name,
-        "format": cfg.format,
+        **_base_meta(cfg, raw.classes, {split: int(len(labels)) for split, (_, labels) in splits.items()}, seed),
         "storage": "memory",
-        "classes": list(raw.classes),
-        "num_classes": len(raw.classes),
         "image_shape": list(raw.train_images.shape[1:]),
         "resize": "none here; a model whose img_size differs resizes at load (bilinear) and says so",
         "mean": mean,
         "std": std,
-        "counts": {split: int(len(labels)) for split, (_, labels) in splits.items()},
-        "seed": seed,
-        "val_fraction": cfg.val_fraction,
         "sources": source_checksums(raw.files),
     }
     with atomic.atomic_dir(out_root / cfg.name) as tmp:

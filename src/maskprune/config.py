@@ -541,6 +541,15 @@ class ReportSection(Section):
     checks: ChecksSection
 
 
+def _weights_for_init(key: str, init: str, role: str, weights: str, fix: str) -> None:
+    """An init of 'pretrained_file' needs models.<role>.pretrained_file; one line naming both if it is empty."""
+    if init == "pretrained_file" and not weights:
+        raise ValueError(
+            f"{key} is 'pretrained_file' but models.{role}.pretrained_file is empty; "
+            f"set the local weights file or {fix}"
+        )
+
+
 class Params(Section):
     profile: ProfileName
     seed: int = Field(0, ge=0, description="the students' seed (pretrain, finetune, prune, distill, evaluate)")
@@ -575,11 +584,7 @@ class Params(Section):
     @model_validator(mode="after")
     def _finetune_init(self) -> Params:
         init, weights = self.finetune.init, self.models.student.pretrained_file
-        if init == "pretrained_file" and not weights:
-            raise ValueError(
-                "finetune.init is 'pretrained_file' but models.student.pretrained_file "
-                "is empty; set the local weights file or use init: scratch"
-            )
+        _weights_for_init("finetune.init", init, "student", weights, "use init: scratch")
         if init != "pretrained_file" and weights:
             raise ValueError(
                 f"models.student.pretrained_file is set but finetune.init is {init!r}; "
@@ -590,11 +595,7 @@ class Params(Section):
     @model_validator(mode="after")
     def _teacher_init(self) -> Params:
         init, weights = self.teacher.init, self.models.teacher.pretrained_file
-        if init == "pretrained_file" and not weights:
-            raise ValueError(
-                "teacher.init is 'pretrained_file' but models.teacher.pretrained_file "
-                "is empty; set the local weights file or use another init"
-            )
+        _weights_for_init("teacher.init", init, "teacher", weights, "use another init")
         if init == "scratch" and weights:
             raise ValueError(
                 "models.teacher.pretrained_file is set but teacher.init is 'scratch'; "
