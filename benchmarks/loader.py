@@ -18,7 +18,6 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,8 @@ from PIL import Image
 from benchmarks.common import BenchSetup
 from benchmarks.jobs import cores
 from maskprune.aa_control import aa_noisy
-from maskprune.data.loader import DecodedSamples, Normalizer
-from maskprune.data.storage import PreparedData, Split, load_prepared
+from maskprune.data.loader import Normalizer
+from maskprune.data.storage import PreparedData, load_prepared
 
 DECODE_IMAGES = 400
 DECODE_SIZE = (500, 375)
@@ -65,14 +64,14 @@ def decode_rate(setup: BenchSetup, work: Path) -> dict[str, Any]:
     started = time.perf_counter()
     split = load_prepared(_prepare(data, work / "jpeg-prepared", setup)).splits["train"]
     prepare_s = time.perf_counter() - started
-    samples = DecodedSamples(split)
+    samples = split.loader.samples
     for position in range(min(20, len(split))):  # warm-up: caches, the allocator
-        samples[(position, (0, 0, position))]
+        samples[("train", position, (0, 0, position))]
     rates = []
     for _ in range(2):  # the second pass is the A/A control
         started = time.perf_counter()
         for position in range(len(split)):
-            samples[(position, (0, 0, position))]
+            samples[("train", position, (0, 0, position))]
         rates.append(len(split) / (time.perf_counter() - started))
     return {
         "images": len(split),
@@ -125,14 +124,16 @@ def feed_ratio(setup: BenchSetup, work: Path) -> dict[str, Any]:
         }
     )
     prepare_shards(cfg, 0, work, raw, log=lambda _: None, workers=2)
-    prepared = load_prepared(work / "feed")
-    return {f"workers_{workers}": feed_with(setup, prepared, workers) for workers in FEED_WORKERS}
+    return {
+        f"workers_{workers}": feed_with(setup, load_prepared(work / "feed", workers=workers), workers)
+        for workers in FEED_WORKERS
+    }
 
 
 def feed_with(setup: BenchSetup, prepared: PreparedData, workers: int) -> dict[str, Any]:
     """Rounds of memory, loader (`workers` processes), memory; the medians."""
     side = setup.params.models.student.img_size
-    split: Split = replace(prepared.splits["train"], workers=workers)
+    split = prepared.splits["train"]
     device = setup.runtime.device
     normalize = Normalizer(prepared.meta["mean"], prepared.meta["std"], side, device)
     model = setup.model(setup.params.models.student).train()

@@ -23,13 +23,12 @@ from maskprune import atomic
 from maskprune.checkpoint import config_hash, model_meta, pretrained_digest, save_model
 from maskprune.cli import run_stage
 from maskprune.config import DistillSection, Params
-from maskprune.data.loader import Normalizer
 from maskprune.data.storage import PreparedData, load_prepared
 from maskprune.layout import CHECKPOINTS_DIR, DistillVariant, prepared_dir
 from maskprune.measure import gmacs, top1
 from maskprune.models.loading import load_distill_teacher
 from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
-from maskprune.models.vit import Stats, TokenViT, build_model, input_stats
+from maskprune.models.vit import Stats, TokenViT, build_model, input_stats, normalizer_for
 from maskprune.objectives.classification import ClassificationObjective
 from maskprune.objectives.feature_kd import FeatureKDObjective, ProjectedStudent
 from maskprune.probe import fit_linear_probe, pooled_features
@@ -80,10 +79,9 @@ def distil(
         root / CHECKPOINTS_DIR / "distill" / chosen.name,
         digest,
         name=f"distill@{chosen.name}",
-        img_size=params.models.student.img_size,
+        normalize=normalizer_for(params.models.student, data.meta, runtime.device),
         section="distill.train",
         validate=False,
-        stats=stats,
     )
     return digest, history
 
@@ -104,7 +102,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
     stats = input_stats(params.models.student, data.meta)
     digest, history = distil(params, root, runtime, chosen, data, backbone, stats)
     size = params.models.student.img_size
-    normalize = Normalizer(*stats, size, runtime.device)
+    normalize = normalizer_for(params.models.student, data.meta, runtime.device)
     train, val = data.splits["train"].to(runtime.device), data.splits["val"].to(runtime.device)
 
     probe = copy.deepcopy(backbone).to(runtime.device)
@@ -126,9 +124,8 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         root / CHECKPOINTS_DIR / "distill" / f"{chosen.name}-finetune",
         config_hash(digest, cfg.finetune),
         name=f"distill@{chosen.name} finetune",
-        img_size=size,
+        normalize=normalize,
         section="distill.finetune",
-        stats=stats,
     )
     example = torch.randn(1, data.in_chans, size, size, device=runtime.device)
     metrics: dict[str, Any] = {

@@ -184,7 +184,7 @@ class ModelMeter:
     def measure(self, name: str, model: TokenViT, meta: dict[str, Any]) -> dict[str, Any]:
         cfg, runtime = self.params.evaluate, self.runtime
         spec = ModelSpec.model_validate(meta["model"])
-        normalize = Normalizer(meta["mean"], meta["std"], spec.img_size, runtime.device)
+        normalize = Normalizer(meta["mean"], meta["std"], spec.img_size, runtime.device, meta.get("eval_crop_pct"))
         reference = build_model(spec, meta["num_classes"], meta["in_chans"], weights=False).to(runtime.device)
         # NOTE: a flat-pooled probe head needs every patch, so occlusion does not apply to it
         curve = (

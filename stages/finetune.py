@@ -35,7 +35,7 @@ from maskprune.layout import CHECKPOINTS_DIR, FINETUNE_DIR, prepared_dir
 from maskprune.masking import HybridRatios
 from maskprune.measure import gmacs, paired_throughput
 from maskprune.models.loading import init_student, load_init, load_teacher
-from maskprune.models.vit import Stats, TokenViT, input_stats
+from maskprune.models.vit import Stats, TokenViT, input_stats, normalizer_for
 from maskprune.objectives.masked_finetune import MaskedFinetuneObjective
 from maskprune.objectives.masked_kd import TeacherView
 from maskprune.runtime import Runtime, seed_everything
@@ -151,9 +151,8 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         root / CHECKPOINTS_DIR / "finetune" / variant,
         digest,
         name=f"finetune@{variant}",
-        img_size=params.models.student.img_size,
+        normalize=normalizer_for(params.models.student, data.meta, runtime.device),
         section="finetune.train",
-        stats=stats,
     )
     last = history[-1]
     metrics: dict[str, Any] = {

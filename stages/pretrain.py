@@ -36,7 +36,7 @@ from maskprune.layout import CHECKPOINTS_DIR, DISTILL_TEACHER_DIR, MODELS_DIR, P
 from maskprune.masking import random_keep_idx
 from maskprune.measure import gmacs
 from maskprune.models.mim_heads import MAE, SimMIM, check_decoder
-from maskprune.models.vit import Stats, TokenViT, build_model, input_stats
+from maskprune.models.vit import TokenViT, build_model, normalizer_for
 from maskprune.objectives.masked_image_modelling import MIMObjective
 from maskprune.probe import TIMM_POOL, fit_linear_probe, pooled_features, probe_top1
 from maskprune.runtime import Runtime, seed_everything
@@ -113,12 +113,12 @@ class LinearProbe:
     """Fits a linear probe on the frozen encoder's pooled features and scores it (after every epoch)."""
 
     def __init__(
-        self, cfg: PretrainProbe, seed: int, img_size: int, stats: Stats, data: PreparedData, runtime: Runtime
+        self, cfg: PretrainProbe, seed: int, normalize: Normalizer, data: PreparedData, runtime: Runtime
     ) -> None:
         self.cfg, self.seed, self.runtime = cfg, seed, runtime
         self.train = data.splits["train"].subset(cfg.train_limit, seed).to(runtime.device)
         self.test = data.splits["test"].subset(cfg.test_limit, seed).to(runtime.device)
-        self.normalize = Normalizer(*stats, img_size, runtime.device)
+        self.normalize = normalize
         self.num_classes = data.num_classes
         self.head: torch.nn.Linear | None = None
 
@@ -162,8 +162,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         job.mto,
         runtime,
     )
-    stats = input_stats(spec, data.meta)
-    probe = LinearProbe(cfg.probe, job.seed, spec.img_size, stats, prepared, runtime)
+    probe = LinearProbe(cfg.probe, job.seed, normalizer_for(spec, data.meta, runtime.device), prepared, runtime)
     digest = config_hash(
         params.data,
         spec,
@@ -187,11 +186,10 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         root / CHECKPOINTS_DIR / job.folder.relative_to(MODELS_DIR),
         digest,
         name=job.name,
-        img_size=spec.img_size,
+        normalize=probe.normalize,
         section="distill.teacher_train" if job.role == "teacher" else "pretrain.train",
         validate=False,
         epoch_end=probe,
-        stats=stats,
     )
     if probe.head is None:  # NOTE: a run resumed after its last epoch has no probe fitted yet
         probe.fit_and_score(encoder)

@@ -25,7 +25,7 @@ from maskprune.layout import CHECKPOINTS_DIR, PruneVariant, prepared_dir
 from maskprune.measure import gmacs
 from maskprune.models.loading import load_init, load_teacher
 from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
-from maskprune.models.vit import input_stats
+from maskprune.models.vit import input_stats, normalizer_for
 from maskprune.objectives.masked_kd import TeacherView
 from maskprune.objectives.token_pruning import DynamicViTObjective, EViTObjective
 from maskprune.runtime import Runtime, seed_everything
@@ -89,10 +89,9 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         root / CHECKPOINTS_DIR / "prune" / chosen.name,
         digest,
         name=f"prune@{chosen.name}",
-        img_size=params.models.student.img_size,
+        normalize=normalizer_for(params.models.student, data.meta, runtime.device),
         section="prune.train",
         backbone_lr=backbone_lr,
-        stats=stats,
     )
     size = params.models.student.img_size
     example = torch.randn(1, data.in_chans, size, size, device=runtime.device)

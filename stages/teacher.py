@@ -27,7 +27,7 @@ from maskprune.data.storage import PreparedData, load_prepared
 from maskprune.layout import CHECKPOINTS_DIR, TEACHER_DIR, prepared_dir
 from maskprune.measure import top1
 from maskprune.models.loading import init_teacher
-from maskprune.models.vit import Stats, input_stats
+from maskprune.models.vit import normalizer_for
 from maskprune.objectives.classification import ClassificationObjective
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.tracking.runs import StageRecord
@@ -35,10 +35,9 @@ from maskprune.trainer import fit
 
 
 def as_is(
-    model: torch.nn.Module, data: PreparedData, stats: Stats, img_size: int, runtime: Runtime, batch_size: int
+    model: torch.nn.Module, data: PreparedData, normalize: Normalizer, runtime: Runtime, batch_size: int
 ) -> list[dict[str, float]]:
     """The history of a teacher used as it is (`teacher.epochs` 0): epoch 0, its validation top-1."""
-    normalize = Normalizer(*stats, img_size, runtime.device)
     val = data.splits["val"].to(runtime.device)
     return [{"epoch": 0, "val_top1": top1(model.to(runtime.device), val, normalize, runtime, max(256, batch_size))}]
 
@@ -50,13 +49,13 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
     seed_everything(cfg.seed)
     data = load_prepared(root / prepared_dir(params.data.name), workers=runtime.loader_workers)
     spec = params.models.teacher
-    stats = input_stats(spec, data.meta)
+    normalize = normalizer_for(spec, data.meta, runtime.device)
     model, init = init_teacher(params, data, root)
     digest = config_hash(
         params.data, spec, cfg, init, pretrained_digest(spec), data.meta["sources"], data.meta["counts"]
     )
     if not cfg.epochs:
-        history = as_is(model, data, stats, spec.img_size, runtime, cfg.batch_size)
+        history = as_is(model, data, normalize, runtime, cfg.batch_size)
     else:
         history = fit(
             model,
@@ -68,8 +67,7 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
             root / CHECKPOINTS_DIR / "teacher",
             digest,
             name="teacher",
-            img_size=spec.img_size,
-            stats=stats,
+            normalize=normalize,
         )
     trained = [r for r in history if r["epoch"]]
     last = history[-1]

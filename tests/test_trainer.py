@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from maskprune.checkpoint import STATE_FILE, unwrap
 from maskprune.config import TrainSection
+from maskprune.data.loader import Normalizer
 from maskprune.data.sources import RawSplits
 from maskprune.data.storage import MemorySplit, PreparedData, load_prepared
 from maskprune.errors import MaskpruneError
@@ -124,7 +125,9 @@ def test_fit_learns_and_records_history(tmp_path: Path) -> None:
 def test_fit_states_a_resize_and_is_silent_without_one(tmp_path: Path) -> None:
     lines: list[str] = []
     model = TokenViT(img_size=16, patch_size=4, in_chans=1, num_classes=4, embed_dim=16, depth=1, num_heads=2)
-    fit(model, tiny_data(), CFG, ClassificationObjective(0.1), CPU, 0, tmp_path / "a", "h", "student", 16, lines.append)
+    data = tiny_data()
+    to_16 = Normalizer(data.meta["mean"], data.meta["std"], 16, CPU.device)
+    fit(model, data, CFG, ClassificationObjective(0.1), CPU, 0, tmp_path / "a", "h", "student", to_16, lines.append)
     assert "student: 12x12 images are resized to 16x16 (bilinear) for this model" in lines
     quiet: list[str] = []
     fit(tiny_model(), tiny_data(), CFG, ClassificationObjective(0.1), CPU, 0, tmp_path / "b", "h", log=quiet.append)
@@ -135,11 +138,17 @@ class Killed(Exception):
     pass
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage", ["memory", "shards"])
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, storage: str) -> None:
+    shards = tiny_shards(tmp_path / "prepared") if storage == "shards" else None
+
+    def data() -> PreparedData:  # shards: random-resized crops decoded by a loader process
+        return load_prepared(shards, workers=1) if shards else tiny_data()
+
     straight = tiny_model()
     fit(
         straight,
-        tiny_data(),
+        data(),
         CFG,
         ClassificationObjective(0.1),
         CPU,
@@ -157,7 +166,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
     with pytest.raises(Killed):
         fit(
             interrupted,
-            tiny_data(),
+            data(),
             CFG,
             ClassificationObjective(0.1),
             CPU,
@@ -168,9 +177,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
         )
     assert json.loads((tmp_path / "b" / STATE_FILE).read_text())["epoch"] == 1
     resumed, lines = tiny_model(), []
-    history = fit(
-        resumed, tiny_data(), CFG, ClassificationObjective(0.1), CPU, 0, tmp_path / "b", "h", log=lines.append
-    )
+    history = fit(resumed, data(), CFG, ClassificationObjective(0.1), CPU, 0, tmp_path / "b", "h", log=lines.append)
     assert lines[0].startswith("train: resuming after epoch 1")
     assert [r["epoch"] for r in history] == [1, 2, 3]
     for key, value in weights(straight).items():

@@ -27,7 +27,7 @@ from maskprune.data.sources import sha256_of
 from maskprune.data.storage import PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.models.pruned import PruningSpec, make_pruned
-from maskprune.models.vit import TokenViT, build_model, input_stats
+from maskprune.models.vit import TokenViT, build_model, eval_crop_pct, input_stats
 
 CHECKPOINT_FORMAT = "maskprune-model/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -72,8 +72,8 @@ def pretrained_digest(spec: ModelSpec) -> str:
 
 
 def model_meta(params: Params, data: PreparedData, role: str) -> dict[str, Any]:
-    """Everything needed to rebuild and feed a model: spec, classes, normalisation (`input_stats`), and
-    the digest of the pretrained weights it descends from."""
+    """Everything needed to rebuild and feed a model: spec, classes, normalisation (`input_stats`), its
+    evaluation crop (`eval_crop_pct`), and the digest of the pretrained weights it descends from."""
     spec = getattr(params.models, role)
     mean, std = input_stats(spec, data.meta)
     return {
@@ -83,6 +83,7 @@ def model_meta(params: Params, data: PreparedData, role: str) -> dict[str, Any]:
         "classes": data.meta["classes"],
         "mean": mean,
         "std": std,
+        "eval_crop_pct": eval_crop_pct(spec, data.meta),
         "pretrained_sha256": pretrained_digest(spec),
         "data": data.meta["name"],
         "input_resize": resize_note(data.meta["image_shape"], spec.img_size),

@@ -72,7 +72,8 @@ class DataSection(Section):
     eval_crop_pct: float = Field(
         gt=0.0,
         le=1.0,
-        description="shards: evaluation resizes the short side to image_size / eval_crop_pct, then centre-crops",
+        description="shards: evaluation resizes the short side to image_size / eval_crop_pct, then centre-crops "
+        "(a model with a pretrained_file and normalize auto uses its pretrained crop_pct instead)",
     )
 
     @model_validator(mode="after")
@@ -101,8 +102,9 @@ class ModelSpec(Section):
     )
     normalize: Literal["auto", "data"] = Field(
         "auto",
-        description="the inputs' mean/std: auto = the pretrained weights' own (timm's pretrained config of the "
-        "name and tag) when pretrained_file is set, else the prepared data's; data = the data's always",
+        description="the inputs' mean/std and evaluation crop_pct: auto = the pretrained weights' own (timm's "
+        "pretrained config of the name and tag) when pretrained_file is set, else the prepared data's "
+        "(data.eval_crop_pct); data = the data's always",
     )
 
     @field_validator("name")

@@ -39,7 +39,8 @@ def top1(
     was_training = model.training
     model.eval()
     counts = torch.zeros(2, dtype=torch.float64, device=runtime.device)
-    for idx, images, labels in split.batches(batch_size, runtime.device, runtime.rank, runtime.world_size):
+    batches = split.batches(batch_size, runtime.device, runtime.rank, runtime.world_size, normalizer.crop_pct)
+    for idx, images, labels in batches:
         images = normalizer(images)
         keep = keep_fn(idx).to(runtime.device) if keep_fn else None
         with runtime.autocast(inference=True):

@@ -42,7 +42,7 @@ def pooled_features(
     was_training = model.training
     model.eval()
     parts = []
-    for _, images, _ in split.batches(batch_size, runtime.device):
+    for _, images, _ in split.batches(batch_size, runtime.device, crop_pct=normalizer.crop_pct):
         images = normalizer(images)
         with runtime.autocast(inference=True):
             tokens = model.forward_features(images)
@@ -102,7 +102,8 @@ def pixel_floor(
 def pixel_features(split: Split, normalizer: Normalizer, batch_size: int = 1024) -> torch.Tensor:
     """`[n, channels * size * size]`: the normalised pixels of every image in `split`, batch by batch."""
     device = normalizer.mean.device
-    return torch.cat([normalizer(images).flatten(1).float() for _, images, _ in split.batches(batch_size, device)])
+    batches = split.batches(batch_size, device, crop_pct=normalizer.crop_pct)
+    return torch.cat([normalizer(images).flatten(1).float() for _, images, _ in batches])
 
 
 @torch.no_grad()

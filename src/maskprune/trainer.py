@@ -25,7 +25,6 @@ from maskprune.data.loader import Normalizer, resize_note, steps_per_epoch
 from maskprune.data.storage import PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.measure import top1
-from maskprune.models.vit import Stats
 from maskprune.runtime import Runtime, all_reduce_sum
 
 NONFINITE_CHECK_EVERY = 20
@@ -120,18 +119,18 @@ def fit(
     state_dir: Path,
     config_hash: str,
     name: str = "train",
-    img_size: int | None = None,
+    normalize: Normalizer | None = None,
     log: Callable[[str], None] = print,
     section: str | None = None,
     backbone_lr: BackboneLR | None = None,
     validate: bool = True,
     epoch_end: Callable[[torch.nn.Module], dict[str, float]] | None = None,
-    stats: Stats | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` in place for `cfg.epochs`, resuming from `state_dir`; returns the history.
 
     `name` labels logs; `section` (default `name`) is the params key that error messages cite.
-    Images are standardised with `stats` (the model's `input_stats`; default the data's mean and std).
+    Images reach the model through `normalize` (the model's `normalizer_for`; default the data's mean
+    and std at its own size, evaluated with its eval_crop_pct).
     The history has one record per epoch: epoch, train_loss, val_top1 (unless `validate` is
     off, for models without a trained classifier), lr, img_per_s, seconds, data_wait (the
     fraction of the epoch spent waiting for the next batch: a starved device shows), the objective's
@@ -142,9 +141,8 @@ def fit(
     model.to(runtime.device)
     train_split = data.splits["train"].to(runtime.device)
     val_split = data.splits["val"].to(runtime.device)
-    size = img_size or data.image_size
-    normalize = Normalizer(*(stats or (data.meta["mean"], data.meta["std"])), size, runtime.device)
-    note = resize_note(data.meta["image_shape"], size)
+    normalize = normalize or Normalizer(data.meta["mean"], data.meta["std"], data.image_size, runtime.device)
+    note = resize_note(data.meta["image_shape"], normalize.size)
     if note:
         log(f"{name}: {note}")
     steps = steps_per_epoch(len(train_split), cfg.batch_size, cfg.repeated_aug)

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import yaml
 from PIL import Image
 
 from maskprune.data.augment import shift_and_flip
+from maskprune.data.loader import ShardLoader
 from maskprune.data.sources import decode
 from maskprune.data.storage import load_prepared
 from maskprune.errors import MaskpruneError
@@ -92,9 +94,8 @@ def test_mean_and_std_by_hand(tmp_path: Path) -> None:
     colours = np.array([[10, 20, 30], [30, 20, 10]], dtype=float)
     counts = meta["counts"]
     assert counts == {"train": 5, "val": 1, "test": 6}
-    index = np.load(tmp_path / "out/pets/train.index.npy")
-    reader_split = load_prepared(tmp_path / "out/pets").splits["train"]
-    pixels = np.stack([np.asarray(decode(reader_split.reader.read(row)))[0, 0] for row in index]).astype(float)
+    reader = load_prepared(tmp_path / "out/pets").splits["train"].reader
+    pixels = np.stack([np.asarray(decode(reader.read(row)))[0, 0] for row in range(5)]).astype(float)
     assert set(map(tuple, pixels)) <= set(map(tuple, colours))
     np.testing.assert_allclose(meta["mean"], pixels.mean(axis=0) / 255, atol=1e-6)
     np.testing.assert_allclose(meta["std"], pixels.std(axis=0) / 255, atol=1e-6)
@@ -165,10 +166,16 @@ def test_batches_do_not_depend_on_processes_or_workers(tree: Path, prepared: Pat
     meta = yaml.safe_load((prepared / "meta.json").read_text())
     assert meta["view"]["train_crop"] == "shift"
     cpu = torch.device("cpu")
+    loaders = {
+        (workers, crop): ShardLoader(
+            {"train": split.reader}, replace(split.loader.samples.view, train_crop=crop), workers
+        )
+        for workers in (0, 2)
+        for crop in ("shift", "random_resized")
+    }
 
     def epoch(rank: int, world: int, workers: int, crop: str, number: int = 0) -> list[torch.Tensor]:
-        view = type(split.view)(**{**split.view.__dict__, "train_crop": crop})
-        source = type(split)(split.reader, split.index, split.positions, view, workers)
+        source = replace(split, loader=loaders[workers, crop])
         return [images for images, _ in source.train_batches(6, 7, number, cpu, True, rank, world)]
 
     for crop in ("shift", "random_resized"):
@@ -176,6 +183,47 @@ def test_batches_do_not_depend_on_processes_or_workers(tree: Path, prepared: Pat
         two = [epoch(rank, 2, 2, crop) for rank in (0, 1)]
         assert len(one) == 3 and all(torch.equal(a, torch.cat([b, c])) for a, b, c in zip(one, *two, strict=True))
         assert not torch.equal(torch.cat(one), torch.cat(epoch(0, 1, 0, crop, number=1)))
+
+
+def test_loader_processes_serve_every_pass_and_survive_an_abandoned_one(prepared: Path) -> None:
+    import psutil
+
+    def descendants() -> set[int]:
+        return {child.pid for child in psutil.Process().children(recursive=True)}
+
+    split = load_prepared(prepared, workers=2).splits["train"]
+    cpu = torch.device("cpu")
+    expected = [images for images, _ in load_prepared(prepared).splits["train"].train_batches(4, 3, 0, cpu, True)]
+    before = descendants()
+    abandoned = split.train_batches(4, 3, 0, cpu, True)
+    next(abandoned)
+    del abandoned
+    started = descendants() - before
+    assert len(started) >= 2  # the loader processes (and the fork server, the first time)
+    again = [images for images, _ in split.train_batches(4, 3, 0, cpu, True)]
+    assert descendants() - before == started and all(map(torch.equal, again, expected))
+    outer = split.train_batches(4, 3, 0, cpu, True)
+    inner = [images for _, images, _ in split.batches(4, cpu)]  # a second pass while the first is read
+    assert torch.equal(next(outer)[0], expected[0]) and torch.equal(torch.cat(inner), split.images_at(torch.arange(18)))
+
+
+def test_a_model_is_evaluated_with_its_own_crop_pct(prepared: Path) -> None:
+    from maskprune.data.augment import eval_crop
+    from maskprune.models.vit import eval_crop_pct
+
+    meta = yaml.safe_load((prepared / "meta.json").read_text())
+    deit = cpu_params().models.student.model_copy(
+        update={"name": "deit_small_patch16_224.fb_in1k", "pretrained_file": "pretrained/deit-s.safetensors"}
+    )
+    assert meta["view"]["eval_crop_pct"] == 1.0 and eval_crop_pct(deit, meta) == 0.9  # timm's config of DeiT-S
+    assert eval_crop_pct(deit.model_copy(update={"normalize": "data"}), meta) == 1.0
+    assert eval_crop_pct(cpu_params().models.student, meta) == 1.0
+    assert eval_crop_pct(deit, {**meta, "storage": "memory"}) is None
+    split = load_prepared(prepared, workers=1).splits["test"]
+    _, images, _ = zip(*split.batches(4, torch.device("cpu"), crop_pct=0.9), strict=True)
+    expected = [eval_crop(16, 0.9)(decode(split.reader.read(row))) for row in range(len(split))]
+    assert torch.equal(torch.cat(images), torch.stack(expected))
+    assert not torch.equal(torch.cat(images), split.images_at(torch.arange(len(split))))
 
 
 def test_device_flip_equals_torchvision_hflip() -> None:
@@ -252,5 +300,5 @@ def test_the_evaluation_crop_at_the_images_own_size_is_timms(tmp_path: Path) -> 
         prepare_dataset(shard_data(folder, eval_crop_pct=1.0, val_fraction=0.3), 0, folder / "out", log=lambda _: None)
         split = load_prepared(folder / "out/pets").splits["test"]
         for position in range(len(split)):
-            image = decode(split.reader.read(split.index[position]))
+            image = decode(split.reader.read(position))
             assert torch.equal(split.images_at(torch.tensor([position]))[0], crop(image))

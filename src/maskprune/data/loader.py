@@ -3,14 +3,14 @@
 Training batches are drawn for the *global* batch (all ranks) from a generator seeded by (seed,
 epoch) and then sliced per rank, so one process with batch B and N processes with batch B/N see
 exactly the same images with the same augmentations. The sharded storage's batches are decoded by
-`decoded_batches`, in loader processes, in that order.
+`ShardLoader`, in loader processes kept for its life, in that order.
 """
 
 from __future__ import annotations
 
 import functools
 import multiprocessing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,10 +23,12 @@ from maskprune.data.sources import decode
 from maskprune.errors import MaskpruneError
 
 if TYPE_CHECKING:
-    from maskprune.data.storage import ShardedSplit
+    from maskprune.data.shards import ShardReader
+    from maskprune.data.storage import View
 
-# a training batch's random crops: (seed, epoch, the place in the epoch of its first image); None = evaluation crop
-Draws = tuple[int, int, int] | None
+# how a batch is cropped: the evaluation crop's crop_pct, or a training batch's random crops' draws
+# (seed, epoch, the place in the epoch of its first image)
+Crop = float | tuple[int, int, int]
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -92,12 +94,24 @@ def resize_note(image_shape: list[int], size: int) -> str | None:
 
 
 class Normalizer:
-    """uint8 `[b, c, h, w]` -> float `[b, c, size, size]`, scaled to 0..1 and standardised."""
+    """uint8 `[b, c, h, w]` -> float `[b, c, size, size]`, scaled to 0..1 and standardised: how a model takes images.
 
-    def __init__(self, mean: list[float], std: list[float], size: int, device: torch.device):
+    `crop_pct` is the centre crop the sharded storage's loader makes for this model's evaluation
+    (None: the prepared data's `eval_crop_pct`); the memory storage does not crop.
+    """
+
+    def __init__(
+        self,
+        mean: list[float],
+        std: list[float],
+        size: int,
+        device: torch.device,
+        crop_pct: float | None = None,
+    ) -> None:
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.size = size
+        self.crop_pct = crop_pct
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().div_(255.0)
@@ -113,64 +127,69 @@ def eval_batches(num_items: int, batch_size: int, rank: int = 0, world_size: int
 
 
 class DecodedSamples(torch.utils.data.Dataset):
-    """A sharded split's samples by key (position, draws): decoded, cropped to uint8 `[c, size, size]`.
+    """A prepared folder's sharded samples by key (split, row, crop): decoded, cropped to uint8 `[c, size, size]`.
 
-    With draws (seed, epoch, place) the crop is the training one, seeded by them: an image met twice
-    in an epoch (repeated augmentation) is cropped anew each time.
+    A float crop is evaluation's crop_pct; with draws (seed, epoch, place) the crop is the training
+    one, seeded by them: an image met twice in an epoch (repeated augmentation) is cropped anew each
+    time. Labels stay in the training process (it holds the index), so a batch crosses from a
+    loader process as one tensor.
     """
 
-    def __init__(self, split: ShardedSplit) -> None:
-        self.split = split
-        self.eval_crop = eval_crop(split.view.size, split.view.eval_crop_pct)
-        self.train_crop = random_resized_crop(split.view.size, list(split.view.crop_scale), split.view.rand_augment)
+    def __init__(self, readers: dict[str, ShardReader], view: View) -> None:
+        self.readers = readers
+        self.view = view
+        self.eval_crops: dict[float, Callable[[Image.Image], torch.Tensor]] = {}
+        self.train_crop = random_resized_crop(view.size, list(view.crop_scale), view.rand_augment)
 
     def __len__(self) -> int:
-        return len(self.split)
+        return sum(len(reader.index) for reader in self.readers.values())
 
-    def __getitem__(self, key: tuple[int, Draws]) -> tuple[torch.Tensor, int]:
-        position, draws = key
-        row_number = int(self.split.positions[position])
-        row = self.split.index[row_number]
+    def __getitem__(self, key: tuple[str, int, Crop]) -> torch.Tensor:
+        split, row_number, crop = key
+        reader = self.readers[split]
         try:
-            image = decode(self.split.reader.read(row), self.split.view.channels)
+            image = decode(reader.read(row_number), self.view.channels)
         except Exception as err:  # noqa: BLE001 - re-raised with the sample it concerns
             raise MaskpruneError(
-                f"{self.split.reader.folder}: sample {row_number} of {self.split.reader.split} cannot be decoded "
-                f"({err}); rerun `dvc repro -f prepare`"
+                f"{reader.folder}: sample {row_number} of {split} cannot be decoded ({err}); "
+                "rerun `dvc repro -f prepare`"
             ) from None
-        if draws is None:
-            return self._eval_crop(image), int(row["label"])
-        return seeded_crop(self.train_crop, image, sample_seed(*draws)), int(row["label"])
+        if isinstance(crop, float):
+            return self._eval_crop(image, crop)
+        return seeded_crop(self.train_crop, image, sample_seed(*crop))
 
-    def _eval_crop(self, image: Image.Image) -> torch.Tensor:
-        view = self.split.view
-        if view.eval_crop_pct == 1.0 and image.size == (view.size, view.size):  # NOTE: timm's crop is the identity
+    def _eval_crop(self, image: Image.Image, crop_pct: float) -> torch.Tensor:
+        if crop_pct == 1.0 and image.size == (self.view.size, self.view.size):  # NOTE: timm's crop is the identity
             pixels = np.array(image)
             return torch.from_numpy(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1).copy())
-        return self.eval_crop(image)
+        if crop_pct not in self.eval_crops:
+            self.eval_crops[crop_pct] = eval_crop(self.view.size, crop_pct)
+        return self.eval_crops[crop_pct](image)
+
+
+# per batch: its split, its rows of that split's index `[b]` and its crop
+RowBatch = tuple[str, np.ndarray, Crop]
 
 
 class BatchKeys:
-    """The loader's batch sampler: each batch's keys made when the loader asks (an epoch's keys are never all held)."""
+    """The loader's batch sampler: each batch's keys made when the loader asks (an epoch's keys are never all held).
 
-    def __init__(self, batches: list[tuple[torch.Tensor, Draws]]) -> None:
+    `batches` is set anew for each pass of a persistent loader.
+    """
+
+    def __init__(self, batches: list[RowBatch]) -> None:
         self.batches = batches
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[list[tuple[int, Draws]]]:
-        for idx, draws in self.batches:
-            if draws is None:
-                yield [(position, None) for position in idx.tolist()]
+    def __iter__(self) -> Iterator[list[tuple[str, int, Crop]]]:
+        for split, rows, crop in self.batches:
+            if isinstance(crop, float):
+                yield [(split, row, crop) for row in rows.tolist()]
             else:
-                seed, epoch, first = draws
-                yield [(position, (seed, epoch, first + j)) for j, position in enumerate(idx.tolist())]
-
-
-def _stack(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = zip(*samples, strict=True)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+                seed, epoch, first = crop
+                yield [(split, row, (seed, epoch, first + j)) for j, row in enumerate(rows.tolist())]
 
 
 @functools.cache
@@ -185,32 +204,74 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def decoded_batches(
-    split: ShardedSplit,
-    batches: list[tuple[torch.Tensor, Draws]],
-    workers: int,
-    device: torch.device | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images, labels) of each batch of positions, in order, decoded by `workers` processes.
+class ShardLoader:
+    """Decodes batches of a prepared folder's shards in `workers` processes kept for the loader's life.
+
+    As timm's persistent workers: one set of processes serves every pass over every split (an epoch,
+    an evaluation), instead of starting anew for each. A pass asked for while another is still
+    being read (none in the stages) gets processes of its own.
 
     Args:
-        split: the sharded split the positions index.
-        batches: per batch, its positions `[b]` and its draws (None = evaluation crop).
+        readers: each split's shards.
+        view: how images are cropped.
         workers: loader processes (0 = decode in this process).
-        device: where the batches go (pinned first for CUDA); None = stay on the CPU.
     """
-    pin = device is not None and device.type == "cuda"
-    workers = min(workers, len(batches))
-    loader = torch.utils.data.DataLoader(
-        DecodedSamples(split),
-        batch_sampler=BatchKeys(batches),
-        num_workers=workers,
-        collate_fn=_stack,
-        pin_memory=pin,
-        prefetch_factor=4 if workers else None,
-        multiprocessing_context=_worker_context() if workers else None,
-    )
-    for images, labels in loader:
-        if device is not None:
-            images, labels = images.to(device, non_blocking=pin), labels.to(device, non_blocking=pin)
-        yield images, labels
+
+    def __init__(
+        self,
+        readers: dict[str, ShardReader],
+        view: View,
+        workers: int,
+    ) -> None:
+        self.samples = DecodedSamples(readers, view)
+        self.view = view
+        self.workers = workers
+        self._persistent: torch.utils.data.DataLoader | None = None
+        self._busy = False
+
+    def batches(
+        self,
+        batches: list[RowBatch],
+        device: torch.device | None = None,
+        workers: int | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """uint8 images `[b, c, size, size]` of each batch, in order.
+
+        Args:
+            batches: per batch, its split, rows and crop.
+            device: where the batches go (pinned first for CUDA); None = stay on the CPU.
+            workers: processes for this pass (None = the loader's own).
+        """
+        workers = self.workers if workers is None else workers
+        pin = device is not None and device.type == "cuda"
+        shared = workers > 0 and workers == self.workers and not self._busy
+        if shared:
+            loader = self._persistent = self._persistent or self._loader(workers, pin, persistent=True)
+            loader.batch_sampler.batches = batches
+            self._busy = True
+        else:
+            loader = self._loader(workers, pin, persistent=False, batches=batches)
+        try:
+            for images in loader:
+                yield images if device is None else images.to(device, non_blocking=pin)
+        finally:
+            if shared:
+                self._busy = False
+
+    def _loader(
+        self,
+        workers: int,
+        pin: bool,
+        persistent: bool,
+        batches: list[RowBatch] | None = None,
+    ) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            self.samples,
+            batch_sampler=BatchKeys(batches or []),
+            num_workers=workers,
+            collate_fn=torch.utils.data.default_collate,  # NOTE: in a worker it stacks straight into shared memory
+            pin_memory=pin,
+            prefetch_factor=4 if workers else None,
+            persistent_workers=persistent,
+            multiprocessing_context=_worker_context() if workers else None,
+        )

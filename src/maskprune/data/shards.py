@@ -275,16 +275,29 @@ def finish(folder: Path, tasks: list[ShardTask], results: dict[str, ShardResult]
 
 
 class ShardReader:
-    """Reads samples by index row with `os.pread`; opens each shard once per process (loader workers too)."""
+    """One split's samples by index row, read with `os.pread`; opens each shard once per process (loader workers too).
 
-    def __init__(self, folder: Path, split: str) -> None:
-        self.folder, self.split = folder, split
+    Args:
+        folder: the prepared folder.
+        split: the split's name.
+        index: its `INDEX_DTYPE` rows.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        split: str,
+        index: np.ndarray,
+    ) -> None:
+        self.folder, self.split, self.index = folder, split, index
         self._files: dict[int, int] = {}
         self._pid = os.getpid()
 
-    def read(self, row: np.void) -> bytes:
+    def read(self, row_number: int) -> bytes:
+        """The encoded bytes of the sample in row `row_number` of the index."""
         if os.getpid() != self._pid:  # NOTE: a forked loader worker opens its own descriptors
             self._files, self._pid = {}, os.getpid()
+        row = self.index[row_number]
         shard = int(row["shard"])
         fd = self._files.get(shard)
         if fd is None:
@@ -301,7 +314,7 @@ class ShardReader:
         return data
 
     def __getstate__(self) -> dict:
-        return {"folder": self.folder, "split": self.split}
+        return {"folder": self.folder, "split": self.split, "index": self.index}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["folder"], state["split"])
+        self.__init__(state["folder"], state["split"], state["index"])

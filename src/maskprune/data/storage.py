@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from maskprune.data.augment import CROP_PADDING, shift_and_flip
-from maskprune.data.loader import decoded_batches, eval_batches, train_batches
+from maskprune.data.loader import Crop, ShardLoader, eval_batches, train_batches
 from maskprune.data.shards import ShardReader, index_name
 from maskprune.data.splits import SPLITS, subset_indices
 from maskprune.errors import MaskpruneError
@@ -60,8 +60,12 @@ class Split(ABC):
         device: torch.device,
         rank: int = 0,
         world_size: int = 1,
+        crop_pct: float | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(positions, images, labels) over this rank's strided share of the split, in order, on `device`."""
+        """(positions, images, labels) over this rank's strided share of the split, in order, on `device`.
+
+        The sharded storage centre-crops with `crop_pct` (None: the data's `eval_crop_pct`).
+        """
 
     @abstractmethod
     def train_batches(
@@ -102,7 +106,7 @@ class MemorySplit(Split):
     def images_at(self, idx: torch.Tensor) -> torch.Tensor:
         return self.images[idx.to(self.images.device)]
 
-    def batches(self, batch_size, device, rank=0, world_size=1):  # noqa: ANN001, ANN201 - as Split
+    def batches(self, batch_size, device, rank=0, world_size=1, crop_pct=None):  # noqa: ANN001, ANN201, ARG002 - as Split
         for idx in eval_batches(len(self), batch_size, rank, world_size):
             images = self.images[idx.to(self.images.device)].to(device)
             yield idx, images, self.labels[idx.to(self.labels.device)].to(device)
@@ -131,15 +135,13 @@ class View:
 
 @dataclass
 class ShardedSplit(Split):
-    reader: ShardReader
-    index: np.ndarray = field(repr=False)  # shards.INDEX_DTYPE rows of the whole split
-    positions: np.ndarray = field(repr=False)  # int64 [n]: the rows of `index` this split serves
-    view: View
-    workers: int
+    reader: ShardReader  # the split's shards and its index (shards.INDEX_DTYPE rows)
+    positions: np.ndarray = field(repr=False)  # int64 [n]: the rows of the index this split serves
+    loader: ShardLoader  # shared by the prepared folder's splits
     device: torch.device = torch.device("cpu")  # where `labels` live; batches go where they are asked to
 
     def __post_init__(self) -> None:
-        self.labels = torch.from_numpy(self.index["label"][self.positions].astype(np.int64)).to(self.device)
+        self.labels = torch.from_numpy(self.reader.index["label"][self.positions].astype(np.int64)).to(self.device)
 
     def to(self, device: torch.device) -> ShardedSplit:
         return replace(self, device=device)
@@ -149,29 +151,41 @@ class ShardedSplit(Split):
             return self
         return replace(self, positions=self.positions[subset_indices(len(self), limit, seed)])
 
-    def _rows(self, idx: torch.Tensor) -> np.ndarray:
-        return self.index[self.positions[idx.cpu().numpy()]]
+    def _decoded(
+        self,
+        batches: list[tuple[torch.Tensor, Crop]],
+        device: torch.device | None,
+        workers: int | None = None,
+    ) -> Iterator[Batch]:
+        """(images, labels) of each batch of positions (labels from the index, here), in order."""
+        rows = [(self.reader.split, self.positions[idx.cpu().numpy()], crop) for idx, crop in batches]
+        images = self.loader.batches(rows, device, workers)
+        for (_, batch_rows, _), batch_images in zip(rows, images, strict=True):
+            labels = torch.from_numpy(self.reader.index["label"][batch_rows].astype(np.int64))
+            yield batch_images, labels if device is None else labels.to(device)
 
     def images_at(self, idx: torch.Tensor) -> torch.Tensor:
-        (images,) = [images for images, _ in decoded_batches(self, [(idx, None)], workers=0)]
+        (images,) = [images for images, _ in self._decoded([(idx, self.loader.view.eval_crop_pct)], None, workers=0)]
         return images
 
-    def batches(self, batch_size, device, rank=0, world_size=1):  # noqa: ANN001, ANN201 - as Split
+    def batches(self, batch_size, device, rank=0, world_size=1, crop_pct=None):  # noqa: ANN001, ANN201 - as Split
         order = list(eval_batches(len(self), batch_size, rank, world_size))
-        loaded = decoded_batches(self, [(idx, None) for idx in order], self.workers, device)
+        crop = float(self.loader.view.eval_crop_pct if crop_pct is None else crop_pct)
+        loaded = self._decoded([(idx, crop) for idx in order], device)
         for idx, (images, labels) in zip(order, loaded, strict=True):
             yield idx, images, labels
 
     def train_batches(self, global_batch, seed, epoch, device, augment, rank=0, world_size=1, repeats=1):  # noqa: ANN001, ANN201
         steps = list(train_batches(len(self), global_batch, seed, epoch, rank, world_size, repeats=repeats))
-        cropped = augment and self.view.train_crop == "random_resized"
+        view = self.loader.view
+        cropped = augment and view.train_crop == "random_resized"
         first = rank * (global_batch // world_size)  # the place in the epoch of this rank's first image of a step
         keys = [
-            (idx, (seed, epoch, step * global_batch + first) if cropped else None)
+            (idx, (seed, epoch, step * global_batch + first) if cropped else float(view.eval_crop_pct))
             for step, (idx, _, _) in enumerate(steps)
         ]
-        loaded = decoded_batches(self, keys, self.workers, device)
-        pad = CROP_PADDING if self.view.train_crop == "shift" else 0
+        loaded = self._decoded(keys, device)
+        pad = CROP_PADDING if view.train_crop == "shift" else 0
         for (_, shifts, flips), (images, labels) in zip(steps, loaded, strict=True):
             if augment:
                 images = shift_and_flip(images, shifts, flips, pad)
@@ -209,9 +223,8 @@ def _memory_split(root: Path, split: str) -> MemorySplit:
     return MemorySplit(torch.from_numpy(images), torch.from_numpy(labels))
 
 
-def _sharded_split(root: Path, split: str, meta: dict, workers: int) -> ShardedSplit:
-    index = np.load(root / index_name(split), allow_pickle=False)
-    view = View(
+def _view(meta: dict) -> View:
+    return View(
         channels=int(meta["image_shape"][0]),
         size=int(meta["image_shape"][1]),
         train_crop=meta["view"]["train_crop"],
@@ -219,7 +232,6 @@ def _sharded_split(root: Path, split: str, meta: dict, workers: int) -> ShardedS
         rand_augment=meta["view"]["rand_augment"],
         eval_crop_pct=float(meta["view"]["eval_crop_pct"]),
     )
-    return ShardedSplit(ShardReader(root, split), index, np.arange(len(index)), view, workers)
 
 
 def load_prepared(
@@ -241,9 +253,19 @@ def load_prepared(
     meta = json.loads(meta_path.read_text())
     sharded = meta.get("storage") == "shards"
     loaded: dict[str, Split] = {}
+    readers: dict[str, ShardReader] = {}
     for split in splits:
         try:
-            loaded[split] = _sharded_split(root, split, meta, workers) if sharded else _memory_split(root, split)
+            if sharded:
+                readers[split] = ShardReader(root, split, np.load(root / index_name(split), allow_pickle=False))
+            else:
+                loaded[split] = _memory_split(root, split)
         except (OSError, ValueError, KeyError) as err:
             raise MaskpruneError(f"{root}: cannot load split {split!r} ({err}); rerun `dvc repro -f prepare`") from None
+    if sharded:
+        try:
+            loader = ShardLoader(readers, _view(meta), workers)
+        except (KeyError, TypeError, ValueError) as err:
+            raise MaskpruneError(f"{root}/meta.json: no valid view ({err}); rerun `dvc repro -f prepare`") from None
+        loaded = {name: ShardedSplit(reader, np.arange(len(reader.index)), loader) for name, reader in readers.items()}
     return PreparedData(root=root, meta=meta, splits=loaded)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from maskprune.data.loader import Normalizer
 from maskprune.errors import MaskpruneError
 
 if TYPE_CHECKING:  # NOTE: config validates model names with this module, so no runtime import
@@ -343,6 +344,29 @@ def input_stats(spec: ModelSpec, data_meta: dict[str, Any]) -> Stats:
         f"{spec.name!r} was pretrained on {len(theirs[0])}-channel images but the data has {len(mean)} "
         "channels; set normalize: data for this model"
     )
+
+
+def eval_crop_pct(spec: ModelSpec, data_meta: dict[str, Any]) -> float | None:
+    """The centre crop (fraction of the resized short side) that `spec` is evaluated with.
+
+    The sharded storage's loader makes it: with `normalize: auto` and a pretrained_file, timm's
+    pretrained config's crop_pct of the name and tag (0.9 for DeiT-S `.fb_in1k`); otherwise the
+    prepared data's `eval_crop_pct`. None for the memory storage, which does not crop.
+    """
+    if data_meta.get("storage") != "shards":
+        return None
+    if spec.normalize == "auto" and spec.pretrained_file:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(spec.name)
+        if cfg is not None and cfg.crop_pct:
+            return float(cfg.crop_pct)
+    return float(data_meta["view"]["eval_crop_pct"])
+
+
+def normalizer_for(spec: ModelSpec, data_meta: dict[str, Any], device: torch.device) -> Normalizer:
+    """How `spec` takes the prepared data's images: its `input_stats`, its img_size and its `eval_crop_pct`."""
+    return Normalizer(*input_stats(spec, data_meta), spec.img_size, device, eval_crop_pct(spec, data_meta))
 
 
 @torch.no_grad()
