@@ -90,6 +90,15 @@ def test_report_aggregates_seeds_with_paired_intervals_and_excludes_other_config
     no_kd = maskedkd[maskedkd["teacher sees"] == "no teacher (labels only)"].iloc[0]
     teacher_columns = ["teacher GMACs / image", "teacher GMACs vs full", "teacher img/s vs full"]
     assert list(no_kd[teacher_columns]) == ["-", "-", "-"]  # the no-KD arm runs no teacher
+    mto = next(section for section in report.sections if section.key == "D")
+    (mto_table,) = [frame for kind, frame in mto.blocks if kind == "table"][:1]
+    assert list(mto_table["objective"]) == params.pretrain.objectives
+    for column in ("baseline final probe", "MTO final probe", "raw-pixel floor"):
+        assert mto_table[column].str.match(r"^\d+\.\d\d \[").all(), column
+    assert (
+        any(c.startswith("RAUC epochs") for c in mto_table)
+        and "epochs for MTO to reach the baseline's final" in mto_table
+    )
     for section in report.sections:  # a missing number reads as "-" or is left out, never "nan"
         for kind, block in section.blocks:
             if kind == "table":

@@ -92,6 +92,17 @@ def pareto_scatter(
     return _save(fig, path)
 
 
+def pixel_mask(kept: np.ndarray, grid: int, height: int, width: int) -> np.ndarray:
+    """A patch mask `[grid * grid]` as a pixel mask `[height, width]` of the image it was taken from.
+
+    The model sees the image resized to a square, so pixel (y, x) lies in patch row
+    `y * grid // height` and column `x * grid // width`, whatever the sides.
+    """
+    rows = np.arange(height)[:, None] * grid // height
+    cols = np.arange(width)[None, :] * grid // width
+    return kept.reshape(grid, grid)[rows, cols]
+
+
 def token_grid(path: Path, images: np.ndarray, columns: dict[str, np.ndarray], grid: int, title: str) -> Path:
     """Rows: images `[n, h, w]` (uint8 grey); columns: {label: kept mask `[n, grid * grid]` bool}.
 
@@ -103,7 +114,7 @@ def token_grid(path: Path, images: np.ndarray, columns: dict[str, np.ndarray], g
         for row in range(n):
             image = images[row].astype(np.float32) / 255.0
             h, w = image.shape
-            mask = kept[row].reshape(grid, grid).repeat(h // grid, axis=0).repeat(w // grid, axis=1)
+            mask = pixel_mask(kept[row], grid, h, w)
             shown = np.where(mask, image, 0.15 + 0.2 * image)
             ax = axes[row, col]
             ax.imshow(shown, cmap="gray", vmin=0, vmax=1, interpolation="nearest")

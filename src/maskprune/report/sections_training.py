@@ -294,9 +294,9 @@ def section_mto(ctx: Context) -> Section:
                 "same probe on raw pixels (the floor a representation must clear).",
             )
         layers = {
-            loss: pd.concat([f for _, f in rows]).groupby("layer")["h"].mean()
+            loss: pd.concat([frame for _, frame in per_seed]).groupby("layer")["h"].mean()
             for loss in PRETRAIN_LOSSES
-            if (rows := model_rows(ctx, PLOTS_DIR / "heterogeneity.csv", f"{objective}-{loss}"))
+            if (per_seed := model_rows(ctx, PLOTS_DIR / "heterogeneity.csv", f"{objective}-{loss}"))
         }
         if len(layers) == len(PRETRAIN_LOSSES):
             mean = pd.DataFrame({f"{loss}_h": h for loss, h in layers.items()})
