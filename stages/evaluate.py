@@ -24,7 +24,7 @@ import torch
 
 from maskprune import atomic
 from maskprune.aa_control import aa_noisy
-from maskprune.checkpoint import load_model
+from maskprune.checkpoint import WEIGHTS_FILE, load_model
 from maskprune.cli import run_stage
 from maskprune.config import (
     PRETRAIN_LOSSES,
@@ -37,6 +37,7 @@ from maskprune.config import (
     PruneSection,
 )
 from maskprune.data.loader import Normalizer
+from maskprune.data.sources import sha256_of
 from maskprune.data.splits import stratified_indices
 from maskprune.data.storage import PreparedData, Split, load_prepared
 from maskprune.errors import MaskpruneError
@@ -393,7 +394,7 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
                 f"{folder} was trained on {meta['data']!r}, not on the prepared "
                 f"{data.meta['name']!r}; rerun its stage or fix data.name"
             )
-        results[name] = meter.measure(name, model, meta)
+        results[name] = {**meter.measure(name, model, meta), "weights_sha256": sha256_of(folder / WEIGHTS_FILE)}
         if meta.get("pruning") and name.startswith(f"{PRUNE_DIR.name}/") and meta["keep_rate"] < 1.0:  # not the sham
             spec = ModelSpec.model_validate(meta["model"])
             normalize = Normalizer(meta["mean"], meta["std"], spec.img_size, runtime.device)

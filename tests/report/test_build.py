@@ -70,6 +70,9 @@ def test_report_aggregates_seeds_with_paired_intervals_and_excludes_other_config
     report = build_report(root, params, tmp_path / "figures")
     assert report.seeds == [0, 1, 2]
     assert report.excluded[0]["seed"] == 3 and "prune.train.epochs" in report.excluded[0]["reason"]
+    teacher = report.summary()["teachers"]["teacher"]
+    assert len(teacher) == 64 and list(report.seed_table["teacher weights"]) == [teacher[:12]] * 4
+    assert list(report.seed_table["status"]) == ["included"] * 3 + ["excluded"]
     rows = next(frame for kind, frame in report.sections[0].blocks if kind == "table")
     row = rows[(rows["method"] == "dynamicvit") & (rows["keep rate"] == "0.5")].iloc[0]
     half = T_975_2 * 0.01 / math.sqrt(3)  # full top-1 0.70, 0.71, 0.72: mean 0.71, sd 0.01

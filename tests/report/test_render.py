@@ -17,7 +17,8 @@ def test_html_is_self_contained_well_formed_and_names_every_section(tmp_path: Pa
     sections = [Section(k, f"title {k} <&>", verdict=f"verdict {k}") for k in "AB"]
     sections[0].table(pd.DataFrame({"a": [1, 2], "b": ["x", "<y>"]}))
     sections[0].figure(figure, "a figure")
-    report = Report("t", ["intro"], sections, [0], [], "prune/x", {}, 0.95)
+    seeds = pd.DataFrame({"seed": [0], "teacher weights": ["<0123abcd>"]})
+    report = Report("t", ["intro"], sections, [0], [], "prune/x", {}, 0.95, {"teacher": "0123abcd"}, seeds)
     page = render_html(report)
     structure = parse(page)
     assert not structure.errors and not structure.stack, structure.errors
@@ -25,4 +26,5 @@ def test_html_is_self_contained_well_formed_and_names_every_section(tmp_path: Pa
     assert 'src="http' not in page and "<script" not in page and "<link" not in page
     assert structure.headings[1:] == ["A. title A <&>", "B. title B <&>"]
     markdown = render_markdown(report)
+    assert "&lt;0123abcd&gt;" in page and "| <0123abcd> " in markdown
     assert "![a figure](figures/f.png)" in markdown and "**Verdict:** verdict A" in markdown

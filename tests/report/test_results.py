@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from maskprune.report.results import differing_keys
+import json
+from pathlib import Path
+
+import yaml
+
+from maskprune.layout import SEEDS_DIR
+from maskprune.report.results import differing_keys, load_results
 
 
 def test_seeds_compare_only_on_keys_that_change_results() -> None:
@@ -15,3 +21,28 @@ def test_seeds_compare_only_on_keys_that_change_results() -> None:
     }
     assert differing_keys(a, b) == ["prune.keep_rates"]
     assert differing_keys(a, {**a, "seed": 5}) == []
+
+
+def _seed_root(root: Path, seed: int, teacher: str | None, distill_teacher: str = "d" * 64) -> Path:
+    models = {"teacher": {"top1": 0.9}, "distill_teacher": {"top1": 0.8, "weights_sha256": distill_teacher}}
+    if teacher is not None:
+        models["teacher"]["weights_sha256"] = teacher
+    (root / "metrics").mkdir(parents=True)
+    (root / "metrics" / "evaluate.json").write_text(json.dumps({"models": models}))
+    (root / "params.yaml").write_text(yaml.safe_dump({"seed": seed, "prune": {"keep_rates": [0.5]}}))
+    return root
+
+
+def test_a_seed_taught_by_other_teacher_weights_is_excluded(tmp_path: Path) -> None:
+    root = _seed_root(tmp_path, 0, "a" * 64)
+    _seed_root(root / SEEDS_DIR / "seed-1", 1, "a" * 64)
+    _seed_root(root / SEEDS_DIR / "seed-2", 2, "b" * 64)  # the same params, retrained elsewhere
+    _seed_root(root / SEEDS_DIR / "seed-3", 3, None)  # collected before weights were recorded
+    _seed_root(root / SEEDS_DIR / "seed-4", 4, "a" * 64, distill_teacher="e" * 64)
+    included, excluded = load_results(root)
+    assert [r.seed for r in included] == [0, 1]
+    reasons = {x["seed"]: x["reason"] for x in excluded}
+    assert reasons[2].startswith("another teacher (weights sha256 bbbbbbbbbbbb, the workspace's aaaaaaaaaaaa)")
+    assert reasons[3].startswith("teacher's weights are not recorded")
+    assert reasons[4].startswith("another distill_teacher")
+    assert excluded[0]["weights"] == {"teacher": "b" * 64, "distill_teacher": "d" * 64}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -29,6 +30,7 @@ from maskprune.layout import PRUNE_DIR, REPORT_DIR, REPORT_FIGURES_DIR, PruneVar
 from maskprune.report.claims import Outcome, conclude
 from maskprune.report.model import Context, Report, Section
 from maskprune.report.render import render_html, render_markdown
+from maskprune.report.results import SHARED_MODELS, shared_weights
 from maskprune.report.sections_pruning import section_cost, section_masked_finetuning, section_tokens
 from maskprune.report.sections_training import section_maskedkd, section_mto, section_task_agnostic
 from maskprune.report.stats import CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED
@@ -81,6 +83,23 @@ def add_checks(sec: Section, outcome: Outcome) -> None:
     )
 
 
+def seed_table(ctx: Context) -> pd.DataFrame:
+    """One row per seed, included or excluded: each shared model's test top-1 and weights (sha256, 12 digits)."""
+    seeds = [
+        (r.seed, shared_weights(r.evaluate), {n: (r.model(n) or {}).get("top1") for n in SHARED_MODELS}, "included")
+        for r in ctx.results
+    ]
+    seeds += [(x.get("seed", "?"), x["weights"], x["top1"], "excluded") for x in ctx.excluded if "weights" in x]
+    rows = []
+    for seed, weights, top1, status in seeds:
+        row: dict[str, Any] = {"seed": seed}
+        for name in SHARED_MODELS:
+            row[f"{name} top-1"] = "-" if top1[name] is None else f"{top1[name] * 100:.2f}"
+            row[f"{name} weights"] = (weights[name] or "not recorded")[:12]
+        rows.append({**row, "status": status})
+    return pd.DataFrame(rows)
+
+
 def build_report(root: Path, params: Params, figures_dir: Path) -> Report:
     """The report of the workspace at `root` and its comparable seeds, its figures drawn in `figures_dir`."""
     ctx = Context(root, params, figures_dir)
@@ -130,6 +149,8 @@ def build_report(root: Path, params: Params, figures_dir: Path) -> Report:
         best,
         outcomes,
         ctx.confidence,
+        shared_weights(ctx.results[0].evaluate),
+        seed_table(ctx),
     )
 
 

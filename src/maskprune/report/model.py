@@ -58,12 +58,15 @@ class Report:
     best_pruned: str | None  # the pruned model (keep < 1) with the highest mean test top-1 over the seeds
     outcomes: dict[str, Outcome]  # per claim section: the word, the tests and the checks
     confidence: float
+    teachers: dict[str, str | None]  # the sha256 of the weights of each model every seed shares
+    seed_table: pd.DataFrame  # per seed, included or not: its shared models' top-1 and weights
 
     def summary(self) -> dict[str, Any]:
         """What reports/summary.json holds: seeds, excluded seeds, best pruned model, each section's verdict
         line, and per claim its word, tests (with raw and Holm-adjusted p) and checks."""
         return {
             "seeds": self.seeds,
+            "teachers": self.teachers,
             "excluded": self.excluded,
             "best_pruned": self.best_pruned,
             "alpha": round(1.0 - self.confidence, 10),

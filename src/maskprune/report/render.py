@@ -9,10 +9,16 @@ from pathlib import Path
 from maskprune.layout import REPORT_FIGURES_DIR
 from maskprune.report.model import Report
 
+SEEDS_TEXT = (
+    "Seeds and the teachers they share (test top-1 in points; weights: the first 12 digits of their sha256). "
+    "A seed taught by other weights is excluded."
+)
+
 
 def render_markdown(report: Report) -> str:
     """Markdown with the figures as files beside it, in figures/."""
-    lines = [f"# {report.title}", "", *report.intro, "", "## Verdicts", ""]
+    lines = [f"# {report.title}", "", *report.intro, "", SEEDS_TEXT, "", report.seed_table.to_markdown(index=False)]
+    lines += ["", "## Verdicts", ""]
     lines += [f"- **{s.key}. {s.title}**: {s.verdict}" for s in report.sections]
     for sec in report.sections:
         lines += ["", f"## {sec.key}. {sec.title}", ""]
@@ -44,6 +50,7 @@ def render_html(report: Report) -> str:
         f"<h1>{esc(report.title)}</h1>",
     ]
     parts += [f"<p>{esc(line)}</p>" for line in report.intro]
+    parts += [f"<p>{esc(SEEDS_TEXT)}</p>", report.seed_table.to_html(index=False, border=0, escape=True)]
     parts.append('<h2 id="verdicts">Verdicts</h2><ul>')
     parts += [
         f'<li><a href="#{s.key}"><b>{esc(s.key)}. {esc(s.title)}</b></a>: {esc(s.verdict)}</li>'

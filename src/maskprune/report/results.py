@@ -4,8 +4,9 @@ A result root is a folder laid out like the repository: params.yaml, metrics/eva
 plots/evaluate/... and models/<stage>/<variant>/metrics.json. The workspace is the root of its own
 seed; the seed sweep (`python -m flows.seeds`) collects the other seeds' roots under
 reports/seeds/seed-<n>/. A collected seed counts only if its params match the workspace's in
-everything but the seed (and settings that cannot change a result); otherwise it is listed as
-excluded, with the keys that differ.
+everything but the seed (and settings that cannot change a result) and it was taught by the very
+same teachers (their weights' sha256 in evaluate.json: equal params retrained on another machine
+give other weights, and other gains); otherwise it is listed as excluded, with the reason.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from maskprune.tracking.runs import flatten
 # NOTE: keys that cannot change a result (or are the seed itself) do not make seeds incomparable
 # (the report's decision rules and checks are not: they were fixed before the seeds ran)
 NEUTRAL_KEYS = ("seed", "tracking.", "runtime.progress", "runtime.threads", "report.confidence")
+# the models every seed shares by design (they have seeds of their own: teacher.seed, distill.teacher_train)
+SHARED_MODELS = ("teacher", "distill_teacher")
 
 
 @dataclass
@@ -58,6 +61,24 @@ def differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return keys
 
 
+def shared_weights(evaluate: dict[str, Any]) -> dict[str, str | None]:
+    """{model: the sha256 of its weights, None if not recorded} of each model every seed shares."""
+    return {name: evaluate["models"].get(name, {}).get("weights_sha256") for name in SHARED_MODELS}
+
+
+def other_teachers(ours: dict[str, str | None], theirs: dict[str, str | None]) -> str:
+    """Why a seed's shared models are not the workspace's ('' if they are the very same weights)."""
+    for name in SHARED_MODELS:
+        if ours[name] is None or theirs[name] is None:
+            return f"{name}'s weights are not recorded in evaluate.json: rerun `dvc repro evaluate` for both seeds"
+        if ours[name] != theirs[name]:
+            return (
+                f"another {name} (weights sha256 {theirs[name][:12]}, the workspace's {ours[name][:12]}): "
+                "rerun this seed with `python -m flows.seeds`, which trains it from the workspace's teachers"
+            )
+    return ""
+
+
 def read_result(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(params, evaluate report) of a result root."""
     params_file, evaluate_file = root / "params.yaml", root / EVALUATE_FILE
@@ -70,6 +91,7 @@ def load_results(root: Path) -> tuple[list[SeedResult], list[dict[str, Any]]]:
     """The workspace's seed and every comparable collected seed; and the excluded ones, with reasons."""
     params, evaluate = read_result(root)
     included = [SeedResult(int(params["seed"]), root, evaluate)]
+    ours = shared_weights(evaluate)
     excluded = []
     for folder in sorted((root / SEEDS_DIR).glob("seed-*")):
         try:
@@ -83,8 +105,18 @@ def load_results(root: Path) -> tuple[list[SeedResult], list[dict[str, Any]]]:
             reason = f"seed {seed} is already included"
         elif diffs := differing_keys(params, theirs):
             reason = f"params differ from the workspace's: {', '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}"
+        else:
+            reason = other_teachers(ours, shared_weights(their_eval))
         if reason:
-            excluded.append({"folder": str(folder.relative_to(root)), "seed": seed, "reason": reason})
+            excluded.append(
+                {
+                    "folder": str(folder.relative_to(root)),
+                    "seed": seed,
+                    "reason": reason,
+                    "weights": shared_weights(their_eval),
+                    "top1": {name: their_eval["models"].get(name, {}).get("top1") for name in SHARED_MODELS},
+                }
+            )
         else:
             included.append(SeedResult(seed, folder, their_eval))
     return sorted(included, key=lambda r: r.seed), excluded
