@@ -59,10 +59,10 @@ from maskprune.layout import (
 )
 from maskprune.measure import count_params, gmacs, occlusion_curve, paired_throughput, top1
 from maskprune.models.tome import apply_tome, tome_schedule_for
-from maskprune.models.vit import FLAT_POOL, TokenViT, build_model, take_inputs_as
+from maskprune.models.vit import FLAT_POOL, TokenViT, build_model, normalizer_for, take_inputs_as
 from maskprune.mto_curves import mto_row, pretrain_history
 from maskprune.objectives.masked_kd import TeacherView
-from maskprune.probe import pixel_floor
+from maskprune.probe import LinearProbe, pixel_floor
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.tracking.runs import StageRecord, flatten
 
@@ -355,13 +355,24 @@ def _area(curve: list[dict[str, float]]) -> float:
     return area / (xs[-1] - xs[0])
 
 
-def probe_floor(params: Params, data: PreparedData, runtime: Runtime) -> float:
-    """The pre-training probe fitted on raw pixels, with its training and test images: claim D's floor."""
+def probe_floors(params: Params, data: PreparedData, runtime: Runtime) -> dict[str, float]:
+    """Claim D's two floors, with the pre-training probe's training and test images: the probe fitted on
+    raw pixels (`pixel_floor`), and on the features of the student's encoder at its random initialisation
+    (`random_encoder_floor`; seeded by the seed, as a pre-trained encoder starts). A representation that
+    pre-training has taught something clears both."""
     cfg = params.pretrain.probe
-    normalize = Normalizer(data.meta["mean"], data.meta["std"], params.models.student.img_size, runtime.device)
+    spec = params.models.student
+    normalize = Normalizer(data.meta["mean"], data.meta["std"], spec.img_size, runtime.device)
     train = data.splits["train"].subset(cfg.train_limit, params.seed).to(runtime.device)
     test = data.splits["test"].subset(cfg.test_limit, params.seed).to(runtime.device)
-    return pixel_floor(train, test, normalize, cfg, params.seed, data.num_classes)
+    torch.manual_seed(params.seed)
+    encoder = build_model(spec, num_classes=data.num_classes, in_chans=data.in_chans).to(runtime.device)
+    encoder.reset_classifier(0)
+    probe = LinearProbe(cfg, params.seed, normalizer_for(spec, data.meta, runtime.device), data, runtime)
+    return {
+        "pixel_floor": pixel_floor(train, test, normalize, cfg, params.seed, data.num_classes),
+        "random_encoder_floor": probe.fit_and_score(encoder),
+    }
 
 
 def compute(params: Params, root: Path, runtime: Runtime) -> None:
@@ -405,7 +416,7 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
         results.update(tome_baselines(init, root, params.prune, results, meter, log))
     report = {
         "models": results,
-        "pixel_floor": probe_floor(params, data, runtime),
+        **probe_floors(params, data, runtime),
         "pruning": pruning_table(results, params.prune),
         "task_agnostic": task_agnostic_table(results, params.distill),
         "mto": mto_table(root, params),

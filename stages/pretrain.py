@@ -28,8 +28,7 @@ import torch
 from maskprune import atomic
 from maskprune.checkpoint import config_hash, model_meta, pretrained_digest, save_model, save_tensors
 from maskprune.cli import run_stage
-from maskprune.config import FinetuneTrain, Params, PretrainProbe
-from maskprune.data.loader import Normalizer
+from maskprune.config import FinetuneTrain, Params
 from maskprune.data.storage import PreparedData, load_prepared
 from maskprune.errors import MaskpruneError
 from maskprune.layout import CHECKPOINTS_DIR, DISTILL_TEACHER_DIR, MODELS_DIR, PretrainVariant, prepared_dir
@@ -38,7 +37,7 @@ from maskprune.measure import gmacs
 from maskprune.models.mim_heads import MAE, SimMIM, check_decoder
 from maskprune.models.vit import TokenViT, build_model, normalizer_for
 from maskprune.objectives.masked_image_modelling import MIMObjective
-from maskprune.probe import TIMM_POOL, fit_linear_probe, pooled_features, probe_top1
+from maskprune.probe import TIMM_POOL, LinearProbe
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.tracking.runs import StageRecord
 from maskprune.trainer import fit
@@ -107,30 +106,6 @@ def build_mim(params: Params, job: PretrainJob, data: PreparedData) -> tuple[MAE
             raise MaskpruneError(f"params.yaml: {err}") from None
         return MAE(encoder, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, data.in_chans), cfg.mask_ratio
     return SimMIM(encoder, data.in_chans), params.pretrain.simmim.mask_ratio
-
-
-class LinearProbe:
-    """Fits a linear probe on the frozen encoder's pooled features and scores it (after every epoch)."""
-
-    def __init__(
-        self, cfg: PretrainProbe, seed: int, normalize: Normalizer, data: PreparedData, runtime: Runtime
-    ) -> None:
-        self.cfg, self.seed, self.runtime = cfg, seed, runtime
-        self.train = data.splits["train"].subset(cfg.train_limit, seed).to(runtime.device)
-        self.test = data.splits["test"].subset(cfg.test_limit, seed).to(runtime.device)
-        self.normalize = normalize
-        self.num_classes = data.num_classes
-        self.head: torch.nn.Linear | None = None
-
-    def fit_and_score(self, encoder: TokenViT) -> float:
-        batch = max(256, self.cfg.batch_size)
-        train = pooled_features(encoder, self.train, self.normalize, self.runtime, batch, self.cfg.pool)
-        test = pooled_features(encoder, self.test, self.normalize, self.runtime, batch, self.cfg.pool)
-        self.head = fit_linear_probe(train, self.train.labels, self.num_classes, self.cfg, self.seed)
-        return probe_top1(self.head, test, self.test.labels)
-
-    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
-        return {"probe_top1": self.fit_and_score(model.encoder)}
 
 
 def encoder_cost(encoder: TokenViT, visible: int, shape: tuple[int, ...], device: torch.device) -> dict[str, float]:

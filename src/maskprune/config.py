@@ -529,7 +529,11 @@ class ChecksSection(Section):
     plateau_gain: float = Field(ge=0.0, lt=1.0, description="the last epoch's validation gain, at most")
     keep_tolerance: float = Field(ge=0.0, lt=1.0, description="|DynamicViT's realised keep - target|, at most")
     gmacs_tolerance: float = Field(ge=0.0, lt=1.0, description="|compared GMACs ratio - 1|, at most")
-    floor_gap: float = Field(ge=0.0, lt=1.0, description="D's measure over the raw-pixel floor, at least")
+    floor_gap: float = Field(
+        ge=0.0,
+        lt=1.0,
+        description="D: the baseline's probe over each floor (raw pixels, a random-init encoder), at least",
+    )
     chance_fraction: float = Field(
         ge=0.0, lt=1.0, description="every model above chance + this fraction of the way to 100%"
     )

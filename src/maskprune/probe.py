@@ -15,9 +15,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from maskprune.config import ProbeSection
+from maskprune.config import PretrainProbe, ProbeSection
 from maskprune.data.loader import Normalizer
-from maskprune.data.storage import Split
+from maskprune.data.storage import PreparedData, Split
 from maskprune.models.vit import FLAT_POOL, TokenViT
 from maskprune.runtime import Runtime
 
@@ -110,3 +110,28 @@ def pixel_features(split: Split, normalizer: Normalizer, batch_size: int = 1024)
 def probe_top1(layer: torch.nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 of a probe on precomputed features `[n, channels]`."""
     return (layer(features).argmax(dim=-1) == labels).float().mean().item()
+
+
+class LinearProbe:
+    """Fits a linear probe on a frozen encoder's pooled features and scores it: as `epoch_end` of pre-training
+    (after every epoch), and on a randomly initialised encoder (claim D's second floor)."""
+
+    def __init__(
+        self, cfg: PretrainProbe, seed: int, normalize: Normalizer, data: PreparedData, runtime: Runtime
+    ) -> None:
+        self.cfg, self.seed, self.runtime = cfg, seed, runtime
+        self.train = data.splits["train"].subset(cfg.train_limit, seed).to(runtime.device)
+        self.test = data.splits["test"].subset(cfg.test_limit, seed).to(runtime.device)
+        self.normalize = normalize
+        self.num_classes = data.num_classes
+        self.head: torch.nn.Linear | None = None
+
+    def fit_and_score(self, encoder: TokenViT) -> float:
+        batch = max(256, self.cfg.batch_size)
+        train = pooled_features(encoder, self.train, self.normalize, self.runtime, batch, self.cfg.pool)
+        test = pooled_features(encoder, self.test, self.normalize, self.runtime, batch, self.cfg.pool)
+        self.head = fit_linear_probe(train, self.train.labels, self.num_classes, self.cfg, self.seed)
+        return probe_top1(self.head, test, self.test.labels)
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        return {"probe_top1": self.fit_and_score(model.encoder)}

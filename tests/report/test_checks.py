@@ -134,16 +134,21 @@ def test_heterogeneity_falls_no_data() -> None:
 def test_clears_floor_on_shared_seeds() -> None:
     measure = {"mto": {0: 0.30, 1: 0.25}, "base": {0: 0.40, 2: 0.10}}  # base seed 2 has no floor: not judged
     floor = {0: 0.20, 1: 0.20}
-    check = clears_floor(measure, floor, gap=0.1)  # mto seed 0 is exactly at the gap (0.3 - 0.2 < 0.1 in floats)
+    random = {0: 0.25, 1: 0.10}
+    # mto seed 0 is exactly at the gap over the pixels (0.3 - 0.2 < 0.1 in floats), not over the random encoder
+    check = clears_floor(measure, {"pixels": floor, "random": random}, gap=0.1)
     assert check == Check(
-        "arms clear the floor",
+        "arms clear the floors",
         False,
-        "seed 1: mto 25.00 vs floor 20.00 (+5.00 points, needs >= +10.00)",
+        "seed 1: mto 25.00 vs pixels 20.00 (+5.00 points, needs >= +10.00); "
+        "seed 0: mto 30.00 vs random 25.00 (+5.00 points, needs >= +10.00)",
     )
-    passing = clears_floor({"mto": {0: 0.30}, "base": {0: 0.40}}, floor, gap=0.1)
+    passing = clears_floor({"mto": {0: 0.30}, "base": {0: 0.40}}, {"pixels": floor}, gap=0.1)
     assert passing.passed
-    assert passing.detail == "seed 0: mto 30.00 vs floor 20.00 (+10.00 points, needs >= +10.00)"
-    assert clears_floor({"mto": {2: 0.5}}, floor, gap=0.1).detail == "not measured"
+    assert passing.detail == "seed 0: mto 30.00 vs pixels 20.00 (+10.00 points, needs >= +10.00)"
+    assert clears_floor({"mto": {2: 0.5}}, {"pixels": floor}, gap=0.1).detail == "pixels not measured"
+    assert clears_floor({"mto": {0: 0.5}}, {"pixels": floor, "random": {}}, gap=0.1).detail == "random not measured"
+    assert clears_floor({}, {"pixels": floor}, gap=0.1).detail == "not measured"
 
 
 def test_above_chance_lists_offending_models_worst_first() -> None:
@@ -199,7 +204,7 @@ def test_a_nan_measurement_fails() -> None:
     assert heterogeneity_falls({"a": {0: [2.0, nan, 1.0]}}).detail == (
         "arm a seed 0: H does not fall from layer 0 to 1 (2.00 -> nan nats)"
     )
-    assert not clears_floor({"a": {0: 0.5}}, {0: nan}, gap=0.1).passed
+    assert not clears_floor({"a": {0: 0.5}}, {"pixels": {0: nan}}, gap=0.1).passed
     check = above_chance({"ok": {0: 0.9}, "missing": {0: 0.9, 1: nan}}, num_classes=10, fraction=0.1)
     assert check.detail == "needs >= 19.00 (chance 10.00): missing seed 1 nan" and not check.passed
 

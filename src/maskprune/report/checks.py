@@ -217,18 +217,22 @@ def heterogeneity_falls(
 
 def clears_floor(
     measure: dict[str, dict[int, float]],
-    floor: dict[int, float],
+    floors: dict[str, dict[int, float]],
     gap: float,
 ) -> Check:
-    """Whether each arm's measure lies at least `gap` above the seed's floor, on every shared seed.
+    """Whether each arm's measure lies at least `gap` above each floor of the seed, on every shared seed.
 
     Args:
         measure: per arm and seed, the measured value (a fraction, e.g. a probe's top-1).
-        floor: per seed, what the measure gives without a learned representation (e.g. the probe on raw pixels).
+        floors: per floor and seed, what the measure gives without a learned representation (e.g. the
+            probe on raw pixels, or on a randomly initialised encoder).
         gap: the least measure-minus-floor, as a fraction.
     """
-    cases = _gaps(measure, floor, "floor", gap)
-    return _verdict("arms clear the floor", cases)
+    cases = []
+    for name, floor in floors.items():
+        judged = _gaps(measure, floor, name, gap)
+        cases += judged or ([_Case(float("-inf"), f"{name} {NOT_MEASURED}")] if measure else [])
+    return _verdict("arms clear the floors", cases)
 
 
 def above_chance(
