@@ -16,7 +16,7 @@ that finished, and the stage that was cut off resumes after its last saved epoch
 The training stages of up to `--jobs` seeds run at a time, with cores / jobs torch threads each.
 Each seed's evaluate then runs alone with the workspace's own thread count, so its throughput ratios
 are measured as seed 0's are. A finished seed's results (params.yaml, metrics/evaluate.json,
-plots/evaluate/ and the stages' metrics.json files) are copied once into reports/seeds/seed-<n>/,
+plots/evaluate/ and the stages' metrics.json and history.csv files) are copied once into reports/seeds/seed-<n>/,
 and the report stage alone (`dvc repro --single-item report`) rebuilds the report over every seed.
 """
 
@@ -177,12 +177,14 @@ def status_line(root: Path, seed: int) -> str:
 
 
 def result_files(ws: Path) -> list[Path]:
-    """A seed's results in its workspace: params, evaluate report, plot data, stage metrics."""
+    """A seed's results in its workspace: params, evaluate report, plot data, stage metrics and histories
+    (the report checks every seed's training curves)."""
     files = [
         ws / PARAMS_FILE,
         ws / EVALUATE_FILE,
         *(ws / PLOTS_DIR).rglob("*"),
         *(ws / MODELS_DIR).rglob("metrics.json"),
+        *(ws / MODELS_DIR).rglob("history.csv"),
     ]
     return [f for f in files if f.is_file()]
 

@@ -526,7 +526,12 @@ class ChecksSection(Section):
     """The preconditions every verdict is checked against, per seed (the report says which failed)."""
 
     teacher_gap: float = Field(ge=0.0, lt=1.0, description="the teacher's top-1 over the no-KD student's, at least")
-    plateau_gain: float = Field(ge=0.0, lt=1.0, description="the last epoch's validation gain, at most")
+    plateau_slope: float = Field(
+        ge=0.0,
+        lt=1.0,
+        description="the least-squares slope of validation top-1 over the last quarter of epochs (>= 3), per epoch, "
+        "at most",
+    )
     keep_tolerance: float = Field(ge=0.0, lt=1.0, description="|DynamicViT's realised keep - target|, at most")
     gmacs_tolerance: float = Field(ge=0.0, lt=1.0, description="|compared GMACs ratio - 1|, at most")
     floor_gap: float = Field(

@@ -106,31 +106,49 @@ def teacher_gap(
     return _verdict("teacher stronger than the no-KD student", cases)
 
 
+@dataclass(frozen=True)
+class Curve:
+    """One arm's training on one seed: after each epoch, the validation top-1 and the learning rate."""
+
+    val: list[float]
+    lr: list[float]
+
+
 def plateaued(
-    curves: dict[str, dict[int, list[float]]],
+    curves: dict[str, dict[int, Curve]],
     bound: float,
 ) -> Check:
-    """Whether every trained arm has stopped improving: the last epoch gains at most `bound`.
+    """Whether every trained arm has stopped improving: the least-squares slope of its validation top-1
+    over the last quarter of its epochs (at least 3) is at most `bound` per epoch.
+
+    A slope over a quarter rather than the last epoch's gain: a cosine schedule ends at a learning
+    rate so low that its last epoch barely moves, whatever came before. The detail gives that
+    quarter's learning rates, so the slope is read with the schedule in mind.
 
     Args:
-        curves: per arm and seed, the validation top-1 (a fraction) after each epoch.
-        bound: the largest gain of the last epoch over the one before, as a fraction.
+        curves: per arm and seed, the validation top-1 (a fraction) and learning rate after each epoch.
+        bound: the largest slope, as a fraction per epoch.
     """
     cases = []
     for arm, seeds in curves.items():
         for seed in sorted(seeds):
-            curve = seeds[seed]
-            if len(curve) < 2:
-                cases.append(
-                    _Case(float("-inf"), f"arm {arm} seed {seed}: {_plural(len(curve), 'epoch')}, no gain measured")
-                )
+            val, lr = seeds[seed].val, seeds[seed].lr
+            if len(val) < 3:
+                text = f"arm {arm} seed {seed}: {_plural(len(val), 'epoch')}, fewer than 3 for a slope"
+                cases.append(_Case(float("-inf"), text))
                 continue
-            gain = curve[-1] - curve[-2]
-            text = (
-                f"arm {arm} seed {seed}: last epoch {_points(curve[-2])} -> {_points(curve[-1])} "
-                f"({_points(gain, signed=True)} points, needs <= {_points(bound, signed=True)})"
+            k = max(3, math.ceil(len(val) / 4))
+            ys = val[-k:]
+            mean_x, mean_y = (k - 1) / 2, sum(ys) / k
+            slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(ys)) / sum(
+                (x - mean_x) ** 2 for x in range(k)
             )
-            cases.append(_Case(bound - gain, text))
+            text = (
+                f"arm {arm} seed {seed}: {_points(slope, signed=True)} points an epoch over epochs "
+                f"{len(val) - k + 1}-{len(val)} ({_points(ys[0])} -> {_points(ys[-1])} at lr {lr[-k]:.1e} -> "
+                f"{lr[-1]:.1e}; needs <= {_points(bound, signed=True)})"
+            )
+            cases.append(_Case(bound - slope, text))
     return _verdict("trained arms have plateaued", cases)
 
 

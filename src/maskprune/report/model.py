@@ -14,7 +14,7 @@ import pandas as pd
 from maskprune.aa_control import aa_noisy
 from maskprune.config import Params
 from maskprune.layout import MODELS_DIR, prepared_dir
-from maskprune.report.checks import Check, above_chance
+from maskprune.report.checks import Check, Curve, above_chance
 from maskprune.report.claims import Claim, Outcome
 from maskprune.report.results import SeedResult, load_results, per_seed
 from maskprune.report.stats import Interval, paired_difference, t_interval
@@ -116,17 +116,21 @@ class Context:
         """{seed: `key` of models/<folder>/metrics.json} (e.g. 'prune/dynamicvit-full-0.5', 'train_kept_fraction')."""
         return self.values(lambda r: r.stage_metrics(folder).get(key))
 
-    def val_curves(self, folders: dict[str, str], phase: str | None = None) -> dict[str, dict[int, list[float]]]:
-        """{arm: {seed: validation top-1 per epoch}} from models/<folder>/history.csv (rows of `phase` only)."""
-        curves: dict[str, dict[int, list[float]]] = {}
+    def val_curves(self, folders: dict[str, str], phase: str | None = None) -> dict[str, dict[int, Curve]]:
+        """{arm: {seed: validation top-1 and lr per epoch}} from each seed's models/<folder>/history.csv (rows of
+        `phase` only); an arm without a history on a seed has an empty curve there, which fails the plateau check."""
+        curves: dict[str, dict[int, Curve]] = {}
         for arm, folder in folders.items():
             for result in self.results:
                 frame = result.csv(MODELS_DIR / folder / "history.csv")
-                if frame is None:
-                    continue
-                if phase is not None:
+                if frame is not None and phase is not None:
                     frame = frame[frame["phase"] == phase]
-                curves.setdefault(arm, {})[result.seed] = [float(v) for v in frame["val_top1"].dropna()]
+                if frame is not None:
+                    frame = frame.dropna(subset=["val_top1"])
+                curves.setdefault(arm, {})[result.seed] = Curve(
+                    [] if frame is None else [float(v) for v in frame["val_top1"]],
+                    [] if frame is None else [float(v) for v in frame.get("lr", frame["val_top1"] * float("nan"))],
+                )
         return curves
 
     def above_chance(self, models: list[str]) -> Check:

@@ -130,7 +130,7 @@ def section_masked_finetuning(ctx: Context) -> Section:
                     **{name: name for name in arms.values()},
                 }
             ),
-            ctx.checks.plateau_gain,
+            ctx.checks.plateau_slope,
         ),
     ]
     if rule.method == "dynamicvit":

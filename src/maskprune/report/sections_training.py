@@ -134,7 +134,7 @@ def section_maskedkd(ctx: Context) -> Section:
         [
             teacher_gap(ctx.model_metric(TEACHER_DIR.name, "top1"), top1["full"], ctx.checks.teacher_gap),
             plateaued(
-                ctx.val_curves({arm: f"{FINETUNE_DIR.name}/{arm}" for arm in MASKEDKD_ARMS}), ctx.checks.plateau_gain
+                ctx.val_curves({arm: f"{FINETUNE_DIR.name}/{arm}" for arm in MASKEDKD_ARMS}), ctx.checks.plateau_slope
             ),
             ctx.above_chance([TEACHER_DIR.name, *(f"{FINETUNE_DIR.name}/{arm}" for arm in MASKEDKD_ARMS)]),
         ],
@@ -210,7 +210,7 @@ def section_task_agnostic(ctx: Context) -> Section:
             ),
             plateaued(
                 ctx.val_curves({arm: folder.removesuffix("/finetune") for arm, folder in arms.items()}, "finetune"),
-                ctx.checks.plateau_gain,
+                ctx.checks.plateau_slope,
             ),
             ctx.above_chance(list(arms.values())),
         ],
