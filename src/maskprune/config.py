@@ -532,7 +532,12 @@ class ChecksSection(Section):
         description="the least-squares slope of validation top-1 over the last quarter of epochs (>= 3), per epoch, "
         "at most",
     )
-    keep_tolerance: float = Field(ge=0.0, lt=1.0, description="|DynamicViT's realised keep - target|, at most")
+    keep_tolerance: float = Field(
+        ge=0.0,
+        lt=1.0,
+        description="|realised keep - target|, at most: DynamicViT's in training; A's pruned arms' at inference, "
+        "per pruning block",
+    )
     gmacs_tolerance: float = Field(ge=0.0, lt=1.0, description="|compared GMACs ratio - 1|, at most")
     floor_gap: float = Field(
         ge=0.0,

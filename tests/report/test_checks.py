@@ -76,7 +76,7 @@ def test_keep_ratio_per_arm_target() -> None:
     target = {"evit-0.5": 0.5, "evit-0.7": 0.7}
     check = keep_ratio(realised, target, tolerance=0.02)
     assert check == Check(
-        "realised keep ratio matches the target",
+        "realised keep ratio matches the target in training",
         False,
         "arm evit-0.5 seed 1: kept 53.00% vs target 50.00% (off by 3.00 points, needs <= 2.00)",
     )

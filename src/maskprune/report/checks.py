@@ -156,6 +156,7 @@ def keep_ratio(
     realised: dict[str, dict[int, float]],
     target: dict[str, float],
     tolerance: float,
+    when: str = "in training",
 ) -> Check:
     """Whether pruning kept the share of tokens it was configured to, for every arm and seed.
 
@@ -163,6 +164,7 @@ def keep_ratio(
         realised: per arm and seed, the share of tokens actually kept (a fraction).
         target: per arm, the configured keep ratio (it differs per pruning stage and keep rate).
         tolerance: the largest |realised - target|, as a fraction.
+        when: where the share was measured, for the check's name ("in training", "at inference").
     """
     cases = []
     for arm, seeds in realised.items():
@@ -175,7 +177,7 @@ def keep_ratio(
                 f"(off by {_points(off)} points, needs <= {_points(tolerance)})"
             )
             cases.append(_Case(tolerance - off, text))
-    return _verdict("realised keep ratio matches the target", cases)
+    return _verdict(f"realised keep ratio matches the target {when}", cases)
 
 
 def gmacs_matched(
