@@ -544,6 +544,12 @@ class ChecksSection(Section):
         lt=1.0,
         description="D: the baseline's probe over each floor (raw pixels, a random-init encoder), at least",
     )
+    collapse_fraction: float = Field(
+        gt=0.0,
+        lt=1.0,
+        description="D: MTO's last-layer H under this share of its maximum (ln of the visible tokens) while its "
+        "reconstruction loss ends above the baseline's = collapsed",
+    )
     chance_fraction: float = Field(
         ge=0.0, lt=1.0, description="every model above chance + this fraction of the way to 100%"
     )

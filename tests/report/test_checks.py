@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from maskprune.report.checks import (
     Check,
+    Collapse,
     Curve,
     above_chance,
     clears_floor,
     gmacs_matched,
     heterogeneity_falls,
     keep_ratio,
+    not_collapsed,
     plateaued,
     teacher_gap,
     testable,
@@ -217,3 +221,23 @@ def test_a_nan_measurement_fails() -> None:
 
 def test_check_to_json() -> None:
     assert Check("n", False, "d").to_json() == {"name": "n", "passed": False, "detail": "d"}
+
+
+def test_mto_collapse_is_a_saturated_h_with_a_worse_reconstruction() -> None:
+    ln4 = math.log(4)
+    arms = {
+        "mae MTO": {
+            0: Collapse(0.0128, ln4, 0.4393, 0.4100),  # the cpu run's: H 0.9% of ln 4, loss worse
+            1: Collapse(0.0128, ln4, 0.4000, 0.4100),  # saturated, but it reconstructs better
+            2: Collapse(0.60, ln4, 0.4500, 0.4100),  # worse, but H far from saturated
+        }
+    }
+    check = not_collapsed(arms, fraction=0.05)
+    assert check == Check(
+        "MTO has not collapsed",
+        False,
+        "arm mae MTO seed 0: last-layer H 0.013 nats (0.9% of its maximum 1.39, saturated under 5%), "
+        "reconstruction loss 0.4393 vs the baseline's 0.4100",
+    )
+    assert not_collapsed({"mae MTO": {1: arms["mae MTO"][1], 2: arms["mae MTO"][2]}}, fraction=0.05).passed
+    assert not not_collapsed({"mae MTO": {0: Collapse(0.6, math.nan, 0.4, 0.41)}}, fraction=0.05).passed

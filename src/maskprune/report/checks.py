@@ -235,6 +235,45 @@ def heterogeneity_falls(
     return _verdict("heterogeneity falls layer by layer", cases)
 
 
+@dataclass(frozen=True)
+class Collapse:
+    """What tells a collapsed MTO run on one seed: its last-layer H, the largest H its visible tokens allow,
+    and the final reconstruction loss of MTO and of the baseline."""
+
+    h: float
+    h_max: float
+    loss: float
+    baseline_loss: float
+
+
+def not_collapsed(
+    arms: dict[str, dict[int, Collapse]],
+    fraction: float,
+) -> Check:
+    """Whether no MTO arm has collapsed: its last-layer heterogeneity H saturated below `fraction` of its
+    maximum while its reconstruction loss ends above the baseline's (the failure the MTO paper warns its
+    ranking loss can cause; such an H passes `heterogeneity_falls` most easily).
+
+    Args:
+        arms: per arm and seed, its last-layer H, the H of uniform attention over its visible tokens
+            (ln of their number), and the final reconstruction losses.
+        fraction: the share of the maximum H under which H counts as saturated.
+    """
+    cases = []
+    for arm, seeds in arms.items():
+        for seed in sorted(seeds):
+            c = seeds[seed]
+            saturation, worse = c.h / c.h_max - fraction, c.loss - c.baseline_loss
+            margin = max(saturation, -worse) if not (math.isnan(saturation) or math.isnan(worse)) else math.nan
+            text = (
+                f"arm {arm} seed {seed}: last-layer H {c.h:.3f} nats ({c.h / c.h_max:.1%} of its maximum "
+                f"{c.h_max:.2f}, saturated under {fraction:.0%}), reconstruction loss {c.loss:.4f} vs the "
+                f"baseline's {c.baseline_loss:.4f}"
+            )
+            cases.append(_Case(margin, text))
+    return _verdict("MTO has not collapsed", cases)
+
+
 def clears_floor(
     measure: dict[str, dict[int, float]],
     floors: dict[str, dict[int, float]],

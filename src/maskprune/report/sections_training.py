@@ -10,6 +10,8 @@ Each states its claim (`claims.Claim`): the pre-registered tests and the checks 
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from maskprune.config import PRETRAIN_LOSSES
@@ -29,8 +31,10 @@ from maskprune.report import figures
 from maskprune.report.checks import (
     NOT_MEASURED,
     Check,
+    Collapse,
     clears_floor,
     heterogeneity_falls,
+    not_collapsed,
     plateaued,
     teacher_gap,
 )
@@ -218,6 +222,16 @@ def section_task_agnostic(ctx: Context) -> Section:
     return sec
 
 
+def _mto_h(ctx: Context, objective: str) -> dict[int, list[float]]:
+    """{seed: MTO's last-epoch H per layer} of one MIM objective."""
+    return {
+        result.seed: row["mto_h"]
+        for result in ctx.results
+        for row in result.evaluate["mto"]
+        if row["objective"] == objective
+    }
+
+
 def _mean(values: dict[int, float]) -> float:
     return sum(values.values()) / len(values) if values else float("nan")
 
@@ -225,7 +239,7 @@ def _mean(values: dict[int, float]) -> float:
 def section_mto(ctx: Context) -> Section:
     """D: MTO against the baseline per MIM objective: final probe, RAUC, convergence, heterogeneity, floor."""
     sec = Section("D", "MTO: masked-token optimisation in MIM pre-training (Choi et al., ECCV 2024)")
-    rows, tests, falls, baselines, undefined, below = [], [], {}, {}, [], []
+    rows, tests, falls, baselines, undefined, below, collapse = [], [], {}, {}, [], [], {}
     floors = {
         name: ctx.values(lambda one, k=key: one.evaluate.get(k))
         for name, key in (("raw-pixel floor", "pixel_floor"), ("random-init encoder floor", "random_encoder_floor"))
@@ -272,12 +286,19 @@ def section_mto(ctx: Context) -> Section:
         primary = column(rauc_keys[0]) if rauc_keys else {}
         tests.append(Test(f"{objective} RAUC", primary, ctx.rules.mto.min_rauc))
         undefined += [f"{objective} seed {seed}" for seed in sorted(set(base) - set(primary))]
-        falls[f"{objective} MTO"] = {
-            result.seed: row["mto_h"]
-            for result in ctx.results
-            for row in result.evaluate["mto"]
-            if row["objective"] == objective
+        mto_arm, base_arm = (f"{PRETRAIN_DIR.name}/{objective}-{loss}" for loss in ("mto", "baseline"))
+        visible = ctx.stage_metric(mto_arm, "visible_patches")
+        loss, base_loss = ctx.stage_metric(mto_arm, "rec_loss"), ctx.stage_metric(base_arm, "rec_loss")
+        collapse[f"{objective} MTO"] = {
+            seed: Collapse(
+                h[-1],
+                math.log(visible.get(seed, math.nan)),
+                loss.get(seed, math.nan),
+                base_loss.get(seed, math.nan),
+            )
+            for seed, h in _mto_h(ctx, objective).items()
         }
+        falls[f"{objective} MTO"] = _mto_h(ctx, objective)
         curves = {}
         for loss in PRETRAIN_LOSSES:
             curve = mean_curve(ctx, PLOTS_DIR / "pretrain.csv", f"{objective}-{loss}", "epoch", "probe_top1")
@@ -347,6 +368,7 @@ def section_mto(ctx: Context) -> Section:
                 f"undefined for {', '.join(undefined)}" if undefined else "defined on every seed",
             ),
             heterogeneity_falls(falls),
+            not_collapsed(collapse, ctx.checks.collapse_fraction),
             clears_floor(baselines, floors, ctx.checks.floor_gap),
             ctx.above_chance([f"{PRETRAIN_DIR.name}/{v.name}" for v in pretrain_variants(ctx.params.pretrain)]),
         ],
