@@ -61,7 +61,7 @@ from maskprune.measure import count_params, gmacs, occlusion_curve, paired_throu
 from maskprune.models.tome import apply_tome, tome_schedule_for
 from maskprune.models.vit import FLAT_POOL, TokenViT, build_model, normalizer_for, take_inputs_as
 from maskprune.mto_curves import mto_row, pretrain_history
-from maskprune.objectives.masked_kd import TeacherView
+from maskprune.objectives.masked_kd import TeacherView, teacher_view
 from maskprune.probe import LinearProbe, pixel_floor
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.tracking.runs import StageRecord, flatten
@@ -151,6 +151,36 @@ def teacher_patches(cfg: MaskedKDVariant, root: Path, images: torch.Tensor, runt
     chosen = TeacherView(teacher, cfg.teacher_keep, cfg.criterion).select(x, None, attn)
     patches = torch.arange(student.num_patches, device=x.device).expand(len(x), -1) if chosen is None else chosen
     return {"keep": cfg.teacher_keep, "criterion": cfg.criterion, "patches": patches.tolist()}
+
+
+@torch.inference_mode()
+def masked_teacher_top1(params: Params, root: Path, test: Split, runtime: Runtime) -> dict[str, float]:
+    """Claim B's premise: the teacher's test top-1 on only the patches each masked arm's teacher sees.
+
+    Per arm whose teacher sees part of the image (masked_kd: the patches its own trained student
+    attends to, by its criterion; random_kd: as many at random, seeded), the teacher classifies each
+    test image from those patches alone, as it did when it taught that arm.
+    """
+    teacher, teacher_meta = load_model(root / TEACHER_DIR, runtime.device)
+    out = {}
+    for arm in ("masked_kd", "random_kd"):
+        student, meta = load_model(root / FINETUNE_DIR / arm, runtime.device)
+        take_inputs_as(teacher, (teacher_meta["mean"], teacher_meta["std"]), (meta["mean"], meta["std"]))
+        teacher_meta = {**teacher_meta, "mean": meta["mean"], "std": meta["std"]}
+        view = teacher_view(params.finetune, arm, teacher)
+        spec = ModelSpec.model_validate(meta["model"])
+        normalize = Normalizer(meta["mean"], meta["std"], spec.img_size, runtime.device, meta.get("eval_crop_pct"))
+        torch.manual_seed(params.seed)  # the random arm's draws
+        correct = total = 0
+        for _, images, labels in test.batches(params.evaluate.batch_size, runtime.device, crop_pct=normalize.crop_pct):
+            x = normalize(images)
+            attn = student.eval()(x, return_cls_attn=True)[1] if view.needs_student_attention else None
+            with runtime.autocast(inference=True):
+                logits = teacher(x, keep_idx=view.select(x, None, attn))
+            correct += int((logits.argmax(dim=-1) == labels).sum())
+            total += len(labels)
+        out[arm] = correct / max(total, 1)
+    return out
 
 
 def task_agnostic_table(results: dict[str, dict[str, Any]], cfg: DistillSection) -> list[dict[str, Any]]:
@@ -417,6 +447,7 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
     report = {
         "models": results,
         **probe_floors(params, data, runtime),
+        "masked_teacher_top1": masked_teacher_top1(params, root, meter.test, runtime),
         "pruning": pruning_table(results, params.prune),
         "task_agnostic": task_agnostic_table(results, params.distill),
         "mto": mto_table(root, params),

@@ -37,21 +37,10 @@ from maskprune.measure import gmacs, paired_throughput
 from maskprune.models.loading import init_student, load_init, load_teacher
 from maskprune.models.vit import Stats, TokenViT, input_stats, normalizer_for
 from maskprune.objectives.masked_finetune import MaskedFinetuneObjective
-from maskprune.objectives.masked_kd import TeacherView
+from maskprune.objectives.masked_kd import TeacherView, teacher_view
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.tracking.runs import StageRecord
 from maskprune.trainer import fit
-
-
-def teacher_view(cfg: FinetuneSection, variant: str, teacher: TokenViT | None) -> TeacherView | None:
-    """The patches the arm's teacher sees: all of them, MaskedKD's choice, or as many at random."""
-    if teacher is None:
-        return None
-    if variant == "masked_kd":
-        return TeacherView(teacher, cfg.masked_kd.teacher_keep, cfg.masked_kd.criterion)
-    if variant == "random_kd":
-        return TeacherView(teacher, cfg.masked_kd.teacher_keep, "random")
-    return TeacherView(teacher)
 
 
 def student_masking(cfg: FinetuneSection, variant: str) -> HybridRatios:

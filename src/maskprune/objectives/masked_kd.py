@@ -12,6 +12,7 @@ from collections import Counter
 
 import torch
 
+from maskprune.config import FinetuneSection
 from maskprune.masking import Criterion, num_kept, random_keep_idx, score_keep_idx
 from maskprune.measure import count_flops
 from maskprune.models.vit import TokenViT
@@ -90,3 +91,14 @@ class TeacherView:
         if self.keep >= self.num_patches:
             return self.num_patches
         return min(self.keep, self.num_patches if student_idx is None else student_idx.shape[1])
+
+
+def teacher_view(cfg: FinetuneSection, variant: str, teacher: TokenViT | None) -> TeacherView | None:
+    """The patches the arm's teacher sees: all of them, MaskedKD's choice, or as many at random."""
+    if teacher is None:
+        return None
+    if variant == "masked_kd":
+        return TeacherView(teacher, cfg.masked_kd.teacher_keep, cfg.masked_kd.criterion)
+    if variant == "random_kd":
+        return TeacherView(teacher, cfg.masked_kd.teacher_keep, "random")
+    return TeacherView(teacher)

@@ -94,6 +94,7 @@ def teacher_gap(
     teacher: dict[int, float],
     student: dict[int, float],
     minimum: float,
+    view: str = "",
 ) -> Check:
     """Whether the teacher is stronger than the student trained without KD, on every shared seed.
 
@@ -101,9 +102,11 @@ def teacher_gap(
         teacher: the teacher's top-1 (a fraction) per seed.
         student: the no-KD student's top-1 per seed.
         minimum: the least teacher-minus-student gap, as a fraction (0.02 = 2 points).
+        view: what the teacher sees if not the whole image ("on MaskedKD's patches").
     """
-    cases = _gaps({"teacher": teacher}, student, "student", minimum)
-    return _verdict("teacher stronger than the no-KD student", cases)
+    teacher_name = f"teacher {view}" if view else "teacher"
+    cases = _gaps({teacher_name: teacher}, student, "student", minimum)
+    return _verdict(f"{teacher_name} stronger than the no-KD student", cases)
 
 
 @dataclass(frozen=True)
