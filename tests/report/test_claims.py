@@ -62,4 +62,22 @@ def test_a_failed_check_makes_the_claim_not_testable_but_keeps_its_numbers() -> 
 def test_one_seed_gives_no_test_and_an_inconclusive_word() -> None:
     outcome = conclude({"D": Claim("RAUC", [Test("mae RAUC", {0: 0.4}, 0.0)], [PASS], points=False)}, 0.95)["D"]
     assert outcome.word == INCONCLUSIVE and outcome.tests[0]["p"] is None
-    assert outcome.line == "inconclusive. RAUC: mae RAUC +0.400 (n=1), needs > +0.000: no test with one seed."
+    assert (
+        outcome.line
+        == "inconclusive. RAUC: mae RAUC +0.400 (n=1), needs > +0.000: no test with one seed (a spread needs two)."
+    )
+
+
+def test_an_inconclusive_test_says_how_many_seeds_would_decide_it() -> None:
+    # mean 0.01, sd 0.02: t = 0.5 sqrt(n) first reaches the 97.5% t quantile at n = 18 (tables: 0.5 sqrt(17) =
+    # 2.062 < t(16) 2.120; 0.5 sqrt(18) = 2.121 >= t(17) 2.110)
+    wide = Test("masked - full", {0: 0.01, 1: 0.03, 2: -0.01}, 0.0)
+    outcome = conclude({"A": Claim("A's", [wide], [PASS])}, 0.95)["A"]
+    assert outcome.word == INCONCLUSIVE and outcome.tests[0]["seeds_to_decide"] == 18
+    assert outcome.line.endswith("at this mean and spread about 18 seeds would decide it (alpha / 1).")
+    # at the threshold no number of seeds decides; a decided test has no power line
+    level = Test("kd - none", {0: -0.01, 1: 0.0, 2: 0.01}, 0.0)
+    decided = Test("up", {0: 0.030, 1: 0.032, 2: 0.034}, 0.0)
+    out = conclude({"B": Claim("B's", [level, decided], [PASS])}, 0.95)["B"]
+    assert "no number of seeds up to 1000 would decide it" in out.line
+    assert out.tests[1]["seeds_to_decide"] is None and out.tests[1]["word"] == REPRODUCED

@@ -61,7 +61,8 @@ def add_checks(sec: Section, outcome: Outcome) -> None:
         )
     )
     sec.text(
-        "The pre-registered tests (two-sided Student-t on the paired differences; p Holm-adjusted over every claim):"
+        "The pre-registered tests (two-sided Student-t on the paired differences; p Holm-adjusted over every claim; "
+        "for an inconclusive one, the seeds that would decide it at its mean and spread):"
     )
     sec.table(
         pd.DataFrame(
@@ -76,6 +77,7 @@ def add_checks(sec: Section, outcome: Outcome) -> None:
                     "p": t["p"],
                     "Holm p": t["p_holm"],
                     "word": t["word"],
+                    "seeds to decide": t["seeds_to_decide"] or "-",
                 }
                 for t in outcome.tests
             ]

@@ -17,12 +17,14 @@ from maskprune.report.checks import Check, testable
 from maskprune.report.stats import (
     CONTRADICTED,
     INCONCLUSIVE,
+    MOST_SEEDS,
     NOT_TESTABLE,
     REPRODUCED,
     Interval,
     Test,
     decide,
     holm,
+    seeds_to_decide,
 )
 
 
@@ -82,6 +84,8 @@ def conclude(claims: dict[str, Claim], confidence: float) -> dict[str, Outcome]:
             p, p_holm = raw[f"{key}: {test.name}"], adjusted[f"{key}: {test.name}"]
             word = decide(iv.mean, test.delta, p_holm, alpha)
             words.append(word)
+            # NOTE: at alpha over the family (Holm's strictest step), so the number suffices whatever its rank
+            power = seeds_to_decide(list(test.diffs.values()), test.delta, alpha / len(family))
             rows.append(
                 {
                     "name": test.name,
@@ -93,6 +97,7 @@ def conclude(claims: dict[str, Claim], confidence: float) -> dict[str, Outcome]:
                     "p": p,
                     "p_holm": p_holm,
                     "word": word,
+                    "seeds_to_decide": power if word == INCONCLUSIVE else None,
                 }
             )
         failed = testable(claim.checks)
@@ -117,5 +122,10 @@ def _test_text(row: dict[str, Any], points: bool, alpha: float, family: int) -> 
     bounds = "" if row["low"] is None else f" [{row['low'] * scale:+.{digits}f}, {row['high'] * scale:+.{digits}f}]"
     value = f"{row['name']} {mean}{bounds} (n={row['n']}){unit}, needs > {row['delta'] * scale:+.{digits}f}"
     if row["p"] is None:
-        return f"{value}: no test with one seed"
-    return f"{value}: p {row['p']:.3f}, Holm p {row['p_holm']:.3f} (alpha {alpha:.2f}, {family} tests) -> {row['word']}"
+        return f"{value}: no test with one seed (a spread needs two)"
+    line = f"{value}: p {row['p']:.3f}, Holm p {row['p_holm']:.3f} (alpha {alpha:.2f}, {family} tests) -> {row['word']}"
+    if row["word"] != INCONCLUSIVE:
+        return line
+    if row["seeds_to_decide"] is None:
+        return f"{line}; at this spread no number of seeds up to {MOST_SEEDS} would decide it"
+    return f"{line}; at this mean and spread about {row['seeds_to_decide']} seeds would decide it (alpha / {family})"

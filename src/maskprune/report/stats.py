@@ -148,6 +148,32 @@ def t_test_p(values: Sequence[float], delta: float) -> float | None:
     return min(1.0, 2.0 * student_t_cdf(-abs(t), len(xs) - 1))
 
 
+MOST_SEEDS = 1000  # a power line looks no further
+
+
+def seeds_to_decide(values: Sequence[float], delta: float, alpha: float) -> int | None:
+    """The fewest seeds at which the two-sided t-test of `values` against `delta` at level `alpha` would
+    reject, if their mean and standard deviation stayed as observed (a power line for an inconclusive test).
+
+    None when no number up to MOST_SEEDS would (the mean sits at or near `delta`) or the spread is
+    unknown (fewer than two values); 2 when the values do not vary and the mean differs from `delta`.
+    """
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if len(xs) < 2:
+        return None
+    mean = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+    effect = abs(mean - delta)
+    if effect == 0.0:
+        return None
+    if sd == 0.0:
+        return 2
+    for n in range(2, MOST_SEEDS + 1):
+        if effect / (sd / math.sqrt(n)) >= student_t_quantile(1 - alpha / 2, n - 1):
+            return n
+    return None
+
+
 def holm(pvalues: Mapping[str, float | None], family_size: int | None = None) -> dict[str, float | None]:
     """Holm-Bonferroni step-down adjusted p-values, keyed like `pvalues`.
 
