@@ -216,7 +216,10 @@ class ModelMeter:
         cfg, runtime = self.params.evaluate, self.runtime
         spec = ModelSpec.model_validate(meta["model"])
         normalize = Normalizer(meta["mean"], meta["std"], spec.img_size, runtime.device, meta.get("eval_crop_pct"))
-        reference = build_model(spec, meta["num_classes"], meta["in_chans"], weights=False).to(runtime.device)
+        # NOTE: one reference for every model, the unpruned student (at this model's input size), so that
+        # every throughput and GMACs ratio shares it: a teacher's is below 1, not 1 against itself
+        student = self.params.models.student.model_copy(update={"img_size": spec.img_size})
+        reference = build_model(student, meta["num_classes"], meta["in_chans"], weights=False).to(runtime.device)
         # NOTE: a flat-pooled probe head needs every patch, so occlusion does not apply to it
         curve = (
             []

@@ -37,12 +37,19 @@ def curves(
     ylabel: str,
     title: str,
 ) -> Path:
-    """Lines of means over x, each with its interval band: {label: (x, mean, low, high)}."""
+    """Lines of means over x, each with its interval band: {label: (x, mean, low, high)}.
+
+    The values are fractions (top-1) and are drawn in points, as the report's tables print them.
+    """
+
+    def points(values: Sequence[float | None]) -> list[float | None]:
+        return [None if v is None else v * 100 for v in values]
+
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for label, (xs, mean, low, high) in series.items():
-        ax.plot(xs, mean, marker="o", markersize=3, label=label)
-        _band(ax, xs, low, high)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        ax.plot(xs, points(mean), marker="o", markersize=3, label=label)
+        _band(ax, xs, points(low), points(high))
+    ax.set(xlabel=xlabel, ylabel=f"{ylabel} (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -180,7 +180,7 @@ def section_cost(ctx: Context) -> Section:
             {
                 "name": name,
                 "family": family(name),
-                "top1": ctx.interval(ctx.model_metric(name, "top1")).mean,
+                "top1": ctx.interval(ctx.model_metric(name, "top1")).mean * 100,  # points, as every table
                 "gmacs": ctx.interval(ctx.model_metric(name, "gmacs")).mean,
                 "throughput_ratio": ctx.interval(ctx.model_metric(name, "throughput_ratio")).mean,
                 "throughput": ratio_text(
@@ -199,7 +199,7 @@ def section_cost(ctx: Context) -> Section:
             "top1",
             front,
             "GMACs per image",
-            "test top-1",
+            "test top-1 (%)",
             "Cost against accuracy",
         ),
         "Test top-1 against GMACs (means over seeds); ringed: the Pareto front.",
@@ -211,16 +211,20 @@ def section_cost(ctx: Context) -> Section:
             "throughput_ratio",
             "top1",
             speed_front,
-            "measured img/s vs the unpruned architecture",
-            "test top-1",
+            "measured img/s vs the unpruned student",
+            "test top-1 (%)",
             "Measured speed against accuracy",
         ),
-        "Test top-1 against measured throughput, as a ratio to the same architecture unpruned timed in "
-        "the same process.",
+        "Test top-1 against measured throughput, as a ratio to one reference for every model, the unpruned "
+        "student timed beside it in the same process (a teacher's is below 1).",
     )
     front_rows = sorted((p for p in pts if p["name"] in front), key=lambda p: p["gmacs"])
     sec.text("The Pareto front by GMACs (no other model is both cheaper and more accurate):")
-    sec.table(pd.DataFrame(front_rows)[["name", "gmacs", "throughput", "top1"]].round(4))
+    sec.table(
+        pd.DataFrame(front_rows)[["name", "gmacs", "throughput", "top1"]]
+        .rename(columns={"gmacs": "GMACs", "throughput": "img/s vs the unpruned student", "top1": "test top-1"})
+        .round({"GMACs": 4, "test top-1": 2})
+    )
     tome = [n for n in names if n.startswith("tome/")]
     if not tome:
         sec.verdict = f"{NOT_MEASURED}: no ToMe model was matched to a pruned model"
