@@ -522,27 +522,24 @@ class RulesSection(Section):
     mto: MTORule
 
 
+def _fraction(description: str) -> Any:
+    """A field holding a fraction in [0, 1)."""
+    return Field(ge=0.0, lt=1.0, description=description)
+
+
 class ChecksSection(Section):
     """The preconditions every verdict is checked against, per seed (the report says which failed)."""
 
-    teacher_gap: float = Field(ge=0.0, lt=1.0, description="the teacher's top-1 over the no-KD student's, at least")
-    plateau_slope: float = Field(
-        ge=0.0,
-        lt=1.0,
-        description="the least-squares slope of validation top-1 over the last quarter of epochs (>= 3), per epoch, "
-        "at most",
+    teacher_gap: float = _fraction("the teacher's top-1 over the no-KD student's, at least")
+    plateau_slope: float = _fraction(
+        "the least-squares slope of validation top-1 over the last quarter of epochs (>= 3), per epoch, at most"
     )
-    keep_tolerance: float = Field(
-        ge=0.0,
-        lt=1.0,
-        description="|realised keep - target|, at most: DynamicViT's in training; A's pruned arms' at inference, "
-        "per pruning block",
+    keep_tolerance: float = _fraction(
+        "|realised keep - target|, at most: DynamicViT's in training; A's pruned arms' at inference, per pruning block"
     )
-    gmacs_tolerance: float = Field(ge=0.0, lt=1.0, description="|compared GMACs ratio - 1|, at most")
-    floor_gap: float = Field(
-        ge=0.0,
-        lt=1.0,
-        description="D: the baseline's probe over each floor (raw pixels, a random-init encoder), at least",
+    gmacs_tolerance: float = _fraction("|compared GMACs ratio - 1|, at most")
+    floor_gap: float = _fraction(
+        "D: the baseline's probe over each floor (raw pixels, a random-init encoder), at least"
     )
     collapse_fraction: float = Field(
         gt=0.0,
@@ -550,9 +547,7 @@ class ChecksSection(Section):
         description="D: MTO's last-layer H under this share of its maximum (ln of the visible tokens) while its "
         "reconstruction loss ends above the baseline's = collapsed",
     )
-    chance_fraction: float = Field(
-        ge=0.0, lt=1.0, description="every model above chance + this fraction of the way to 100%"
-    )
+    chance_fraction: float = _fraction("every model above chance + this fraction of the way to 100%")
 
 
 class ReportSection(Section):
