@@ -26,9 +26,9 @@ from maskprune.config import DistillSection, Params
 from maskprune.data.storage import PreparedData, load_prepared
 from maskprune.layout import CHECKPOINTS_DIR, DistillVariant, prepared_dir
 from maskprune.measure import gmacs, top1
-from maskprune.models.loading import load_distill_teacher
+from maskprune.models.loading import load_distill_teacher, normalizer_for
 from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
-from maskprune.models.vit import Stats, TokenViT, build_model, input_stats, normalizer_for
+from maskprune.models.vit import Stats, TokenViT, build_model, input_stats
 from maskprune.objectives.classification import ClassificationObjective
 from maskprune.objectives.feature_kd import FeatureKDObjective, ProjectedStudent
 from maskprune.probe import fit_linear_probe, pooled_features

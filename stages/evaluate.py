@@ -58,8 +58,9 @@ from maskprune.layout import (
     prepared_dir,
 )
 from maskprune.measure import count_params, gmacs, occlusion_curve, paired_throughput, top1
+from maskprune.models.loading import normalizer_for
 from maskprune.models.tome import apply_tome, tome_schedule_for
-from maskprune.models.vit import FLAT_POOL, TokenViT, build_model, normalizer_for, take_inputs_as
+from maskprune.models.vit import FLAT_POOL, TokenViT, build_model, take_inputs_as
 from maskprune.mto_curves import mto_row, pretrain_history
 from maskprune.objectives.masked_kd import TeacherView, teacher_view
 from maskprune.probe import LinearProbe, pixel_floor

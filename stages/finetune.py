@@ -34,8 +34,8 @@ from maskprune.errors import MaskpruneError
 from maskprune.layout import CHECKPOINTS_DIR, FINETUNE_DIR, prepared_dir
 from maskprune.masking import HybridRatios
 from maskprune.measure import gmacs, paired_throughput
-from maskprune.models.loading import init_student, load_init, load_teacher
-from maskprune.models.vit import Stats, TokenViT, input_stats, normalizer_for
+from maskprune.models.loading import init_student, load_init, load_teacher, normalizer_for
+from maskprune.models.vit import Stats, TokenViT, input_stats
 from maskprune.objectives.masked_finetune import MaskedFinetuneObjective
 from maskprune.objectives.masked_kd import TeacherView, teacher_view
 from maskprune.runtime import Runtime, seed_everything

@@ -34,8 +34,9 @@ from maskprune.errors import MaskpruneError
 from maskprune.layout import CHECKPOINTS_DIR, DISTILL_TEACHER_DIR, MODELS_DIR, PretrainVariant, prepared_dir
 from maskprune.masking import random_keep_idx
 from maskprune.measure import gmacs
+from maskprune.models.loading import normalizer_for
 from maskprune.models.mim_heads import MAE, SimMIM, check_decoder
-from maskprune.models.vit import TokenViT, build_model, normalizer_for
+from maskprune.models.vit import TokenViT, build_model
 from maskprune.objectives.masked_image_modelling import MIMObjective
 from maskprune.probe import TIMM_POOL, LinearProbe
 from maskprune.runtime import Runtime, seed_everything

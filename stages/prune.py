@@ -23,9 +23,9 @@ from maskprune.config import Params
 from maskprune.data.storage import load_prepared
 from maskprune.layout import CHECKPOINTS_DIR, PruneVariant, prepared_dir
 from maskprune.measure import gmacs
-from maskprune.models.loading import load_init, load_teacher
+from maskprune.models.loading import load_init, load_teacher, normalizer_for
 from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
-from maskprune.models.vit import input_stats, normalizer_for
+from maskprune.models.vit import input_stats
 from maskprune.objectives.masked_kd import TeacherView
 from maskprune.objectives.token_pruning import DynamicViTObjective, EViTObjective
 from maskprune.runtime import Runtime, seed_everything

@@ -26,8 +26,7 @@ from maskprune.data.loader import Normalizer
 from maskprune.data.storage import PreparedData, load_prepared
 from maskprune.layout import CHECKPOINTS_DIR, TEACHER_DIR, prepared_dir
 from maskprune.measure import top1
-from maskprune.models.loading import init_teacher
-from maskprune.models.vit import normalizer_for
+from maskprune.models.loading import init_teacher, normalizer_for
 from maskprune.objectives.classification import ClassificationObjective
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.tracking.runs import StageRecord

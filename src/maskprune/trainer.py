@@ -129,7 +129,7 @@ def fit(
     """Train `model` in place for `cfg.epochs`, resuming from `state_dir`; returns the history.
 
     `name` labels logs; `section` (default `name`) is the params key that error messages cite.
-    Images reach the model through `normalize` (the model's `normalizer_for`; default the data's mean
+    Images reach the model through `normalize` (`models.loading.normalizer_for`; default the data's mean
     and std at its own size, evaluated with its eval_crop_pct).
     The history has one record per epoch: epoch, train_loss, val_top1 (unless `validate` is
     off, for models without a trained classifier), lr, img_per_s, seconds, data_wait (the

@@ -13,10 +13,19 @@ import torch
 
 from maskprune.checkpoint import WEIGHTS_FILE, load_model, load_tensors, read_meta
 from maskprune.config import ModelSpec, Params
+from maskprune.data.loader import Normalizer
 from maskprune.data.storage import PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.layout import FINETUNE_DIR, TEACHER_DIR
-from maskprune.models.vit import Stats, TokenViT, build_model, input_stats, pretrained_classes, take_inputs_as
+from maskprune.models.vit import (
+    Stats,
+    TokenViT,
+    build_model,
+    eval_crop_pct,
+    input_stats,
+    pretrained_classes,
+    take_inputs_as,
+)
 
 
 def init_student(params: Params, data: PreparedData, root: Path) -> tuple[TokenViT, dict[str, Any]]:
@@ -152,3 +161,8 @@ def load_distill_teacher(params: Params, data: PreparedData, root: Path, device:
             "student's patch grid"
         )
     return take_inputs_as(teacher, (meta["mean"], meta["std"]), input_stats(student, data.meta)), meta
+
+
+def normalizer_for(spec: ModelSpec, data_meta: dict[str, Any], device: torch.device) -> Normalizer:
+    """How `spec` takes the prepared data's images: its `input_stats`, its img_size and its `eval_crop_pct`."""
+    return Normalizer(*input_stats(spec, data_meta), spec.img_size, device, eval_crop_pct(spec, data_meta))

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from maskprune.data.loader import Normalizer
 from maskprune.errors import MaskpruneError
 
 if TYPE_CHECKING:  # NOTE: config validates model names with this module, so no runtime import
@@ -362,11 +361,6 @@ def eval_crop_pct(spec: ModelSpec, data_meta: dict[str, Any]) -> float | None:
         if cfg is not None and cfg.crop_pct:
             return float(cfg.crop_pct)
     return float(data_meta["view"]["eval_crop_pct"])
-
-
-def normalizer_for(spec: ModelSpec, data_meta: dict[str, Any], device: torch.device) -> Normalizer:
-    """How `spec` takes the prepared data's images: its `input_stats`, its img_size and its `eval_crop_pct`."""
-    return Normalizer(*input_stats(spec, data_meta), spec.img_size, device, eval_crop_pct(spec, data_meta))
 
 
 @torch.no_grad()
