@@ -93,6 +93,13 @@ def test_report_aggregates_seeds_with_paired_intervals_and_excludes_other_config
     no_kd = maskedkd[maskedkd["teacher sees"] == "no teacher (labels only)"].iloc[0]
     teacher_columns = ["teacher GMACs / image", "teacher GMACs vs full", "teacher img/s vs full"]
     assert list(no_kd[teacher_columns]) == ["-", "-", "-"]  # the no-KD arm runs no teacher
+    # C's premise: the self-supervised teacher's probe beats the scratch student's fine-tune by 2 points
+    models = json.loads((root / "metrics" / "evaluate.json").read_text())["models"]
+    teacher, scratch = models["distill_teacher"]["top1"], models["distill/vit-scratch/finetune"]["top1"]
+    checks = {c["name"]: c for c in report.summary()["claims"]["C"]["checks"]}
+    premise = checks["teacher in a linear probe stronger than the scratch ViT student"]
+    assert premise["passed"] == (teacher - scratch >= 0.02)
+    assert f"seed 0: teacher in a linear probe {teacher * 100:.2f} vs student {scratch * 100:.2f}" in premise["detail"]
     mto = next(section for section in report.sections if section.key == "D")
     (mto_table,) = [frame for kind, frame in mto.blocks if kind == "table"][:1]
     assert list(mto_table["objective"]) == params.pretrain.objectives

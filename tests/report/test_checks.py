@@ -37,6 +37,22 @@ def test_teacher_gap_passes_and_shows_the_worst_seed() -> None:
     assert check.detail == "seed 0: teacher 88.00 vs student 85.00 (+3.00 points, needs >= +2.00)"
 
 
+def test_teacher_gap_names_how_the_teacher_is_measured_and_against_whom() -> None:
+    # claim C: the self-supervised teacher's linear probe against the student trained from scratch with labels
+    check = teacher_gap(
+        {0: 0.8525, 1: 0.8640},
+        {0: 0.8474, 1: 0.8390},
+        minimum=0.02,
+        view="in a linear probe",
+        student_name="the scratch ViT student",
+    )
+    assert check == Check(
+        "teacher in a linear probe stronger than the scratch ViT student",
+        False,
+        "seed 0: teacher in a linear probe 85.25 vs student 84.74 (+0.51 points, needs >= +2.00)",
+    )
+
+
 def test_teacher_gap_boundary_and_no_data() -> None:
     assert teacher_gap({0: 0.3}, {0: 0.1}, minimum=0.2).passed  # 0.3 - 0.1 < 0.2 in floats, yet exactly at the bar
     assert teacher_gap({0: 0.3}, {0: 0.1001}, minimum=0.2).passed is False

@@ -95,18 +95,20 @@ def teacher_gap(
     student: dict[int, float],
     minimum: float,
     view: str = "",
+    student_name: str = "the no-KD student",
 ) -> Check:
-    """Whether the teacher is stronger than the student trained without KD, on every shared seed.
+    """Whether the teacher is stronger than the student trained without it, on every shared seed.
 
     Args:
         teacher: the teacher's top-1 (a fraction) per seed.
-        student: the no-KD student's top-1 per seed.
+        student: the top-1 per seed of the student trained without the teacher.
         minimum: the least teacher-minus-student gap, as a fraction (0.02 = 2 points).
-        view: what the teacher sees if not the whole image ("on MaskedKD's patches").
+        view: how the teacher is measured if not on the whole image ("on MaskedKD's patches").
+        student_name: what that student is.
     """
     teacher_name = f"teacher {view}" if view else "teacher"
     cases = _gaps({teacher_name: teacher}, student, "student", minimum)
-    return _verdict(f"{teacher_name} stronger than the no-KD student", cases)
+    return _verdict(f"{teacher_name} stronger than {student_name}", cases)
 
 
 @dataclass(frozen=True)

@@ -215,6 +215,13 @@ def section_task_agnostic(ctx: Context) -> Section:
             Test("EViT distilled - scratch", differences(top1[("evit", "scratch")], top1[("evit", rule.target)]), 0.0),
         ],
         [
+            teacher_gap(
+                ctx.model_metric(teacher, "top1") if teacher else {},
+                top1[("vit", "scratch")],
+                ctx.checks.teacher_gap,
+                view="in a linear probe",
+                student_name="the scratch ViT student",
+            ),
             Check(
                 "the teacher is larger than the student",
                 larger,
