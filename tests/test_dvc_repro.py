@@ -313,7 +313,8 @@ def test_mlflow_has_one_parent_with_a_nested_run_per_stage(smoke_repo: Path) -> 
     assert "mto.mae.mto_final_top1" in by_stage["evaluate"].data.metrics
     pretrained = by_stage["pretrain@mae-mto"]
     assert pretrained.data.tags["objective"] == "mae" and pretrained.data.tags["loss"] == "mto"
-    assert pretrained.data.params["pretrain.mto.spa_weight"] == "0.001"
+    spa_weight = profile_params("smoke", smoke_repo).pretrain.mto.spa_weight
+    assert pretrained.data.params["pretrain.mto.spa_weight"] == str(spa_weight)
     assert len(client.get_metric_history(pretrained.info.run_id, "probe_top1")) == 2
     assert len(client.get_metric_history(pretrained.info.run_id, "h_2")) == 2
 

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from maskprune.config import MTOSection
 from maskprune.errors import MaskpruneError
+from maskprune.profile import profile_params
 from tests.conftest import run
 
 pytestmark = pytest.mark.integration
@@ -125,7 +126,9 @@ def test_mto_ablation_runs_the_baseline_and_each_subset_as_experiments(
     rows = mto_ablation(objective="simmim", sets=["pretrain.train.train_limit=256"], losses=["e+r"])
     assert [r["losses"] for r in rows] == ["none", "L_e+L_r"]
     ablated = rows[1]
-    assert ablated["spa_weight"] == 0.0 and ablated["e_weight"] == ablated["r_weight"] == 0.1
+    mto = profile_params("smoke", smoke_repo).pretrain.mto
+    assert ablated["spa_weight"] == 0.0 and mto.spa_weight > 0  # the subset leaves L_spa out
+    assert (ablated["e_weight"], ablated["r_weight"]) == (mto.e_weight, mto.r_weight)
     # SimMIM's mask tokens are in the encoder: H of its input and of each of its 6 blocks
     assert {"rauc", "epochs_to_baseline_final", "minus_baseline", "rec_loss", "h_0", "h_6"} <= set(ablated)
     assert "h_7" not in ablated

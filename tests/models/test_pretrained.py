@@ -32,14 +32,13 @@ NAME = "deit_tiny_patch16_224.fb_in1k"
 FILE = "pretrained/deit_tiny.safetensors"
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # DeiT's (timm's IMAGENET_DEFAULT_MEAN/STD)
 DATA_STATS = {"mean": [0.3, 0.4, 0.5], "std": [0.2, 0.25, 0.3]}
+GRID = {"img_size": cpu_params().models.teacher.img_size, "patch_size": cpu_params().models.teacher.patch_size}
 
 
 def write_weights(root: Path, num_classes: int, in_chans: int = 3, seed: int = 0) -> Path:
-    """A DeiT-Tiny at 28px / patch 7 (the cpu profile's grid), random weights, as a timm safetensors file."""
+    """A DeiT-Tiny on the cpu profile's teacher grid, random weights, as a timm safetensors file."""
     torch.manual_seed(seed)
-    model = timm.create_model(
-        NAME, pretrained=False, img_size=28, patch_size=7, num_classes=num_classes, in_chans=in_chans
-    )
+    model = timm.create_model(NAME, pretrained=False, num_classes=num_classes, in_chans=in_chans, **GRID)
     path = root / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -129,10 +128,9 @@ def test_a_teacher_of_no_epochs_is_measured_and_saved_as_it_is(in_repo: Path, id
         NAME,
         pretrained=True,
         pretrained_cfg_overlay={"file": str(path), "num_classes": 10},
-        img_size=28,
-        patch_size=7,
         num_classes=10,
         in_chans=1,
+        **GRID,
     )
     grey = Normalizer([float(np.mean(IMAGENET[0]))], [float(np.mean(IMAGENET[1]))], 28, torch.device("cpu"))
     assert metrics["val_top1"] == top1(timm_model, data.splits["val"], grey, CPU, 256)

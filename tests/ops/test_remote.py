@@ -45,7 +45,9 @@ def tracked(repo: Path) -> dict[str, str]:
 
 def fresh_clone(origin: Path, dest: Path) -> Path:
     run(["git", "clone", "-q", str(origin), str(dest)], origin.parent)
-    assert not (dest / "models" / "teacher" / "model.safetensors").exists()
+    # the teachers are committed to git (trained once for every seed); the rest comes from the remote
+    assert (dest / "models" / "teacher" / "model.safetensors").exists()
+    assert not (dest / "models" / "finetune" / "full" / "model.safetensors").exists()
     return dest
 
 
