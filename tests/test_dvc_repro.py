@@ -106,8 +106,8 @@ def test_every_finetune_variant_trains_reports_cost_and_gets_an_occlusion_curve(
     expected = {  # arm -> (mean fraction of patches the student saw, teacher GMACs per image)
         "full": (1.0, None),  # labels only
         "full_kd": (1.0, full_teacher),
-        "masked_kd": (1.0, full_teacher * 25 / 50),  # teacher on [CLS] + 24 of 49 patches
-        "random_kd": (1.0, full_teacher * 25 / 50),  # as many patches, drawn at random
+        "masked_kd": (1.0, full_teacher * 37 / 50),  # teacher on [CLS] + 36 of 49 patches (keep 0.75)
+        "random_kd": (1.0, full_teacher * 37 / 50),  # as many patches, drawn at random
         "masked": (None, full_student),  # the student's keep ratio drawn per batch from {1, .75, .5, .25}
     }[variant]
     if expected[0] is not None:
@@ -300,7 +300,7 @@ def test_mlflow_has_one_parent_with_a_nested_run_per_stage(smoke_repo: Path) -> 
     assert len(client.get_metric_history(teacher.info.run_id, "val_top1")) == 2
     assert "evaluate" in by_stage and "teacher.top1" in by_stage["evaluate"].data.metrics
     masked_kd = by_stage["finetune@masked_kd"]
-    assert masked_kd.data.params["finetune.masked_kd.teacher_keep"] == "0.5"
+    assert masked_kd.data.params["finetune.masked_kd.teacher_keep"] == "0.75"
     assert {"val_top1", "teacher_gmacs_per_image", "teacher_throughput_ratio", "train_tflops"} <= set(
         masked_kd.data.metrics
     )
