@@ -7,8 +7,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test flow sweep seeds mto-ablation report bench server deploy worker ui dag profile-smoke \
-	profile-cpu profile-gpu profile-gpu-check
+.PHONY: setup run test flow sweep seeds mto-ablation report bench plan server deploy worker ui dag profile-smoke \
+	profile-cpu profile-gpu profile-gpu-check profile-paper
 
 setup:
 	@bash scripts/setup.sh
@@ -48,6 +48,12 @@ report: setup
 bench: setup
 	python -m benchmarks $(ARGS)
 
+## Before launching: images, GMACs and GPU-hours per stage of a profile on a benchmarked GPU; PROFILE=paper GPU=nvidia-h200
+PROFILE ?= paper
+GPU ?= nvidia-h200
+plan: setup
+	python -m maskprune.plan $(PROFILE) --gpu $(GPU)
+
 ## A Prefect server on 127.0.0.1:4200 (API and UI); others use it with PREFECT_API_URL=http://127.0.0.1:4200/api
 server: setup
 	prefect server start --host 127.0.0.1 --port 4200
@@ -70,5 +76,5 @@ ui: setup
 dag: setup
 	dvc dag
 
-profile-smoke profile-cpu profile-gpu profile-gpu-check: setup
+profile-smoke profile-cpu profile-gpu profile-gpu-check profile-paper: setup
 	python -m maskprune.profile $(@:profile-%=%)

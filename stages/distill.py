@@ -24,7 +24,8 @@ from maskprune.checkpoint import config_hash, model_meta, pretrained_digest, sav
 from maskprune.cli import run_stage
 from maskprune.config import DistillSection, Params
 from maskprune.data.storage import PreparedData, load_prepared
-from maskprune.layout import CHECKPOINTS_DIR, DistillVariant, prepared_dir
+from maskprune.launch import checkpoint_root
+from maskprune.layout import DistillVariant, prepared_dir
 from maskprune.measure import gmacs, top1
 from maskprune.models.loading import load_distill_teacher, normalizer_for
 from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
@@ -76,7 +77,7 @@ def distil(
         FeatureKDObjective(teacher, chosen.target, cfg.loss),
         runtime,
         params.seed,
-        root / CHECKPOINTS_DIR / "distill" / chosen.name,
+        checkpoint_root(params.runtime, root) / "distill" / chosen.name,
         digest,
         name=f"distill@{chosen.name}",
         normalize=normalizer_for(params.models.student, data.meta, runtime.device),
@@ -121,7 +122,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         ClassificationObjective(cfg.finetune.label_smoothing),
         runtime,
         params.seed,
-        root / CHECKPOINTS_DIR / "distill" / f"{chosen.name}-finetune",
+        checkpoint_root(params.runtime, root) / "distill" / f"{chosen.name}-finetune",
         config_hash(digest, cfg.finetune),
         name=f"distill@{chosen.name} finetune",
         normalize=normalize,
@@ -199,5 +200,13 @@ def record(params: Params, root: Path, variant: str) -> StageRecord:
     )
 
 
+def batch_sizes(params: Params, variant: str) -> dict[str, int]:
+    """The global batches of the distillation (none for `scratch`) and of the fine-tune."""
+    loops = {"distill.finetune.batch_size": params.distill.finetune.batch_size}
+    if DistillVariant.parse(variant).target != "scratch":
+        loops["distill.train.batch_size"] = params.distill.train.batch_size
+    return loops
+
+
 if __name__ == "__main__":
-    run_stage("distill", compute, record, variants=DistillVariant.parse)
+    run_stage("distill", compute, record, variants=DistillVariant.parse, batch_sizes=batch_sizes)

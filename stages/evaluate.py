@@ -41,8 +41,8 @@ from maskprune.data.sources import sha256_of
 from maskprune.data.splits import stratified_indices
 from maskprune.data.storage import PreparedData, Split, load_prepared
 from maskprune.errors import MaskpruneError
+from maskprune.launch import checkpoint_root
 from maskprune.layout import (
-    CHECKPOINTS_DIR,
     DISTILL_DIR,
     EVALUATE_FILE,
     FINETUNE_DIR,
@@ -300,7 +300,7 @@ def undeclared_outputs(root: Path, params: Params) -> list[Path]:
         for folder in sorted(p for p in (root / family).glob("*") if p.is_dir()):
             relative = folder.relative_to(root / MODELS_DIR)
             if relative.as_posix() not in declared and any(folder.rglob("meta.json")):
-                found += [path for path in (folder, root / CHECKPOINTS_DIR / relative) if path.exists()]
+                found += [path for path in (folder, checkpoint_root(params.runtime, root) / relative) if path.exists()]
     return found
 
 

@@ -31,7 +31,8 @@ from maskprune.cli import run_stage
 from maskprune.config import FINETUNE_VARIANTS, EvaluateSection, FinetuneSection, Params
 from maskprune.data.storage import PreparedData, load_prepared
 from maskprune.errors import MaskpruneError
-from maskprune.layout import CHECKPOINTS_DIR, FINETUNE_DIR, prepared_dir
+from maskprune.launch import checkpoint_root
+from maskprune.layout import FINETUNE_DIR, prepared_dir
 from maskprune.masking import HybridRatios
 from maskprune.measure import gmacs, paired_throughput
 from maskprune.models.loading import init_student, load_init, load_teacher, normalizer_for
@@ -137,7 +138,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         objective,
         runtime,
         params.seed,
-        root / CHECKPOINTS_DIR / "finetune" / variant,
+        checkpoint_root(params.runtime, root) / "finetune" / variant,
         digest,
         name=f"finetune@{variant}",
         normalize=normalizer_for(params.models.student, data.meta, runtime.device),
@@ -221,5 +222,9 @@ def record(params: Params, root: Path, variant: str) -> StageRecord:
     )
 
 
+def batch_sizes(params: Params, variant: str) -> dict[str, int]:
+    return {"finetune.train.batch_size": params.finetune.train.batch_size}
+
+
 if __name__ == "__main__":
-    run_stage("finetune", compute, record, variants=FINETUNE_VARIANTS)
+    run_stage("finetune", compute, record, variants=FINETUNE_VARIANTS, batch_sizes=batch_sizes)

@@ -31,7 +31,8 @@ from maskprune.cli import run_stage
 from maskprune.config import FinetuneTrain, Params
 from maskprune.data.storage import PreparedData, load_prepared
 from maskprune.errors import MaskpruneError
-from maskprune.layout import CHECKPOINTS_DIR, DISTILL_TEACHER_DIR, MODELS_DIR, PretrainVariant, prepared_dir
+from maskprune.launch import checkpoint_root
+from maskprune.layout import DISTILL_TEACHER_DIR, MODELS_DIR, PretrainVariant, prepared_dir
 from maskprune.masking import random_keep_idx
 from maskprune.measure import gmacs
 from maskprune.models.loading import normalizer_for
@@ -159,7 +160,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         objective,
         runtime,
         job.seed,
-        root / CHECKPOINTS_DIR / job.folder.relative_to(MODELS_DIR),
+        checkpoint_root(params.runtime, root) / job.folder.relative_to(MODELS_DIR),
         digest,
         name=job.name,
         normalize=probe.normalize,
@@ -245,5 +246,11 @@ def record(params: Params, root: Path, variant: str) -> StageRecord:
     )
 
 
+def batch_sizes(params: Params, variant: str) -> dict[str, int]:
+    """The global batch of the pre-training run `variant`."""
+    key = "distill.teacher_train" if variant == "teacher" else "pretrain.train"
+    return {f"{key}.batch_size": pretrain_job(params, variant).train.batch_size}
+
+
 if __name__ == "__main__":
-    run_stage("pretrain", compute, record, variants=parse_variant)
+    run_stage("pretrain", compute, record, variants=parse_variant, batch_sizes=batch_sizes)

@@ -21,7 +21,8 @@ from maskprune.checkpoint import config_hash, model_meta, save_model
 from maskprune.cli import run_stage
 from maskprune.config import Params
 from maskprune.data.storage import load_prepared
-from maskprune.layout import CHECKPOINTS_DIR, PruneVariant, prepared_dir
+from maskprune.launch import checkpoint_root
+from maskprune.layout import PruneVariant, prepared_dir
 from maskprune.measure import gmacs
 from maskprune.models.loading import load_init, load_teacher, normalizer_for
 from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
@@ -86,7 +87,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         objective,
         runtime,
         params.seed,
-        root / CHECKPOINTS_DIR / "prune" / chosen.name,
+        checkpoint_root(params.runtime, root) / "prune" / chosen.name,
         digest,
         name=f"prune@{chosen.name}",
         normalize=normalizer_for(params.models.student, data.meta, runtime.device),
@@ -164,5 +165,9 @@ def record(params: Params, root: Path, variant: str) -> StageRecord:
     )
 
 
+def batch_sizes(params: Params, variant: str) -> dict[str, int]:
+    return {"prune.train.batch_size": params.prune.train.batch_size}
+
+
 if __name__ == "__main__":
-    run_stage("prune", compute, record, variants=PruneVariant.parse)
+    run_stage("prune", compute, record, variants=PruneVariant.parse, batch_sizes=batch_sizes)

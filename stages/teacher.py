@@ -24,7 +24,8 @@ from maskprune.cli import run_stage
 from maskprune.config import Params
 from maskprune.data.loader import Normalizer
 from maskprune.data.storage import PreparedData, load_prepared
-from maskprune.layout import CHECKPOINTS_DIR, TEACHER_DIR, prepared_dir
+from maskprune.launch import checkpoint_root
+from maskprune.layout import TEACHER_DIR, prepared_dir
 from maskprune.measure import top1
 from maskprune.models.loading import init_teacher, normalizer_for
 from maskprune.objectives.classification import ClassificationObjective
@@ -63,7 +64,7 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
             ClassificationObjective(cfg.label_smoothing),
             runtime,
             cfg.seed,
-            root / CHECKPOINTS_DIR / "teacher",
+            checkpoint_root(params.runtime, root) / "teacher",
             digest,
             name="teacher",
             normalize=normalize,
@@ -116,5 +117,10 @@ def record(params: Params, root: Path) -> StageRecord:
     )
 
 
+def batch_sizes(params: Params, variant: None) -> dict[str, int]:
+    """The global batch the teacher trains with (none for a teacher used as it is)."""
+    return {"teacher.batch_size": params.teacher.batch_size} if params.teacher.epochs else {}
+
+
 if __name__ == "__main__":
-    run_stage("teacher", compute, record)
+    run_stage("teacher", compute, record, batch_sizes=batch_sizes)

@@ -7,11 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from maskprune.config import PROFILES, FinetuneTrain, KDSection, ModelSpec, Params, load_params, validate_params
 from maskprune.errors import MaskpruneError
+from maskprune.measure import gmacs
+from maskprune.models.vit import build_model
 from maskprune.profile import deep_merge, main, profile_params, read_profile, render
 from tests.conftest import REPO, cpu_params
 
@@ -21,7 +24,11 @@ NEUTRAL = {
     "data.seed",
     "teacher.seed",
     *(f"models.{m}.{key}" for m in ("student", "teacher") for key in ("pretrained_file", "normalize")),
-    *(f"runtime.{key}" for key in ("device", "threads", "amp", "compile", "progress", "loader_workers")),
+    *(
+        f"runtime.{key}"
+        for key in ("device", "threads", "amp", "compile", "progress", "loader_workers")
+        + ("nproc_per_node", "nnodes", "rdzv_endpoint", "max_restarts", "checkpoint_dir")
+    ),
     *(f"tracking.{key}" for key in ("enabled", "uri", "experiment", "required", "registered_model", "model_alias")),
     *(f"{section}.kd.{key}" for section in ("finetune", "prune") for key in ("temperature", "kind")),
     "prune.locations",
@@ -150,3 +157,13 @@ def test_a_bad_overlay_is_one_line_naming_it(tmp_path: Path, capsys: pytest.Capt
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and re.match(message, err), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("role", "gmacs_printed"), [("student", 4.6), ("teacher", 17.6)])
+def test_the_paper_profile_builds_the_papers_models_at_their_cost(role: str, gmacs_printed: float) -> None:
+    """DeiT-S and DeiT-B at 224 px cost what MaskedKD, EViT and DynamicViT print (GMACs, to 0.1)."""
+    params = profile_params("paper", REPO)
+    spec = getattr(params.models, role)
+    model = build_model(spec, num_classes=1000, in_chans=3, weights=False)
+    assert round(gmacs(model, torch.zeros(1, 3, spec.img_size, spec.img_size)), 1) == gmacs_printed
+    assert params.data.format == "imagefolder" and params.data.image_size == 224 and params.data.storage == "shards"

@@ -22,7 +22,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from maskprune.errors import MaskpruneError
 from maskprune.masking import Criterion, HybridRatios, check_keep_ratio
@@ -30,7 +39,7 @@ from maskprune.masking import Criterion, HybridRatios, check_keep_ratio
 PARAMS_FILE = "params.yaml"
 PRETRAINED_DIR = "pretrained"  # the tracked folder of local pretrained weights (a DVC dependency)
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-ProfileName = Literal["smoke", "cpu", "gpu", "gpu-check"]
+ProfileName = Literal["smoke", "cpu", "gpu", "gpu-check", "paper"]
 PROFILES: tuple[str, ...] = get_args(ProfileName)
 REGENERATE = "run `python -m maskprune.profile {profile}` or add {it}: DVC must see every parameter"
 
@@ -166,6 +175,16 @@ class RuntimeSection(Section):
         description="sharded data: decoding processes per training process; 0 = auto: on CUDA cores / processes "
         "(at most 8), on a CPU none (decoded in the training process, measured faster there)",
     )
+    nproc_per_node: Literal["auto"] | PositiveInt = Field(
+        "auto",
+        description="training processes per machine (torchrun, DDP); auto = every visible GPU, 1 on a CPU",
+    )
+    nnodes: PositiveInt = Field(1, description="machines that train one stage together (each runs the same command)")
+    rdzv_endpoint: str = Field("", description="host:port of torchrun's c10d rendezvous; needed with nnodes > 1")
+    max_restarts: NonNegativeInt = Field(
+        0, description="torchrun restarts every process this often after a failure; each resumes from its checkpoint"
+    )
+    checkpoint_dir: str = Field("", description="'' = <repo>/checkpoints; with nnodes > 1 a folder every machine sees")
 
 
 class TrackingSection(Section):

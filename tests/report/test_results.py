@@ -21,6 +21,12 @@ def test_seeds_compare_only_on_keys_that_change_results() -> None:
     }
     assert differing_keys(a, b) == ["prune.keep_rates"]
     assert differing_keys(a, {**a, "seed": 5}) == []
+    # how many processes, machines and loader workers ran a seed, and a seed collected before those keys existed
+    launched = {
+        **a,
+        "runtime": {"progress": "auto", "nproc_per_node": 8, "nnodes": 2, "loader_workers": 6, "amp": "bf16"},
+    }
+    assert differing_keys(a, launched) == ["runtime.amp"]
 
 
 def _seed_root(root: Path, seed: int, teacher: str | None, distill_teacher: str = "d" * 64) -> Path:

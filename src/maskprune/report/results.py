@@ -24,9 +24,22 @@ from maskprune.errors import MaskpruneError
 from maskprune.layout import EVALUATE_FILE, MODELS_DIR, SEEDS_DIR
 from maskprune.tracking.runs import flatten
 
-# NOTE: keys that cannot change a result (or are the seed itself) do not make seeds incomparable
-# (the report's decision rules and checks are not: they were fixed before the seeds ran)
-NEUTRAL_KEYS = ("seed", "tracking.", "runtime.progress", "runtime.threads", "report.confidence")
+# NOTE: keys that cannot change a result beyond float nondeterminism (or are the seed itself) do not
+# make seeds incomparable: how many processes and loader workers ran it, on how many machines (the
+# report's decision rules and checks do: they were fixed before the seeds ran)
+NEUTRAL_KEYS = (
+    "seed",
+    "tracking.",
+    "runtime.progress",
+    "runtime.threads",
+    "runtime.loader_workers",
+    "runtime.nproc_per_node",
+    "runtime.nnodes",
+    "runtime.rdzv_endpoint",
+    "runtime.max_restarts",
+    "runtime.checkpoint_dir",
+    "report.confidence",
+)
 # the models every seed shares by design (they have seeds of their own: teacher.seed, distill.teacher_train)
 SHARED_MODELS = ("teacher", "distill_teacher")
 
