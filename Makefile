@@ -58,16 +58,23 @@ plan: setup
 server: setup
 	prefect server start --host 127.0.0.1 --port 4200
 
-## With PREFECT_API_URL set: a process work pool, the gpu concurrency limit (GPUS slots), every deployment in prefect.yaml
-GPUS ?= 1
+## With PREFECT_API_URL set: the process work pools maskprune and maskprune-gpus, every deployment in prefect.yaml
 deploy: setup
 	prefect work-pool create maskprune --type process --overwrite
-	prefect concurrency-limit create gpu $(GPUS)
+	prefect work-pool create maskprune-gpus --type process --overwrite
 	prefect --no-prompt deploy --all
 
-## A process worker on the pool: it runs the deployments' flow runs in this repository
+## A process worker on POOL, after setting this machine's GPU limit (gpus-<hostname>) to GPUS slots.
+## maskprune runs the deployments in this repository; maskprune-gpus runs `gpus` in a clone of its commit.
+## maskprune-gpus clones into MASKPRUNE_WORKER_DIR (default ~/maskprune-runs), one folder per commit.
+POOL ?= maskprune
+GPUS ?= 1
+export MASKPRUNE_WORKER_DIR ?= $(HOME)/maskprune-runs
 worker: setup
-	prefect worker start --pool maskprune
+	mkdir -p "$$MASKPRUNE_WORKER_DIR"
+	limit=$$(python -c 'from flows.gpu_slots import gpu_limit; print(gpu_limit())') && \
+	  { prefect gcl update $$limit --limit $(GPUS) >/dev/null 2>&1 || prefect gcl create $$limit --limit $(GPUS); }
+	prefect worker start --pool $(POOL)
 
 ## The MLflow UI on the default store, at http://127.0.0.1:5000
 ui: setup

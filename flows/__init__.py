@@ -1,12 +1,16 @@
 """Prefect flows over the DVC pipeline.
 
 Telemetry is off and Prefect's temporary server has time to start, unless the user sets otherwise.
+The flows import the maskprune package of their own checkout: a worker runs them from its clone at
+the deployed commit, whatever maskprune its environment installed (the stages, started by DVC with
+`PYTHONPATH=src`, do the same).
 """
 
 import os
+import sys
+from pathlib import Path
 
-from maskprune.errors import MaskpruneError
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 for _name, _value in (
     ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
     ("DO_NOT_TRACK", "1"),
@@ -18,8 +22,6 @@ for _name, _value in (
 ):
     os.environ.setdefault(_name, _value)
 
-GPU_TAG = "gpu"  # tasks that hold a GPU; `prefect concurrency-limit create gpu <GPUs>` caps them
-
 
 def check_prefect_api() -> None:
     """With PREFECT_API_URL set, its server must answer (else one line naming the variable)."""
@@ -27,6 +29,8 @@ def check_prefect_api() -> None:
     if not api:
         return
     import requests
+
+    from maskprune.errors import MaskpruneError
 
     try:
         requests.get(api.rstrip("/") + "/health", timeout=5).raise_for_status()

@@ -22,8 +22,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows import GPU_TAG
 from flows.dvc_runner import run_dvc
+from flows.gpu_slots import gpus_of, holding_gpus
 from maskprune import atomic
 from maskprune.config import find_repo_root, load_params
 from maskprune.errors import MaskpruneError
@@ -31,13 +31,17 @@ from maskprune.layout import SWEEPS_DIR
 from maskprune.tracking.runs import FLOW_RUN_ENV, PARENT_ENV, Tracker, pipeline_run
 
 
-@task(retries=0, cache_policy=NO_CACHE, task_run_name="experiment {name}", tags=[GPU_TAG])
-def run_experiment(name: str, stage: str, sets: list[str], root: str, env: dict[str, str], queue: bool = False) -> None:
-    """One DVC experiment of `stage` with `sets` (`-S key=value`), queued instead of run with `queue`."""
+@task(retries=0, cache_policy=NO_CACHE, task_run_name="experiment {name}")
+def run_experiment(
+    name: str, stage: str, sets: list[str], root: str, env: dict[str, str], gpus: int, queue: bool = False
+) -> None:
+    """One DVC experiment of `stage` with `sets` (`-S key=value`), queued instead of run with `queue`
+    (which trains nothing, so holds no GPU)."""
     args = ["exp", "run", "--queue" if queue else "--temp", "-n", name, stage]
     for item in sets:
         args += ["-S", item]
-    run_dvc(args, root, env)
+    with holding_gpus(0 if queue else gpus):
+        run_dvc(args, root, env)
 
 
 def threads_per_job(env: dict[str, str], jobs: int, cpus: int | None = None) -> dict[str, str]:
@@ -52,9 +56,11 @@ def threads_per_job(env: dict[str, str], jobs: int, cpus: int | None = None) -> 
     return {**env, "OMP_NUM_THREADS": str(max(1, (cpus or os.cpu_count() or 1) // jobs))}
 
 
-@task(cache_policy=NO_CACHE, task_run_name="dvc queue ({jobs} jobs)", tags=[GPU_TAG])
-def run_queue(root: str, env: dict[str, str], jobs: int) -> None:
-    run_dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], root, threads_per_job(env, jobs))
+@task(cache_policy=NO_CACHE, task_run_name="dvc queue ({jobs} jobs)")
+def run_queue(root: str, env: dict[str, str], jobs: int, gpus: int) -> None:
+    """The queued experiments, `jobs` at a time, each on `gpus` GPUs."""
+    with holding_gpus(jobs * gpus):
+        run_dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], root, threads_per_job(env, jobs))
 
 
 def positive(text: str) -> int:
@@ -123,10 +129,11 @@ def run_sweep(
     the table's path relative to the repository, and the table.
     """
     with sweep_run(prefix, source) as (root, sweep, env, parent):
+        gpus = gpus_of(load_params(root / "params.yaml").runtime)
         for suffix, stage, overrides in runs:
-            run_experiment(f"{sweep}-{suffix}", stage, overrides, str(root), env, queue=jobs > 1)
+            run_experiment(f"{sweep}-{suffix}", stage, overrides, str(root), env, gpus, queue=jobs > 1)
         if jobs > 1:
-            run_queue(str(root), env, jobs)
+            run_queue(str(root), env, jobs, gpus)
         table = tabulate(root, sweep)
         out = write_table(root, sweep, table, parent)
     return sweep, out.relative_to(root), table

@@ -6,9 +6,10 @@
 
 Each task runs `dvc repro --single-item <stage>` in topological order, so the repository lock is
 never contended and DVC's own change detection is the only cache (Prefect caching is off). The
-flow opens the MLflow parent run and hands its id to every stage through the environment. Tasks of
-stages that train or measure on the accelerator carry the tag `gpu`, so a Prefect concurrency
-limit on that tag (one slot per GPU) keeps two runs off one GPU; prepare and report do not.
+flow opens the MLflow parent run and hands its id to every stage through the environment. The task
+of a training stage holds one of this machine's GPU slots per process the stage starts (it
+relaunches itself under torchrun for `runtime.nproc_per_node` > 1), evaluate holds one, prepare and
+report none (flows.gpu_slots), so two flow runs never share a GPU.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows import GPU_TAG, check_prefect_api
+from flows import check_prefect_api
 from flows.dvc_runner import DVC, run_dvc
-from maskprune.config import find_repo_root, load_params
+from flows.gpu_slots import gpus_of, holding_gpus
+from maskprune.config import Params, find_repo_root, load_params
 from maskprune.errors import exit_on_user_error
 from maskprune.tracking.runs import FLOW_RUN_ENV, PARENT_ENV, pipeline_run
 
 CPU_STAGES = ("prepare", "report")
+ONE_PROCESS_STAGES = ("evaluate",)  # measures on one GPU; the others train, as runtime.nproc_per_node says
 _EDGE = re.compile(r'^"(?P<src>[^"]+)" -> "(?P<dst>[^"]+)";$')
 _NODE = re.compile(r'^"(?P<name>[^"]+)";$')
 
@@ -53,14 +56,19 @@ def stage_order(root: Path, target: str | None = None) -> list[str]:
     return list(graphlib.TopologicalSorter(stage_graph(root, target)).static_order())
 
 
-def uses_gpu(stage: str) -> bool:
-    return stage.partition("@")[0] not in CPU_STAGES
+def stage_gpus(stage: str, params: Params) -> int:
+    """GPU slots the stage's run holds on this machine."""
+    family = stage.partition("@")[0]
+    if family in CPU_STAGES:
+        return 0
+    return 1 if family in ONE_PROCESS_STAGES else gpus_of(params.runtime)
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, task_run_name="dvc repro {stage}")
-def repro_stage(stage: str, root: str, env: dict[str, str], force: bool = False) -> str:
-    """Run one stage through DVC; its output goes to the Prefect log."""
-    lines = run_dvc(["repro", "--single-item", *(["--force"] if force else []), stage], root, env)
+def repro_stage(stage: str, root: str, env: dict[str, str], force: bool = False, gpus: int = 0) -> str:
+    """Run one stage through DVC, holding `gpus` GPU slots; its output goes to the Prefect log."""
+    with holding_gpus(gpus):
+        lines = run_dvc(["repro", "--single-item", *(["--force"] if force else []), stage], root, env)
     return "skipped" if any("didn't change, skipping" in ln for ln in lines) else "ran"
 
 
@@ -76,8 +84,7 @@ def pipeline(stage: str | None = None, force: bool = False) -> dict[str, str]:
         if parent is not None:
             env[PARENT_ENV] = parent[1]
         for name in stage_order(root, stage):
-            step = repro_stage.with_options(tags={GPU_TAG}) if uses_gpu(name) else repro_stage
-            outcome[name] = step(name, str(root), env, force)
+            outcome[name] = repro_stage(name, str(root), env, force, stage_gpus(name, params))
     print(f"pipeline done: {outcome}")
     return outcome
 

@@ -38,9 +38,10 @@ import yaml
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import GPU_TAG, check_prefect_api
+from flows import check_prefect_api
 from flows.dvc_runner import DVC, run_dvc
 from flows.experiments import add_experiment_options, sweep_run, threads_per_job
+from flows.gpu_slots import gpus_of, holding_gpus
 from flows.pipeline import stage_graph, stage_order
 from maskprune import atomic
 from maskprune.checkpoint import train_progress
@@ -206,22 +207,25 @@ def collect(root: Path, ws: Path, seed: int) -> Path:
     return target
 
 
-@task(cache_policy=NO_CACHE, task_run_name="shared stages", tags=[GPU_TAG])
-def train_shared(root: str, stages: list[str], env: dict[str, str]) -> None:
+@task(cache_policy=NO_CACHE, task_run_name="shared stages")
+def train_shared(root: str, stages: list[str], env: dict[str, str], gpus: int) -> None:
     """The stages every seed shares, in this workspace (DVC skips them when they are up to date)."""
-    run_dvc(["repro", *stages], root, env)
+    with holding_gpus(gpus):
+        run_dvc(["repro", *stages], root, env)
 
 
-@task(cache_policy=NO_CACHE, task_run_name="train seed {seed}", tags=[GPU_TAG])
-def train_seed(seed: int, ws: str, env: dict[str, str]) -> None:
+@task(cache_policy=NO_CACHE, task_run_name="train seed {seed}")
+def train_seed(seed: int, ws: str, env: dict[str, str], gpus: int) -> None:
     """Every stage before evaluate in the seed's workspace (DVC skips the finished ones)."""
     stages = [stage for stage in stage_order(Path(ws), EVALUATE) if stage != EVALUATE]
-    run_dvc(["repro", *stages], ws, env)
+    with holding_gpus(gpus):
+        run_dvc(["repro", *stages], ws, env)
 
 
-@task(cache_policy=NO_CACHE, task_run_name="evaluate seed {seed}", tags=[GPU_TAG])
+@task(cache_policy=NO_CACHE, task_run_name="evaluate seed {seed}")
 def evaluate_seed(seed: int, ws: str, env: dict[str, str]) -> None:
-    run_dvc(["repro", EVALUATE], ws, env)
+    with holding_gpus(1):
+        run_dvc(["repro", EVALUATE], ws, env)
 
 
 def check_seeds(root: Path, seeds: list[int]) -> None:
@@ -242,7 +246,8 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
     with sweep_run("seeds", "prefect seeds") as (root, _, env, _):
         shared = shared_stages(root)
         print(f"stages every seed shares, brought up to date here once: {', '.join(shared)}")
-        train_shared(str(root), shared, env)
+        gpus = gpus_of(load_params(root / PARAMS_FILE).runtime)
+        train_shared(str(root), shared, env, gpus)
         workspaces = {seed: prepare_workspace(root, seed) for seed in seeds}
         whole = {}  # seeds this run trains from their first stage: their times are a seed's whole cost
         for seed, ws in workspaces.items():
@@ -255,7 +260,7 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
         for start in range(0, len(seeds), jobs):
             batch = seeds[start : start + jobs]
             began = time.perf_counter()
-            futures = {seed: train_seed.submit(seed, str(workspaces[seed]), training) for seed in batch}
+            futures = {seed: train_seed.submit(seed, str(workspaces[seed]), training, gpus) for seed in batch}
             for seed, future in futures.items():
                 future.wait()
                 if future.state.is_failed():

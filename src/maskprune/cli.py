@@ -96,6 +96,7 @@ def _run(
         # NOTE: every stage run carries these, so the MLflow compare view lines runs up by them
         logged.tags = {
             "seed": str(params.seed),
+            "processes": os.environ.get("WORLD_SIZE", "1"),  # NOTE: torchrun's, in its workers
             **({"variant": args.variant} if variants else {}),
             **logged.tags,
         }

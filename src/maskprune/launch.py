@@ -50,6 +50,14 @@ def uses_cuda(cfg: RuntimeSection) -> bool:
     return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
 
 
+def processes_per_node(cfg: RuntimeSection, visible_gpus: int, cuda: bool) -> int:
+    """Training processes a stage starts on each machine: `nproc_per_node`, where auto is every
+    visible GPU (one process without CUDA)."""
+    if cfg.nproc_per_node != "auto":
+        return cfg.nproc_per_node
+    return visible_gpus if cuda else 1
+
+
 def plan_launch(
     cfg: RuntimeSection,
     batch_sizes: Mapping[str, int],
@@ -66,8 +74,7 @@ def plan_launch(
         cuda: whether the stage trains on CUDA.
         scheduled: a cluster's scheduler (Slurm, Kubernetes) starts the machines and names the rendezvous.
     """
-    every = visible_gpus if cuda else 1
-    nproc = every if cfg.nproc_per_node == "auto" else cfg.nproc_per_node
+    nproc = processes_per_node(cfg, visible_gpus, cuda)
     if cuda and nproc > visible_gpus:
         raise MaskpruneError(
             f"runtime.nproc_per_node is {nproc} but this machine shows {visible_gpus} GPUs; "

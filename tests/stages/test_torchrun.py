@@ -85,7 +85,7 @@ def test_dvc_repro_with_two_processes_ends_as_one_process_does(smoke_repo: Path,
     runs = MlflowClient(store).search_runs(
         [e.experiment_id for e in MlflowClient(store).search_experiments()], f"tags.`maskprune.stage` = '{stage}'"
     )
-    assert len(runs) == 1  # rank 0's, not one per process
+    assert len(runs) == 1 and runs[0].data.tags["processes"] == "2"  # rank 0's, not one per process
 
 
 def test_two_machines_train_one_stage_through_a_rendezvous(smoke_repo: Path, tmp_path: Path) -> None:
