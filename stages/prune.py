@@ -40,6 +40,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
     started = time.perf_counter()
     seed_everything(params.seed)
     cfg = params.prune
+    train = cfg.train_for(chosen.method)
     data = load_prepared(root / prepared_dir(params.data.name), workers=runtime.loader_workers).limit_train(
         cfg.train.train_limit, params.seed
     )
@@ -57,12 +58,12 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
     view = TeacherView(teacher)
     backbone_lr = None
     if chosen.method == "evit":
-        objective: Any = EViTObjective(model, view, cfg.kd, cfg.train.label_smoothing, cfg.evit.keep_warmup_epochs)
+        objective: Any = EViTObjective(model, view, cfg.kd, train.label_smoothing, cfg.evit.keep_warmup_epochs)
         method_cfg: Any = cfg.evit
     else:
         method_cfg = cfg.dynamicvit
         objective = DynamicViTObjective(
-            chosen.keep_rate, view, unpruned, method_cfg, cfg.kd.temperature, cfg.train.label_smoothing
+            chosen.keep_rate, view, unpruned, method_cfg, cfg.kd.temperature, train.label_smoothing
         )
         backbone_lr = BackboneLR(("score_predictor.",), method_cfg.backbone_lr_scale, method_cfg.freeze_epochs)
         for frozen in (model.cls_token, model.pos_embed):  # NOTE: frozen in DynamicViT's recipe
@@ -72,7 +73,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
         params.models.student,
         spec.to_meta(),
         init_meta.get("config_hash", ""),
-        cfg.train,
+        train,
         cfg.kd,
         method_cfg,
         teacher_hash,
@@ -83,7 +84,7 @@ def compute(params: Params, root: Path, runtime: Runtime, variant: str) -> None:
     history = fit(
         model,
         data,
-        cfg.train,
+        train,
         objective,
         runtime,
         params.seed,
@@ -152,7 +153,7 @@ def record(params: Params, root: Path, variant: str) -> StageRecord:
                 "init": chosen.init,
                 "keep_rate": chosen.keep_rate,
                 "locations": cfg.locations,
-                "train": cfg.train.model_dump(),
+                "train": cfg.train_for(chosen.method).model_dump(),
                 "kd": cfg.kd.model_dump(),
                 chosen.method: getattr(cfg, chosen.method).model_dump(),
             },

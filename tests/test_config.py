@@ -60,11 +60,16 @@ BAD = [
     (full(teacher={"lr": -1.0}), "teacher.lr: Input should be greater than 0"),
     (full(data={"format": "parquet"}), "data.format: Input should be 'idx', 'cifar10', 'imagefolder' or 'webdataset'"),
     (full(data={"val_fraction": 1.5}), "data.val_fraction: Input should be less than 1"),
-    (full(profile="laptop"), "profile: Input should be 'smoke', 'cpu', 'gpu' or 'gpu-check'"),
+    (full(profile="laptop"), "profile: Input should be 'smoke', 'cpu', 'gpu', 'gpu-check' or 'paper'"),
     (full(models={"teacher": {"name": "vit_tiny_patch16_24"}}), "did you mean vit_tiny_patch16_224"),
     (full(models={"student": {"patch_size": 5}}), "img_size 28 is not a multiple of patch_size 5"),
     (full(models={"teacher": {"img_size": 56}}), "student and teacher patch grids differ"),
     (full(teacher={"min_lr": 1.0}), "min_lr 1.0 is larger than lr 0.001"),
+    (
+        full(prune={"evit": {"train": {"epochs": 3.0}}}),
+        "evit.train sets epochs; a method may set only lr, min_lr, weight_decay, warmup_epochs",
+    ),
+    (full(prune={"dynamicvit": {"train": {"min_lr": 1.0}}}), "min_lr 1.0 is larger than lr 0.001"),
     (full(evaluate={"occlusion_drop": [0.5, 0.1]}), "fractions must be strictly increasing"),
     (full(evaluate={"occlusion_drop": [0.0, 1.0]}), "fractions must lie in [0, 1)"),
     (full(runtime={"device": "tpu"}), "runtime.device: Input should be 'auto', 'cpu' or 'cuda'"),
@@ -233,3 +238,10 @@ def test_a_range_error_names_its_value_once() -> None:
     with pytest.raises(MaskpruneError) as err:
         validate_params(params)
     assert str(err.value) == "params.yaml: prune.keep_rates: keep ratio must lie in (0, 1], got 1.5"
+
+
+def test_a_pruning_method_trains_with_its_own_optimiser_values_over_prune_train() -> None:
+    cfg = validate_params(full(prune={"evit": {"train": {"lr": 2e-5, "min_lr": 2e-6}}})).prune
+    evit, dynamicvit = cfg.train_for("evit"), cfg.train_for("dynamicvit")
+    assert (evit.lr, evit.min_lr) == (2e-5, 2e-6) and dynamicvit == cfg.train
+    assert evit.model_dump() == {**cfg.train.model_dump(), "lr": 2e-5, "min_lr": 2e-6}

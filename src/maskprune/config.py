@@ -300,9 +300,16 @@ class FinetuneSection(Section):
         return value
 
 
+# NOTE: the keys a pruning method may set apart from prune.train: its optimiser's, never the data it
+# sees or for how long, so the methods' arms stay comparable (EViT fine-tunes at lr 2e-5, DynamicViT at 1e-3)
+METHOD_TRAIN_KEYS = ("lr", "min_lr", "weight_decay", "warmup_epochs")
+METHOD_TRAIN = Field(description=f"this method's own values of prune.train's {', '.join(METHOD_TRAIN_KEYS)}")
+
+
 class EViTSection(Section):
     fuse_token: bool = Field(description="sum the dropped tokens into one, weighted by [CLS] attention")
     keep_warmup_epochs: float = Field(ge=0.0, description="cosine warm-up of the keep rate from 1.0")
+    train: dict[str, float] = METHOD_TRAIN
 
 
 class DynamicViTSection(Section):
@@ -311,6 +318,7 @@ class DynamicViTSection(Section):
     token_weight: float = Field(ge=0.0, description="weight of the kept-token MSE to the unpruned init")
     backbone_lr_scale: float = Field(gt=0.0, le=1.0, description="backbone lr / scorer lr")
     freeze_epochs: float = Field(ge=0.0, description="backbone lr is 0 for these epochs")
+    train: dict[str, float] = METHOD_TRAIN
 
 
 class PruneSection(Section):
@@ -358,6 +366,23 @@ class PruneSection(Section):
         if any(v < 0 for v in values) or values != sorted(set(values)):
             raise ValueError(f"give strictly increasing 0-indexed block numbers, got {values}")
         return values
+
+    @model_validator(mode="after")
+    def _method_train(self) -> PruneSection:
+        for method in ("evit", "dynamicvit"):
+            unknown = sorted(set(getattr(self, method).train) - set(METHOD_TRAIN_KEYS))
+            if unknown:
+                raise ValueError(
+                    f"{method}.train sets {', '.join(unknown)}; a method may set only {', '.join(METHOD_TRAIN_KEYS)} "
+                    "(the rest of prune.train is every method's)"
+                )
+            self.train_for(method)  # NOTE: its values pass prune.train's checks
+        return self
+
+    def train_for(self, method: str) -> FinetuneTrain:
+        """prune.train with `method`'s own optimiser values."""
+        overrides = getattr(self, method).train
+        return FinetuneTrain.model_validate({**self.train.model_dump(), **overrides}) if overrides else self.train
 
 
 class ProbeSection(Section):
