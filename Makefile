@@ -7,7 +7,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test flow sweep seeds mto-ablation report bench plan server deploy worker ui dag profile-smoke \
+.PHONY: setup run test flow sweep seeds mto-ablation report bench plan server deploy deploy-gpus worker ui dag profile-smoke \
 	profile-cpu profile-gpu profile-gpu-check profile-paper
 
 setup:
@@ -58,11 +58,16 @@ plan: setup
 server: setup
 	prefect server start --host 127.0.0.1 --port 4200
 
-## With PREFECT_API_URL set: the process work pools maskprune and maskprune-gpus, every deployment in prefect.yaml
+## With PREFECT_API_URL set: the process work pool maskprune and the deployments that run in this folder
+LOCAL_DEPLOYMENTS := nightly seeds maskedkd mto-ablation
 deploy: setup
 	prefect work-pool create maskprune --type process --overwrite
+	prefect --no-prompt deploy $(foreach name,$(LOCAL_DEPLOYMENTS),--name $(name))
+
+## With PREFECT_API_URL set: the pool maskprune-gpus and `gpus`, pinned to origin and this (pushed) commit
+deploy-gpus: setup
 	prefect work-pool create maskprune-gpus --type process --overwrite
-	prefect --no-prompt deploy --all
+	prefect --no-prompt deploy --name gpus
 
 ## A process worker on POOL, after setting this machine's GPU limit (gpus-<hostname>) to GPUS slots.
 ## maskprune runs the deployments in this repository; maskprune-gpus runs `gpus` in a clone of its commit.
