@@ -67,19 +67,18 @@ deploy: setup
 ## With PREFECT_API_URL set: the pool maskprune-gpus and `gpus`, pinned to origin and this (pushed) commit
 deploy-gpus: setup
 	prefect work-pool create maskprune-gpus --type process --overwrite
-	prefect --no-prompt deploy --name gpus
+	env -u MASKPRUNE_WORKER_DIR prefect --no-prompt deploy --name gpus  # NOTE: each worker's own, never baked in here
 
 ## A process worker on POOL, after setting this machine's GPU limit (gpus-<hostname>) to GPUS slots.
 ## maskprune runs the deployments in this repository; maskprune-gpus runs `gpus` in a clone of its commit.
 ## maskprune-gpus clones into MASKPRUNE_WORKER_DIR (default ~/maskprune-runs), one folder per commit.
 POOL ?= maskprune
 GPUS ?= 1
-export MASKPRUNE_WORKER_DIR ?= $(HOME)/maskprune-runs
 worker: setup
-	mkdir -p "$$MASKPRUNE_WORKER_DIR"
 	limit=$$(python -c 'from flows.gpu_slots import gpu_limit; print(gpu_limit())') && \
 	  { prefect gcl update $$limit --limit $(GPUS) >/dev/null 2>&1 || prefect gcl create $$limit --limit $(GPUS); }
-	prefect worker start --pool $(POOL)
+	export MASKPRUNE_WORKER_DIR="$${MASKPRUNE_WORKER_DIR:-$$HOME/maskprune-runs}" && mkdir -p "$$MASKPRUNE_WORKER_DIR" && \
+	  prefect worker start --pool $(POOL)
 
 ## The MLflow UI on the default store, at http://127.0.0.1:5000
 ui: setup

@@ -172,20 +172,22 @@ def test_the_gpus_deployment_runs_a_stage_on_two_processes_in_a_clone_of_the_dep
     run(["git", "remote", "add", "origin", str(origin)], repo)
     env = {**prefect_server, "PWD": str(repo)}
     run([PREFECT, "work-pool", "create", "maskprune-gpus", "--type", "process"], repo, **env)
-    dirty = subprocess_env(**env)
-    refused = subprocess.run(
-        [PREFECT, "--no-prompt", "deploy", "--name", "gpus"], cwd=repo, env=dirty, capture_output=True, text=True
-    )
+    # as `make deploy-gpus` deploys: without MASKPRUNE_WORKER_DIR, which each worker resolves for itself
+    deploy_env = {k: v for k, v in subprocess_env(**env).items() if k != "MASKPRUNE_WORKER_DIR"}
+    deploy = [PREFECT, "--no-prompt", "deploy", "--name", "gpus"]
+    refused = subprocess.run(deploy, cwd=repo, env=deploy_env, capture_output=True, text=True)
     assert refused.returncode != 0
     assert "the working tree has uncommitted changes that no worker would see" in refused.stdout + refused.stderr
     git_id = ["-c", "user.email=t@localhost", "-c", "user.name=t"]
     run(["git", *git_id, "commit", "-qam", "two processes"], repo)
     run(["git", "push", "-q", "origin", "HEAD:main"], repo)
     commit = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
-    run([PREFECT, "--no-prompt", "deploy", "--name", "gpus"], repo, **env)
+    assert subprocess.run(deploy, cwd=repo, env=deploy_env, capture_output=True, text=True).returncode == 0
     deployment = json.loads(
         run([PREFECT, "deployment", "inspect", "maskprune-pipeline/gpus", "-o", "json"], repo, **env).stdout
     )
+    workdir_step = deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
+    assert workdir_step["directory"] == "{{ $MASKPRUNE_WORKER_DIR }}"  # left for each worker to resolve
     clone_step = deployment["pull_steps"][1]["prefect.deployments.steps.git_clone"]
     assert (clone_step["repository"], clone_step["commit_sha"]) == (str(origin), commit)
     machine = tmp_path / "gpu-machine"  # another machine's worker: its own folder, nothing of the repository
