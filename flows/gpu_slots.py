@@ -52,7 +52,10 @@ def holding_gpus(count: int) -> Iterator[None]:
             slots = client.read_global_concurrency_limit_by_name(name).limit
         except ObjectNotFound:
             slots = None
-    if slots is not None and count > slots:
+    if slots is None:  # NOTE: no limit on this machine: nothing to wait for (Prefect would warn on each task)
+        yield
+        return
+    if count > slots:
         raise MaskpruneError(
             f"this stage starts {count} training processes but the Prefect limit {name} has {slots} GPU slots; "
             f"lower runtime.nproc_per_node or restart this machine's worker with `make worker GPUS={count}`"
