@@ -24,7 +24,14 @@ import torch
 
 from maskprune.config import PARAMS_FILE, Params, find_repo_root, load_params
 from maskprune.errors import exit_on_user_error
-from maskprune.launch import is_worker, plan_launch, rendezvous_id, torchrun_command, uses_cuda
+from maskprune.launch import (
+    is_worker,
+    plan_launch,
+    rendezvous_id,
+    torchrun_command,
+    torchrun_environment,
+    uses_cuda,
+)
 from maskprune.runtime import Runtime, setup_runtime
 from maskprune.tracking.runs import StageRecord, log_stage
 
@@ -55,7 +62,7 @@ def _relaunch(module: str, stage: str, argv: list[str], params: Params, root: Pa
     if launch.world_size == 1 or not batches:  # NOTE: no batches: nothing to train (a teacher used as it is)
         return False
     run_id = rendezvous_id(stage, (root / PARAMS_FILE).read_text())
-    done = subprocess.run(torchrun_command(cfg, launch, [module, *argv], run_id), cwd=root)
+    done = subprocess.run(torchrun_command(cfg, launch, [module, *argv], run_id), cwd=root, env=torchrun_environment())
     if done.returncode:
         raise SystemExit(done.returncode)  # NOTE: the workers printed the cause
     return True

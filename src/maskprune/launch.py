@@ -31,6 +31,10 @@ from maskprune.layout import CHECKPOINTS_DIR
 
 # NOTE: set by torchrun in every worker it starts: such a process is a rank, never a launcher
 WORKER_ENV = "LOCAL_RANK"
+# NOTE: by default torchrun's agent lends its own store to its workers and keeps it across restarts, so a
+# restarted rank can read the address its killed peer left there and fail to connect to it (Gloo: "Connection
+# refused"; NCCL: a stale unique id; pytorch/pytorch#135712). Unshared, every restart round meets in a new store.
+TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,11 @@ def torchrun_command(
         ]
     command.append(f"--max-restarts={cfg.max_restarts}")
     return [*command, "-m", *stage_args]
+
+
+def torchrun_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment `torchrun_command` runs in: this one, with a fresh store for each restart round."""
+    return {**environ, **TORCHRUN_ENV}
 
 
 def rendezvous_id(stage: str, params_text: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from maskprune.checkpoint import load_model
+from maskprune.config import RuntimeSection
+from maskprune.launch import Launch, torchrun_command, torchrun_environment
 from tests.conftest import copy_run, run, subprocess_env
 
 pytestmark = pytest.mark.integration
@@ -130,3 +133,45 @@ def test_a_killed_rank_rejoins_and_the_stage_resumes_from_its_checkpoint(smoke_r
     assert "finetune@full: resuming after epoch" in output
     history = pd.read_csv(repo / "models" / "finetune" / "full" / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3, 4]
+
+
+RESTARTED_WORKER = """
+import os
+import time
+
+import torch.distributed as dist
+
+attempt, rank = int(os.environ["TORCHELASTIC_RESTART_COUNT"]), int(os.environ["RANK"])
+store, _, world_size = next(dist.rendezvous("env://"))
+if attempt == 0:
+    store.set(f"left-by-rank-{rank}", "attempt 0")
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
+    dist.barrier()
+    if rank == 1:
+        os._exit(3)  # torchrun stops rank 0 and restarts both
+    time.sleep(120)
+stale = store.check(["left-by-rank-0"]) or store.check(["left-by-rank-1"])
+dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
+dist.barrier()
+print(f"attempt {attempt} rank {rank}: {'stale' if stale else 'fresh'} store", flush=True)
+"""
+
+
+def test_a_restarted_worker_group_meets_in_a_fresh_store(tmp_path: Path) -> None:
+    """torchrun's shared store keeps the killed workers' keys, among them the address a restarted rank
+    dials (connection refused, in about half the restarts); the launch asks for a new store per round."""
+    (tmp_path / "restarted_worker.py").write_text(RESTARTED_WORKER)
+    command = torchrun_command(RuntimeSection(max_restarts=1), Launch(2, 1), ["restarted_worker"], "restart")
+    done = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=torchrun_environment(subprocess_env(PYTHONPATH=str(tmp_path), OMP_NUM_THREADS="1")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = sorted(
+        re.findall(r"attempt \d rank \d: \w+ store", done.stdout)
+    )  # NOTE: the two ranks' lines may interleave
+    assert lines == ["attempt 1 rank 0: fresh store", "attempt 1 rank 1: fresh store"]
