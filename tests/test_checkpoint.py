@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from maskprune.config import ModelSpec
 from maskprune.data.storage import PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.models.vit import build_model
-from tests.conftest import cpu_params
+from tests.conftest import cpu_params, subprocess_env
 
 SPEC = cpu_params().models.student
 
@@ -72,3 +74,71 @@ def test_model_meta_records_the_input_resize() -> None:
     )
     same = PreparedData(Path("."), {**meta, "image_shape": [1, size, size]}, {})
     assert model_meta(params, same, "student")["input_resize"] is None
+
+
+@pytest.mark.parametrize(
+    ("meta", "problem"),
+    [
+        (["maskprune-model/1"], "holds a JSON list, not a model's description"),
+        ({"format": "maskprune-model/1", "num_classes": 10}, "model, in_chans, mean, std are missing"),
+        ({"num_classes": "ten"}, "num_classes: Input should be a valid integer"),
+        ({"pruning": {"method": "tome", "keep_rate": 0.5, "blocks": [1]}}, "pruning: not a pruning spec"),
+        ({"pruning": {"method": "evit"}}, "pruning: not a pruning spec"),
+    ],
+)
+def test_a_meta_json_of_the_wrong_shape_is_one_line(tmp_path: Path, meta: object, problem: str) -> None:
+    save_model(tmp_path, build_model(SPEC, 10, 1), meta_for(SPEC))
+    written = json.loads((tmp_path / "meta.json").read_text())
+    shaped = meta if isinstance(meta, list) or "format" in meta else {**written, **meta}
+    (tmp_path / "meta.json").write_text(json.dumps(shaped))
+    with pytest.raises(MaskpruneError) as err:
+        load_model(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'meta.json'}: ") and problem in str(err.value)
+    assert "\n" not in str(err.value) and str(err.value).endswith(
+        "rerun the stage that wrote this folder (`dvc repro`)"
+    )
+
+
+SAVE_WITHOUT_ROOM = """
+import json, resource, signal, sys
+from pathlib import Path
+from maskprune.checkpoint import save_model
+from maskprune.config import ModelSpec
+from maskprune.errors import exit_on_user_error
+from maskprune.models.vit import build_model
+
+folder, limit, meta = Path(sys.argv[1]), int(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text())
+spec = ModelSpec.model_validate(meta["model"])
+model = build_model(spec, 10, 1)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # NOTE: the write then fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+exit_on_user_error(save_model)(folder, model, meta)
+"""
+
+
+@pytest.mark.parametrize("too_big", ["model.safetensors", "meta.json"])
+def test_a_save_that_finds_no_room_is_one_line_and_leaves_the_previous_model_whole(
+    tmp_path: Path, too_big: str
+) -> None:
+    """A real file-size limit (ulimit -f) stands in for a full disk: the same failed write(), EFBIG for ENOSPC."""
+    folder = tmp_path / "model"
+    save_model(folder, build_model(SPEC, 10, 1), meta_for(SPEC))
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    weights = len(before["model.safetensors"])
+    meta = meta_for(SPEC)
+    if too_big == "meta.json":  # NOTE: the new weights fit; only their meta.json does not
+        meta["classes"] = ["x" * 1000] * (weights // 1000 + 10)
+    limit = weights // 2 if too_big == "model.safetensors" else weights + 4096
+    (tmp_path / "new-meta.json").write_text(json.dumps(meta))
+    done = subprocess.run(
+        [sys.executable, "-c", SAVE_WITHOUT_ROOM, str(folder), str(limit), str(tmp_path / "new-meta.json")],
+        env=subprocess_env(PYTHONPATH="src"),
+        capture_output=True,
+        text=True,
+    )
+    assert (done.returncode, done.stderr) == (
+        2,
+        f"maskprune: error: {folder / too_big}: file too large; free space on its file system (or raise the "
+        "quota or file-size limit) and rerun: the previous outputs are left whole\n",
+    )
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before  # no temporary file either

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from maskprune import atomic
-from maskprune.config import ModelSpec, Params
+from maskprune.config import ModelSpec, Params, format_validation_error
 from maskprune.data.loader import resize_note
 from maskprune.data.sources import sha256_of
 from maskprune.data.storage import PreparedData
@@ -33,15 +36,40 @@ CHECKPOINT_FORMAT = "maskprune-model/1"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
 STATE_FILE = "state.json"
+RERUN = "rerun the stage that wrote this folder (`dvc repro`)"
+
+
+class ModelMeta(BaseModel):
+    """What `load_model` and the stages read from a model folder's meta.json; other keys pass as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: ModelSpec
+    num_classes: int = Field(gt=0)
+    in_chans: int = Field(gt=0)
+    mean: list[float]
+    std: list[float]
+    pruning: dict[str, Any] | None = None
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
 
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write `tensors` to `path` (not atomically); an OS error while writing raises as an OSError."""
+    try:
+        save_file(_contiguous(tensors), str(path))
+    except SafetensorError as err:
+        code = re.search(r"os error (\d+)", str(err))  # NOTE: safetensors wraps the OS error in its message
+        if not code:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     with atomic.atomic_path(path) as tmp:
-        save_file(_contiguous(tensors), str(tmp))
+        write_tensors(tmp, tensors)
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -93,10 +121,10 @@ def model_meta(params: Params, data: PreparedData, role: str) -> dict[str, Any]:
 
 
 def save_model(folder: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
-    """Write `model.safetensors` then `meta.json` into `folder` (each atomically)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_tensors(folder / WEIGHTS_FILE, unwrap(model).state_dict())
-    atomic.write_json(folder / META_FILE, {"format": CHECKPOINT_FORMAT, **meta})
+    """Write `model.safetensors` and `meta.json` into `folder`, both or (on any error) neither."""
+    with atomic.atomic_paths(folder / WEIGHTS_FILE, folder / META_FILE) as (weights, meta_file):
+        write_tensors(weights, unwrap(model).state_dict())
+        atomic.fill(meta_file, atomic.json_text({"format": CHECKPOINT_FORMAT, **meta}))
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
@@ -109,9 +137,20 @@ def read_meta(folder: Path) -> dict[str, Any]:
             "point at a stage's model folder (e.g. models/teacher)"
         ) from None
     except json.JSONDecodeError as err:
-        raise MaskpruneError(f"{path}: corrupt JSON ({err}); rerun the stage that wrote it") from None
+        raise MaskpruneError(f"{path}: corrupt JSON ({err}); {RERUN}") from None
+    if not isinstance(meta, dict):
+        raise MaskpruneError(f"{path}: holds a JSON {type(meta).__name__}, not a model's description; {RERUN}")
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise MaskpruneError(f"{path}: format {meta.get('format')!r} is not {CHECKPOINT_FORMAT!r}")
+        raise MaskpruneError(f"{path}: format {meta.get('format')!r} is not {CHECKPOINT_FORMAT!r}; {RERUN}")
+    try:
+        ModelMeta.model_validate(meta)
+        if meta.get("pruning"):
+            PruningSpec.from_meta(meta["pruning"])
+    except ValidationError as err:
+        problems = format_validation_error(err, str(path), RERUN)
+        raise MaskpruneError(problems if problems.endswith(RERUN) else f"{problems}; {RERUN}") from None
+    except (KeyError, TypeError, MaskpruneError) as err:
+        raise MaskpruneError(f"{path}: pruning: not a pruning spec ({err}); {RERUN}") from None
     return meta
 
 
