@@ -245,3 +245,42 @@ def test_a_pruning_method_trains_with_its_own_optimiser_values_over_prune_train(
     evit, dynamicvit = cfg.train_for("evit"), cfg.train_for("dynamicvit")
     assert (evit.lr, evit.min_lr) == (2e-5, 2e-6) and dynamicvit == cfg.train
     assert evit.model_dump() == {**cfg.train.model_dump(), "lr": 2e-5, "min_lr": 2e-6}
+
+
+@pytest.mark.parametrize(
+    ("prune", "student", "problem"),
+    [
+        # NOTE: the cpu student: 28 px at patch 4 is 49 patches, 6 blocks prune at 1, 3, 4; 49 * 0.25**3 = 0.766
+        (
+            {"keep_rates": [1.0, 0.5, 0.25]},
+            {},
+            "keep rate 0.25 leaves 0.766 of the student's 49 patches after its 3 pruning blocks, where at least "
+            "one must remain; use a keep rate of at least 0.274",  # 49 ** (-1 / 3) = 0.2733
+        ),
+        (
+            {"keep_rates": [0.5, 0.001], "locations": [3]},
+            {},
+            "keep rate 0.001 leaves 0.049 of the student's 49 patches after its 1 pruning blocks, where at least "
+            "one must remain; use a keep rate of at least 0.021",
+        ),
+        (  # DeiT-S at 224 px: 196 patches, 12 blocks prune at 3, 6, 9; 196 * 0.1**3 = 0.196; 196 ** (-1 / 3) = 0.1721
+            {"keep_rates": [0.5, 0.1]},
+            {"name": "deit_small_patch16_224", "img_size": 224, "patch_size": 16},
+            "keep rate 0.1 leaves 0.196 of the student's 196 patches after its 3 pruning blocks, where at least "
+            "one must remain; use a keep rate of at least 0.173",
+        ),
+        (
+            {"keep_rates": [0.5, 1.0e-9]},
+            {},
+            "write each keep rate as a decimal number such as 0.5 or 1.0, not 1e-09: DVC names each prune stage "
+            "and its folder from this spelling",
+        ),
+    ],
+)
+def test_a_keep_rate_must_leave_a_patch_after_every_pruning_block(prune: dict, student: dict, problem: str) -> None:
+    models = {"student": student, "teacher": {**student, "name": "deit_base_patch16_224"}} if student else {}
+    with pytest.raises(MaskpruneError) as err:
+        validate_params(full(prune=prune, models=models))
+    assert str(err.value) == f"params.yaml: prune.keep_rates: {problem}"
+    fine = {**prune, "keep_rates": [0.5, 0.3]}  # 49 * 0.3**3 = 1.32 patches
+    assert validate_params(full(prune=fine)).prune.keep_rates == [0.5, 0.3]

@@ -344,7 +344,7 @@ class PruneSection(Section):
         # '0.50' -> '0.50'); the code names the folder from the float ('1.0', '0.5'). Only a YAML
         # float is spelled the same way by both (maskprune.layout.spell).
         for value in values if isinstance(values, list) else []:
-            if not isinstance(value, float):
+            if not isinstance(value, float) or "e" in repr(value):
                 raise ValueError(
                     f"write each keep rate as a decimal number such as 0.5 or 1.0, not {value!r}: "
                     "DVC names each prune stage and its folder from this spelling"
@@ -640,6 +640,20 @@ class Params(Section):
                 f"report.rules.task_agnostic.target {target!r} must be a distillation target listed in "
                 f"distill.targets {self.distill.targets}; add it there or change the rule"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _keep_rates_keep_patches(self) -> Params:
+        from maskprune.models.pruned import check_keeps_a_patch, pruning_blocks
+        from maskprune.models.vit import model_depth
+
+        student = self.models.student
+        stages = len(pruning_blocks(model_depth(student.name), self.prune.locations))
+        for keep in self.prune.keep_rates:
+            try:
+                check_keeps_a_patch(keep, (student.img_size // student.patch_size) ** 2, stages)
+            except ValueError as err:
+                raise ValueError(f"prune.keep_rates: {err}") from None
         return self
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ needed to turn a freshly built TokenViT into the same pruned model again (checkp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -34,6 +35,22 @@ def pruning_blocks(depth: int, locations: Sequence[int] = ()) -> tuple[int, ...]
     if list(locations) != sorted(set(locations)):
         raise MaskpruneError(f"prune.locations {list(locations)} must be strictly increasing block indices")
     return tuple(locations)
+
+
+def check_keeps_a_patch(keep_rate: float, num_patches: int, stages: int) -> None:
+    """A ValueError unless `keep_rate` leaves at least one whole patch after each of `stages` pruning blocks.
+
+    DynamicViT keeps `num_patches * keep_rate**s` after its s-th pruning block (floored); EViT rounds up,
+    so keeps at least as many. Below one patch both would keep one anyway, and the model would not be
+    pruned at the rate its name and meta.json give.
+    """
+    left = num_patches * keep_rate**stages
+    if left < 1 - 1e-9:
+        lowest = math.ceil(num_patches ** (-1 / stages) * 1000) / 1000
+        raise ValueError(
+            f"keep rate {keep_rate} leaves {left:.3g} of the student's {num_patches} patches after its {stages} "
+            f"pruning blocks, where at least one must remain; use a keep rate of at least {lowest}"
+        )
 
 
 @dataclass(frozen=True)

@@ -249,6 +249,17 @@ def check_model_name(name: str) -> None:
     )
 
 
+@lru_cache
+def model_depth(name: str) -> int:
+    """The transformer blocks of the preset or timm ViT/DeiT `name`, counted without allocating weights."""
+    if name in PRESETS:
+        return int(PRESETS[name]["depth"])  # type: ignore[call-overload]
+    import timm
+
+    with torch.device("meta"):
+        return len(timm.create_model(name, pretrained=False).blocks)
+
+
 def build_model(spec: ModelSpec, num_classes: int, in_chans: int, weights: bool = True) -> TokenViT:
     """A TokenViT for `spec`: a preset, or a timm ViT/DeiT (weights from a local file only).
 
