@@ -269,12 +269,6 @@ def test_a_pruning_method_trains_with_its_own_optimiser_values_over_prune_train(
             "keep rate 0.1 leaves 0.196 of the student's 196 patches after its 3 pruning blocks, where at least "
             "one must remain; use a keep rate of at least 0.173",
         ),
-        (
-            {"keep_rates": [0.5, 1.0e-9]},
-            {},
-            "write each keep rate as a decimal number such as 0.5 or 1.0, not 1e-09: DVC names each prune stage "
-            "and its folder from this spelling",
-        ),
     ],
 )
 def test_a_keep_rate_must_leave_a_patch_after_every_pruning_block(prune: dict, student: dict, problem: str) -> None:
