@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from maskprune.checkpoint import WEIGHTS_FILE, read_meta
 from maskprune.cli import run_stage
@@ -27,12 +28,19 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
         print(f"report: {section.key}. {section.verdict}")
 
 
-def best_pruned_model(params: Params, root: Path, name: str | None) -> ModelToRegister | None:
-    """The best pruned model to register, or None (and one line why) when there is none (every keep
-    rate is 1.0) or its weights are not here: the workspace's results then come from a commit, as in
-    a fresh clone after a seed sweep."""
+def best_pruned_model(params: Params, root: Path, summary: dict[str, Any]) -> ModelToRegister | None:
+    """The best pruned model of `summary` to register, or None (and one line why) when there is none
+    (every keep rate is 1.0), it fails its check (not clearly above chance on every seed: no champion),
+    or its weights are not here: the workspace's results then come from a commit, as in a fresh clone
+    after a seed sweep."""
+    name, check = summary["best_pruned"], summary["best_pruned_check"]
     if name is None:
         print("report: no pruned model (every prune keep rate is 1.0), so none is registered")
+        return None
+    if not check["passed"]:
+        print(
+            f"report: the best pruned model, {name}, is not registered: it fails '{check['name']}' ({check['detail']})"
+        )
         return None
     folder = root / MODELS_DIR / name
     if not (folder / WEIGHTS_FILE).is_file():
@@ -65,7 +73,7 @@ def record(params: Params, root: Path) -> StageRecord:
         metrics={"seeds": len(summary["seeds"]), "excluded_seeds": len(summary["excluded"])},
         artifacts=files,
         parent_artifacts=files,
-        register=best_pruned_model(params, root, summary["best_pruned"]),
+        register=best_pruned_model(params, root, summary),
         tags={f"verdict.{key}": text[:4000] for key, text in summary["verdicts"].items()}
         | {f"claim.{key}": claim["word"] for key, claim in summary["claims"].items()}
         | {"seeds": ",".join(map(str, summary["seeds"])), "best_pruned": summary["best_pruned"] or "none"},

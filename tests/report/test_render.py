@@ -18,7 +18,7 @@ def test_html_is_self_contained_well_formed_and_names_every_section(tmp_path: Pa
     sections[0].table(pd.DataFrame({"a": [1, 2], "b": ["x", "<y>"]}))
     sections[0].figure(figure, "a figure")
     seeds = pd.DataFrame({"seed": [0], "teacher weights": ["<0123abcd>"]})
-    report = Report("t", ["intro"], sections, [0], [], "prune/x", {}, 0.95, {"teacher": "0123abcd"}, seeds)
+    report = Report("t", ["intro"], sections, [0], [], "prune/x", None, {}, 0.95, {"teacher": "0123abcd"}, seeds)
     page = render_html(report)
     structure = parse(page)
     assert not structure.errors and not structure.stack, structure.errors

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from maskprune.checkpoint import save_model
+from maskprune.models.vit import build_model
 from maskprune.profile import profile_params
 from stages.report import best_pruned_model
 from tests.conftest import REPO
@@ -75,14 +77,28 @@ def test_best_pruned_model_is_registered_with_an_alias_and_serves_predictions(
     np.testing.assert_allclose(probabilities, expected.numpy(), atol=1e-5)
 
 
-def test_a_best_pruned_model_without_weights_is_not_registered(
+def test_the_best_pruned_model_is_registered_only_with_its_weights_and_above_chance(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Results from a commit (a fresh clone after a seed sweep): the report stands, nothing is registered."""
-    (tmp_path / "models" / "prune" / "evit-masked-0.5").mkdir(parents=True)
-    assert best_pruned_model(profile_params("smoke", REPO), tmp_path, "prune/evit-masked-0.5") is None
+    """Results from a commit (a fresh clone after a seed sweep): the report stands, nothing is registered;
+    nor is a best model near chance (the report's floor), which would otherwise become the champion."""
+    params = profile_params("smoke", REPO)
+    name = "prune/evit-masked-0.5"
+    folder = tmp_path / "models" / name
+    meta = {"model": params.models.student.model_dump(), "num_classes": 10, "in_chans": 1, "mean": [0.3], "std": [0.3]}
+    save_model(folder, build_model(params.models.student, 10, 1), meta)
+    above = {"name": "models above chance", "passed": True, "detail": "needs >= 19.0 (chance 10.0): ..."}
+    near = {**above, "passed": False, "detail": "needs >= 19.0 (chance 10.0): prune/evit-masked-0.5 seed 0 10.8"}
+    assert best_pruned_model(params, tmp_path, {"best_pruned": name, "best_pruned_check": above}).folder == folder
+    assert best_pruned_model(params, tmp_path, {"best_pruned": name, "best_pruned_check": near}) is None
+    assert capsys.readouterr().out == (
+        "report: the best pruned model, prune/evit-masked-0.5, is not registered: it fails 'models above chance' "
+        "(needs >= 19.0 (chance 10.0): prune/evit-masked-0.5 seed 0 10.8)\n"
+    )
+    (folder / "model.safetensors").unlink()
+    assert best_pruned_model(params, tmp_path, {"best_pruned": name, "best_pruned_check": above}) is None
     assert capsys.readouterr().out == (
         "report: models/prune/evit-masked-0.5 has no weights here, so it is not registered; `dvc repro` trains it\n"
     )
-    assert best_pruned_model(profile_params("smoke", REPO), tmp_path, None) is None
+    assert best_pruned_model(params, tmp_path, {"best_pruned": None, "best_pruned_check": None}) is None
     assert capsys.readouterr().out == "report: no pruned model (every prune keep rate is 1.0), so none is registered\n"

@@ -149,6 +149,7 @@ def build_report(root: Path, params: Params, figures_dir: Path) -> Report:
         [r.seed for r in ctx.results],
         ctx.excluded,
         best,
+        ctx.above_chance([best]) if best else None,
         outcomes,
         ctx.confidence,
         shared_weights(ctx.results[0].evaluate),

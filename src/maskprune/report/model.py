@@ -56,19 +56,21 @@ class Report:
     seeds: list[int]
     excluded: list[dict[str, Any]]
     best_pruned: str | None  # the pruned model (keep < 1) with the highest mean test top-1 over the seeds
+    best_pruned_check: Check | None  # whether it is clearly above chance on every seed: else it is not registered
     outcomes: dict[str, Outcome]  # per claim section: the word, the tests and the checks
     confidence: float
     teachers: dict[str, str | None]  # the sha256 of the weights of each model every seed shares
     seed_table: pd.DataFrame  # per seed, included or not: its shared models' top-1 and weights
 
     def summary(self) -> dict[str, Any]:
-        """What reports/summary.json holds: seeds, excluded seeds, best pruned model, each section's verdict
-        line, and per claim its word, tests (with raw and Holm-adjusted p) and checks."""
+        """What reports/summary.json holds: seeds, excluded seeds, best pruned model and its check, each
+        section's verdict line, and per claim its word, tests (with raw and Holm-adjusted p) and checks."""
         return {
             "seeds": self.seeds,
             "teachers": self.teachers,
             "excluded": self.excluded,
             "best_pruned": self.best_pruned,
+            "best_pruned_check": self.best_pruned_check.to_json() if self.best_pruned_check else None,
             "alpha": round(1.0 - self.confidence, 10),
             "family_size": sum(len(o.tests) for o in self.outcomes.values()),
             "verdicts": {s.key: s.verdict for s in self.sections},
