@@ -19,7 +19,7 @@ import torch
 import yaml
 from pydantic import BaseModel
 
-from maskprune.config import FINETUNE_VARIANTS, Params
+from maskprune.config import FINETUNE_VARIANTS, ModelSpec, Params
 from maskprune.profile import profile_params
 from maskprune.workspace import copy_workspace
 
@@ -62,6 +62,20 @@ def cpu_params() -> Params:
 def updated(section: SectionT, **changes: Any) -> SectionT:
     """`section` with `changes`, validated again (`model_copy(update=...)` would skip validation)."""
     return type(section).model_validate({**section.model_dump(), **changes})
+
+
+def checkpoint_meta(spec: ModelSpec, num_classes: int = 10, **extra: Any) -> dict[str, Any]:
+    """A complete meta.json for a one-channel test model of `spec` (what `save_model` needs), plus `extra`."""
+    return {
+        "model": spec.model_dump(),
+        "num_classes": num_classes,
+        "in_chans": 1,
+        "data": "fashion_mnist",
+        "mean": [0.3],
+        "std": [0.3],
+        "classes": [str(i) for i in range(num_classes)],
+        **extra,
+    }
 
 
 def write_idx(path: Path, array: np.ndarray, magic_type: int = 0x08, compress: bool = True) -> Path:

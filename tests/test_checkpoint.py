@@ -9,33 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from maskprune.checkpoint import load_model, model_meta, save_model
-from maskprune.config import ModelSpec
 from maskprune.data.storage import PreparedData
 from maskprune.errors import MaskpruneError
 from maskprune.models.vit import build_model
-from tests.conftest import cpu_params, subprocess_env
+from tests.conftest import checkpoint_meta, cpu_params, subprocess_env
 
 SPEC = cpu_params().models.student
-
-
-def meta_for(spec: ModelSpec) -> dict:
-    return {
-        "model": spec.model_dump(),
-        "num_classes": 10,
-        "in_chans": 1,
-        "data": "fashion_mnist",
-        "mean": [0.3],
-        "std": [0.3],
-        "classes": [str(i) for i in range(10)],
-    }
 
 
 def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_model(SPEC, 10, 1).eval()
-    save_model(tmp_path, model, meta_for(SPEC))
+    save_model(tmp_path, model, checkpoint_meta(SPEC))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "model.safetensors"]
     loaded, meta = load_model(tmp_path)
     x = torch.randn(2, 1, 28, 28)
@@ -44,12 +32,20 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
 
 
 def test_weights_that_do_not_match_the_meta_are_refused(tmp_path: Path) -> None:
-    save_model(tmp_path, build_model(SPEC, 10, 1), meta_for(SPEC))
+    save_model(tmp_path, build_model(SPEC, 10, 1), checkpoint_meta(SPEC))
     meta = json.loads((tmp_path / "meta.json").read_text())
     meta["model"]["name"] = "vit_teacher"
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(MaskpruneError, match="weights do not match model 'vit_teacher'.*size mismatch"):
         load_model(tmp_path)
+
+
+def test_a_meta_that_could_not_be_loaded_is_never_saved(tmp_path: Path) -> None:
+    meta = checkpoint_meta(SPEC)
+    del meta["std"]
+    with pytest.raises(ValidationError, match="std"):
+        save_model(tmp_path / "m", build_model(SPEC, 10, 1), meta)
+    assert not tmp_path.joinpath("m").exists()
 
 
 def test_not_a_checkpoint(tmp_path: Path) -> None:
@@ -58,7 +54,7 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "meta.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(MaskpruneError, match="is not 'maskprune-model/1'"):
         load_model(tmp_path)
-    save_model(tmp_path, build_model(SPEC, 10, 1), meta_for(SPEC))
+    save_model(tmp_path, build_model(SPEC, 10, 1), checkpoint_meta(SPEC))
     (tmp_path / "model.safetensors").write_bytes(b"\x80\x04pickle-ish bytes")
     with pytest.raises(MaskpruneError, match="not a readable safetensors file"):
         load_model(tmp_path)
@@ -87,7 +83,7 @@ def test_model_meta_records_the_input_resize() -> None:
     ],
 )
 def test_a_meta_json_of_the_wrong_shape_is_one_line(tmp_path: Path, meta: object, problem: str) -> None:
-    save_model(tmp_path, build_model(SPEC, 10, 1), meta_for(SPEC))
+    save_model(tmp_path, build_model(SPEC, 10, 1), checkpoint_meta(SPEC))
     written = json.loads((tmp_path / "meta.json").read_text())
     shaped = meta if isinstance(meta, list) or "format" in meta else {**written, **meta}
     (tmp_path / "meta.json").write_text(json.dumps(shaped))
@@ -122,10 +118,10 @@ def test_a_save_that_finds_no_room_is_one_line_and_leaves_the_previous_model_who
 ) -> None:
     """A real file-size limit (ulimit -f) stands in for a full disk: the same failed write(), EFBIG for ENOSPC."""
     folder = tmp_path / "model"
-    save_model(folder, build_model(SPEC, 10, 1), meta_for(SPEC))
+    save_model(folder, build_model(SPEC, 10, 1), checkpoint_meta(SPEC))
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
     weights = len(before["model.safetensors"])
-    meta = meta_for(SPEC)
+    meta = checkpoint_meta(SPEC)
     if too_big == "meta.json":  # NOTE: the new weights fit; only their meta.json does not
         meta["classes"] = ["x" * 1000] * (weights // 1000 + 10)
     limit = weights // 2 if too_big == "model.safetensors" else weights + 4096

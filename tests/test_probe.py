@@ -13,7 +13,7 @@ from maskprune.data.storage import MemorySplit
 from maskprune.models.vit import build_model
 from maskprune.probe import TIMM_POOL, fit_linear_probe, pooled_features
 from maskprune.runtime import Runtime
-from tests.conftest import cpu_params, updated
+from tests.conftest import checkpoint_meta, cpu_params, updated
 
 
 def test_linear_probe_separates_separable_features_and_works_on_raw_features() -> None:
@@ -46,8 +46,7 @@ def test_flat_probe_features_are_the_patch_tokens_side_by_side_and_serve_as_the_
     model.head = head = torch.nn.Linear(16 * 128, 10).requires_grad_(False)
     with torch.no_grad():
         torch.testing.assert_close(model(normalize(images)), head(features))
-    meta = {"model": spec.model_dump(), "num_classes": 10, "in_chans": 1, "global_pool": model.global_pool}
-    save_model(tmp_path, model, meta)
+    save_model(tmp_path, model, checkpoint_meta(spec, global_pool=model.global_pool))
     loaded, _ = load_model(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(normalize(images)), head(features))  # the head's width comes back

@@ -121,7 +121,11 @@ def model_meta(params: Params, data: PreparedData, role: str) -> dict[str, Any]:
 
 
 def save_model(folder: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
-    """Write `model.safetensors` and `meta.json` into `folder`, both or (on any error) neither."""
+    """Write `model.safetensors` and `meta.json` into `folder`, both or (on any error) neither.
+
+    `meta` must hold what `read_meta` checks (`ModelMeta`): a checkpoint that could not be loaded is never written.
+    """
+    ModelMeta.model_validate(meta)
     with atomic.atomic_paths(folder / WEIGHTS_FILE, folder / META_FILE) as (weights, meta_file):
         write_tensors(weights, unwrap(model).state_dict())
         atomic.fill(meta_file, atomic.json_text({"format": CHECKPOINT_FORMAT, **meta}))

@@ -14,7 +14,7 @@ from maskprune.errors import MaskpruneError
 from maskprune.models.loading import init_student, load_init, load_teacher
 from maskprune.models.vit import build_model
 from maskprune.profile import deep_merge
-from tests.conftest import cpu_params
+from tests.conftest import checkpoint_meta, cpu_params
 
 
 def test_init_of_another_architecture_is_refused(tmp_path: Path) -> None:
@@ -22,7 +22,7 @@ def test_init_of_another_architecture_is_refused(tmp_path: Path) -> None:
     save_model(
         tmp_path / "models" / "finetune" / "full",
         build_model(spec, 10, 1),
-        {"model": spec.model_dump(), "num_classes": 10, "in_chans": 1},
+        checkpoint_meta(spec),
     )
     with pytest.raises(MaskpruneError, match=r"holds a vit_teacher .* not an unpruned models.student"):
         load_init(cpu_params().models.student, "full", tmp_path, torch.device("cpu"))
@@ -46,15 +46,7 @@ def write_model(folder: Path, spec: ModelSpec, seed: int = 0, data: str = "fashi
     save_model(
         folder,
         model,
-        {
-            "model": spec.model_dump(),
-            "num_classes": classes,
-            "in_chans": 1,
-            "data": data,
-            "mean": [0.3],
-            "std": [0.3],
-            "classes": [str(i) for i in range(classes)],
-        },
+        checkpoint_meta(spec, classes, data=data),
     )
 
 

@@ -14,7 +14,7 @@ from maskprune.measure import gmacs
 from maskprune.models.dynamicvit import DynamicViT
 from maskprune.models.pruned import PruningSpec, make_pruned, pruning_blocks
 from maskprune.models.vit import build_model
-from tests.conftest import cpu_params
+from tests.conftest import checkpoint_meta, cpu_params
 from tests.models.tiny import tiny
 
 
@@ -43,14 +43,8 @@ def test_gmacs_at_keep_half_are_about_half() -> None:
 def test_pruned_checkpoint_round_trip(tmp_path: Path) -> None:
     spec = PruningSpec("dynamicvit", 0.7, (1, 3, 4))
     student = cpu_params().models.student
-    meta = {
-        "model": student.model_dump(),
-        "num_classes": 10,
-        "in_chans": 1,
-        "pruning": spec.to_meta(),
-    }
     model = make_pruned(build_model(student, num_classes=10, in_chans=1), spec).eval()
-    save_model(tmp_path / "m", model, meta)
+    save_model(tmp_path / "m", model, checkpoint_meta(student, pruning=spec.to_meta()))
     loaded, _ = load_model(tmp_path / "m")
     assert isinstance(loaded, DynamicViT) and loaded.prune_blocks == (1, 3, 4)
     x = torch.randn(2, 1, 28, 28)

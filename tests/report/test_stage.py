@@ -12,7 +12,7 @@ from maskprune.checkpoint import save_model
 from maskprune.models.vit import build_model
 from maskprune.profile import profile_params
 from stages.report import best_pruned_model
-from tests.conftest import REPO
+from tests.conftest import REPO, checkpoint_meta
 from tests.report.structure import parse
 
 SECTIONS = ("A", "B", "C", "D", "E", "T")
@@ -85,8 +85,7 @@ def test_the_best_pruned_model_is_registered_only_with_its_weights_and_above_cha
     params = profile_params("smoke", REPO)
     name = "prune/evit-masked-0.5"
     folder = tmp_path / "models" / name
-    meta = {"model": params.models.student.model_dump(), "num_classes": 10, "in_chans": 1, "mean": [0.3], "std": [0.3]}
-    save_model(folder, build_model(params.models.student, 10, 1), meta)
+    save_model(folder, build_model(params.models.student, 10, 1), checkpoint_meta(params.models.student))
     above = {"name": "models above chance", "passed": True, "detail": "needs >= 19.0 (chance 10.0): ..."}
     near = {**above, "passed": False, "detail": "needs >= 19.0 (chance 10.0): prune/evit-masked-0.5 seed 0 10.8"}
     assert best_pruned_model(params, tmp_path, {"best_pruned": name, "best_pruned_check": above}).folder == folder

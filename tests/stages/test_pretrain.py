@@ -15,7 +15,7 @@ from maskprune.models.mim_heads import (
 )
 from maskprune.models.vit import build_model
 from stages.pretrain import build_mim, pretrain_job
-from tests.conftest import cpu_params
+from tests.conftest import checkpoint_meta, cpu_params
 from tests.test_trainer import tiny_data
 
 
@@ -63,16 +63,7 @@ def test_too_wide_decoder_stops_before_training() -> None:
 def test_a_mean_pooled_probe_checkpoint_round_trips(tmp_path: Path) -> None:
     model = build_model(cpu_params().models.student, num_classes=3, in_chans=1)
     model.reset_classifier(3, global_pool="avg")
-    save_model(
-        tmp_path,
-        model,
-        {
-            "model": cpu_params().models.student.model_dump(),
-            "num_classes": 3,
-            "in_chans": 1,
-            "global_pool": "avg",
-        },
-    )
+    save_model(tmp_path, model, checkpoint_meta(cpu_params().models.student, 3, global_pool="avg"))
     loaded, _ = load_model(tmp_path)
     assert loaded.global_pool == "avg"
     x = torch.randn(2, 1, 28, 28)
