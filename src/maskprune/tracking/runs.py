@@ -60,10 +60,20 @@ class StageRecord:
     register: ModelToRegister | None = None
 
 
+def home_repository(root: Path) -> Path:
+    """The repository whose `.dvc/tmp/` holds the copy `root` (`dvc exp run --temp` and queued experiments
+    run in .dvc/tmp/exps/, seeds in .dvc/tmp/seeds/), else `root`: the copy's runs belong in its store."""
+    parts = root.resolve().parts
+    for index in range(len(parts) - 1):
+        if parts[index : index + 2] == (".dvc", "tmp"):
+            return Path(*parts[:index])
+    return root.resolve()
+
+
 def tracking_uri(cfg: TrackingSection, root: Path) -> str:
-    """MLFLOW_TRACKING_URI, else `tracking.uri`, else an absolute SQLite file in the repo."""
+    """MLFLOW_TRACKING_URI, else `tracking.uri`, else an absolute SQLite file in the (home) repository."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
-    return uri or f"sqlite:///{(root / DEFAULT_DB).resolve()}"
+    return uri or f"sqlite:///{home_repository(root) / DEFAULT_DB}"
 
 
 def uri_source(cfg: TrackingSection) -> str:
@@ -131,7 +141,7 @@ class Tracker:
         if found is None:
             location = None
             if self.uri.startswith("sqlite:"):
-                location = (self.root / DEFAULT_ARTIFACTS).resolve().as_uri()
+                location = (home_repository(self.root) / DEFAULT_ARTIFACTS).as_uri()
             experiment_id = self.client.create_experiment(name, artifact_location=location)
         else:
             experiment_id = found.experiment_id
