@@ -7,7 +7,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test flow sweep seeds mto-ablation report bench plan server deploy deploy-gpus worker ui dag profile-smoke \
+.PHONY: setup run test pull flow sweep seeds mto-ablation report bench plan server deploy deploy-gpus worker ui dag profile-smoke \
 	profile-cpu profile-gpu profile-gpu-check profile-paper
 
 setup:
@@ -39,6 +39,10 @@ seeds: setup
 ## MTO's loss ablation (each loss alone, pairs, all three) as DVC experiments; ARGS="--objective simmim"
 mto-ablation: setup
 	python -m flows.mto_ablation $(ARGS)
+
+## In a clone: the outputs from the DVC remote (dvc pull), or one line saying what to do when there is none
+pull: setup
+	python -m maskprune.remote
 
 ## The report alone (reports/report.html, reports/report.md) from the results as they stand (`make run` updates them)
 report: setup
