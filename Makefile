@@ -7,7 +7,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test pull flow sweep seeds mto-ablation report bench plan server deploy deploy-gpus worker ui dag profile-smoke \
+.PHONY: setup run test pull metrics exps flow sweep seeds mto-ablation report bench plan server deploy deploy-gpus worker ui dag profile-smoke \
 	profile-cpu profile-gpu profile-gpu-check profile-paper
 
 setup:
@@ -88,8 +88,15 @@ worker: setup
 ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
+## DVC's tables and graph on one screen each (python -m maskprune.show): dvc metrics show, dvc exp show, dvc dag
+metrics: setup
+	python -m maskprune.show metrics
+
+exps: setup
+	python -m maskprune.show experiments
+
 dag: setup
-	dvc dag
+	python -m maskprune.show dag
 
 profile-smoke profile-cpu profile-gpu profile-gpu-check profile-paper: setup
 	python -m maskprune.profile $(@:profile-%=%)

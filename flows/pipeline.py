@@ -22,7 +22,6 @@ import contextlib
 import graphlib
 import json
 import os
-import re
 import subprocess
 from pathlib import Path
 
@@ -35,32 +34,13 @@ from flows import check_prefect_api
 from flows.dvc_runner import DVC, run_dvc
 from flows.gpu_slots import gpus_of, holding_gpus
 from maskprune.config import Params, find_repo_root, load_params
+from maskprune.dvc_yaml import stage_graph
 from maskprune.errors import exit_on_user_error
 from maskprune.tracking.runs import FLOW_RUN_ENV, PARENT_ENV, pipeline_run
 
 CPU_STAGES = ("prepare", "report")
 ONE_PROCESS_STAGES = ("evaluate",)  # measures on one GPU; the others train, as runtime.nproc_per_node says
 SKIPPED = "Skipped"  # the state of a stage task that DVC skipped: nothing it depends on changed
-_EDGE = re.compile(r'^"(?P<src>[^"]+)" -> "(?P<dst>[^"]+)";$')
-_NODE = re.compile(r'^"(?P<name>[^"]+)";$')
-
-
-def stage_graph(root: Path, target: str | None = None) -> dict[str, set[str]]:
-    """{stage: the stages it depends on directly} from `dvc dag` (only `target` and its ancestors if given)."""
-    args = [DVC, "dag", "--dot", *([target] if target else [])]
-    dot = subprocess.run(args, cwd=root, capture_output=True, text=True, check=True).stdout
-    graph: dict[str, set[str]] = {}
-    for line in map(str.strip, dot.splitlines()):
-        if edge := _EDGE.match(line):
-            graph.setdefault(edge["dst"], set()).add(edge["src"])
-        elif node := _NODE.match(line):
-            graph.setdefault(node["name"], set())
-    return graph
-
-
-def stage_order(root: Path, target: str | None = None) -> list[str]:
-    """Stage names in a topological order of `dvc dag` (only `target` and its ancestors if given)."""
-    return list(graphlib.TopologicalSorter(stage_graph(root, target)).static_order())
 
 
 def pipeline_changes(root: Path, target: str | None = None) -> dict[str, object]:

@@ -34,7 +34,8 @@ STAGES = ("prepare",)
 def test_flow_runs_stages_through_dvc_and_nests_mlflow_runs(
     prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.pipeline import pipeline, stage_order
+    from flows.pipeline import pipeline
+    from maskprune.dvc_yaml import stage_order
 
     repo = copy_repo(tmp_path)
     narrow(repo)
