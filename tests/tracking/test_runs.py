@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,9 +115,12 @@ def test_a_copy_in_dvc_tmp_logs_to_its_home_repositorys_store(tmp_path: Path) ->
 
 def test_default_store_is_an_absolute_sqlite_file_with_local_artifacts(tmp_path: Path) -> None:
     cfg = TrackingSection(experiment="local")
-    run_id = log_stage(record("prepare", tmp_path), cfg, tmp_path)
+    stage = record("prepare", tmp_path)
+    stage.started = time.time() - 90  # NOTE: the stage worked for 90 s before it logged
+    run_id = log_stage(stage, cfg, tmp_path)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(run_id)
+    assert 90_000 <= run.info.end_time - run.info.start_time < 150_000  # the Duration column: the stage's time
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["maskprune.kind"] == "pipeline" and parent.info.status == "FINISHED"

@@ -58,6 +58,7 @@ class StageRecord:
     tags: dict[str, str] = field(default_factory=dict)
     parent_artifacts: list[Path] = field(default_factory=list)
     register: ModelToRegister | None = None
+    started: float | None = None  # time.time() when the stage began its work: the run's start (else: when logged)
 
 
 def home_repository(root: Path) -> Path:
@@ -191,7 +192,10 @@ class Tracker:
             tags["prefect.flow_run_id"] = os.environ[FLOW_RUN_ENV]
         if os.environ.get("DVC_EXP_NAME"):
             tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-        run_id = self.client.create_run(self.experiment_id, run_name=record.stage, tags=tags).info.run_id
+        start = int(record.started * 1000) if record.started is not None else None
+        run_id = self.client.create_run(
+            self.experiment_id, start_time=start, tags=tags, run_name=record.stage
+        ).info.run_id
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
