@@ -84,9 +84,9 @@ worker: setup
 	export MASKPRUNE_WORKER_DIR="$${MASKPRUNE_WORKER_DIR:-$$HOME/maskprune-runs}" && mkdir -p "$$MASKPRUNE_WORKER_DIR" && \
 	  prefect worker start --pool $(POOL)
 
-## The MLflow UI on the default store, at http://127.0.0.1:5000
+## The MLflow UI on this repository's store at http://127.0.0.1:5000; prints the address of the runs table
 ui: setup
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	python -m maskprune.tracking.ui
 
 ## DVC's tables and graph on one screen each (python -m maskprune.show): dvc metrics show, dvc exp show, dvc dag
 metrics: setup

@@ -146,8 +146,8 @@ class Tracker:
             experiment_id = self.client.create_experiment(name, artifact_location=location)
         else:
             experiment_id = found.experiment_id
-        # NOTE: MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces);
-        # with it, on the training runs table
+        # NOTE: MLflow's UI reads this tag only with its workflow switch off; 3.17 opens on the address's
+        # view instead (maskprune.tracking.ui prints the runs table's)
         self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return experiment_id
 
