@@ -29,7 +29,7 @@ if [ "$root" = "/usr/share/datasets/fashion-mnist" ] && [ ! -f "$root/train-imag
     echo "setup: installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"
     apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null
   else
-    echo "setup: Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set data.root in params.yaml to a folder with its four IDX .gz files" >&2
+    echo "setup: Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set data.root in params.local.yaml (then make profile-cpu) to a folder with its four IDX .gz files" >&2
     exit 1
   fi
 fi
