@@ -7,7 +7,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test flow sweep seeds mto-ablation report bench plan server deploy deploy-gpus worker ui dag profile-smoke \
+.PHONY: setup run test pull metrics exps flow sweep seeds mto-ablation report bench plan server deploy deploy-gpus worker ui dag profile-smoke \
 	profile-cpu profile-gpu profile-gpu-check profile-paper
 
 setup:
@@ -39,6 +39,10 @@ seeds: setup
 ## MTO's loss ablation (each loss alone, pairs, all three) as DVC experiments; ARGS="--objective simmim"
 mto-ablation: setup
 	python -m flows.mto_ablation $(ARGS)
+
+## In a clone: the outputs from the DVC remote (dvc pull), or one line saying what to do when there is none
+pull: setup
+	python -m maskprune.remote
 
 ## The report alone (reports/report.html, reports/report.md) from the results as they stand (`make run` updates them)
 report: setup
@@ -80,12 +84,19 @@ worker: setup
 	export MASKPRUNE_WORKER_DIR="$${MASKPRUNE_WORKER_DIR:-$$HOME/maskprune-runs}" && mkdir -p "$$MASKPRUNE_WORKER_DIR" && \
 	  prefect worker start --pool $(POOL)
 
-## The MLflow UI on the default store, at http://127.0.0.1:5000
+## The MLflow UI on this repository's store at http://127.0.0.1:5000; prints the address of the runs table
 ui: setup
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	python -m maskprune.tracking.ui
+
+## DVC's tables and graph on one screen each (python -m maskprune.show): dvc metrics show, dvc exp show, dvc dag
+metrics: setup
+	python -m maskprune.show metrics
+
+exps: setup
+	python -m maskprune.show experiments
 
 dag: setup
-	dvc dag
+	python -m maskprune.show dag
 
 profile-smoke profile-cpu profile-gpu profile-gpu-check profile-paper: setup
 	python -m maskprune.profile $(@:profile-%=%)

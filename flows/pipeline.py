@@ -5,8 +5,11 @@
     python -m flows.pipeline --serve --cron "0 3 * * *"   # serve on a schedule (needs a server)
 
 Each task runs `dvc repro --single-item <stage>` in topological order, so the repository lock is
-never contended and DVC's own change detection is the only cache (Prefect caching is off). The
-flow opens the MLflow parent run and hands its id to every stage through the environment. The task
+never contended and DVC's own change detection is the only cache (Prefect caching is off). A stage
+DVC skips ends in a state of its own, Skipped (of type Completed); each task waits for the tasks of
+the stages it depends on, which Prefect draws as the flow's graph. When `dvc status` finds nothing to
+do, the flow opens no MLflow run (a nightly schedule leaves no empty parents); otherwise it opens the
+parent run and hands its id to every stage through the environment. The task
 of a training stage holds one of this machine's GPU slots per process the stage starts (it
 relaunches itself under torchrun for `runtime.nproc_per_node` > 1), evaluate holds one, prepare and
 report none (flows.gpu_slots), so two flow runs never share a GPU.
@@ -15,45 +18,36 @@ report none (flows.gpu_slots), so two flow runs never share a GPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import graphlib
+import json
 import os
-import re
 import subprocess
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
 from flows import check_prefect_api
 from flows.dvc_runner import DVC, run_dvc
 from flows.gpu_slots import gpus_of, holding_gpus
 from maskprune.config import Params, find_repo_root, load_params
+from maskprune.dvc_yaml import stage_graph
 from maskprune.errors import exit_on_user_error
 from maskprune.tracking.runs import FLOW_RUN_ENV, PARENT_ENV, pipeline_run
 
 CPU_STAGES = ("prepare", "report")
 ONE_PROCESS_STAGES = ("evaluate",)  # measures on one GPU; the others train, as runtime.nproc_per_node says
-_EDGE = re.compile(r'^"(?P<src>[^"]+)" -> "(?P<dst>[^"]+)";$')
-_NODE = re.compile(r'^"(?P<name>[^"]+)";$')
+SKIPPED = "Skipped"  # the state of a stage task that DVC skipped: nothing it depends on changed
 
 
-def stage_graph(root: Path, target: str | None = None) -> dict[str, set[str]]:
-    """{stage: the stages it depends on directly} from `dvc dag` (only `target` and its ancestors if given)."""
-    args = [DVC, "dag", "--dot", *([target] if target else [])]
-    dot = subprocess.run(args, cwd=root, capture_output=True, text=True, check=True).stdout
-    graph: dict[str, set[str]] = {}
-    for line in map(str.strip, dot.splitlines()):
-        if edge := _EDGE.match(line):
-            graph.setdefault(edge["dst"], set()).add(edge["src"])
-        elif node := _NODE.match(line):
-            graph.setdefault(node["name"], set())
-    return graph
-
-
-def stage_order(root: Path, target: str | None = None) -> list[str]:
-    """Stage names in a topological order of `dvc dag` (only `target` and its ancestors if given)."""
-    return list(graphlib.TopologicalSorter(stage_graph(root, target)).static_order())
+def pipeline_changes(root: Path, target: str | None = None) -> dict[str, object]:
+    """`dvc status --json` for the pipeline (or `target` and its ancestors): {} when there is nothing to do."""
+    args = [DVC, "status", "--json", *(["--with-deps", target] if target else [])]
+    done = subprocess.run(args, cwd=root, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout or "{}")
 
 
 def stage_gpus(stage: str, params: Params) -> int:
@@ -65,11 +59,14 @@ def stage_gpus(stage: str, params: Params) -> int:
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, task_run_name="dvc repro {stage}")
-def repro_stage(stage: str, root: str, env: dict[str, str], force: bool = False, gpus: int = 0) -> str:
-    """Run one stage through DVC, holding `gpus` GPU slots; its output goes to the Prefect log."""
+def repro_stage(stage: str, root: str, env: dict[str, str], force: bool = False, gpus: int = 0) -> State | str:
+    """Run one stage through DVC, holding `gpus` GPU slots; its output goes to the Prefect log.
+    'ran', or a Skipped state whose result is 'skipped'."""
     with holding_gpus(gpus):
         lines = run_dvc(["repro", "--single-item", *(["--force"] if force else []), stage], root, env)
-    return "skipped" if any("didn't change, skipping" in ln for ln in lines) else "ran"
+    if any("didn't change, skipping" in ln for ln in lines):
+        return Completed(name=SKIPPED, message="DVC: nothing this stage depends on changed", data="skipped")
+    return "ran"
 
 
 @flow(name="maskprune-pipeline", log_prints=True)
@@ -79,12 +76,19 @@ def pipeline(stage: str | None = None, force: bool = False) -> dict[str, str]:
     params = load_params(root / "params.yaml")
     flow_run_id = str(flow_run.get_id() or "")
     env = {**os.environ, FLOW_RUN_ENV: flow_run_id}
+    graph = stage_graph(root, stage)
+    states: dict[str, State] = {}
     outcome: dict[str, str] = {}
-    with pipeline_run(params.tracking, root, "prefect", flow_run_id) as parent:
+    idle = not force and not pipeline_changes(root, stage)
+    with contextlib.nullcontext() if idle else pipeline_run(params.tracking, root, "prefect", flow_run_id) as parent:
         if parent is not None:
             env[PARENT_ENV] = parent[1]
-        for name in stage_order(root, stage):
-            outcome[name] = repro_stage(name, str(root), env, force, stage_gpus(name, params))
+        for name in graphlib.TopologicalSorter(graph).static_order():
+            upstream = [states[dependency] for dependency in sorted(graph[name])]  # NOTE: the graph's edges
+            states[name] = repro_stage(
+                name, str(root), env, force, stage_gpus(name, params), wait_for=upstream, return_state=True
+            )
+            outcome[name] = states[name].result()  # NOTE: a failed stage raises here: the parent run fails
     print(f"pipeline done: {outcome}")
     return outcome
 

@@ -42,11 +42,10 @@ from flows import check_prefect_api
 from flows.dvc_runner import DVC, run_dvc
 from flows.experiments import add_experiment_options, sweep_run, threads_per_job
 from flows.gpu_slots import gpus_of, holding_gpus
-from flows.pipeline import stage_graph, stage_order
 from maskprune import atomic
 from maskprune.checkpoint import train_progress
 from maskprune.config import PARAMS_FILE, find_repo_root, load_params
-from maskprune.dvc_yaml import expand
+from maskprune.dvc_yaml import expand, stage_graph, stage_order
 from maskprune.environment import cpu_name
 from maskprune.errors import MaskpruneError, exit_on_user_error
 from maskprune.layout import CHECKPOINTS_DIR, EVALUATE_FILE, MODELS_DIR, PLOTS_DIR, SEED_WORKSPACES_DIR, SEEDS_DIR

@@ -29,7 +29,7 @@ if [ "$root" = "/usr/share/datasets/fashion-mnist" ] && [ ! -f "$root/train-imag
     echo "setup: installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"
     apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null
   else
-    echo "setup: Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set data.root in params.yaml to a folder with its four IDX .gz files" >&2
+    echo "setup: Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set data.root in params.local.yaml (then make profile-cpu) to a folder with its four IDX .gz files" >&2
     exit 1
   fi
 fi
@@ -66,6 +66,14 @@ if [ "${1:-}" = "test" ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2
     apt-get update -qq >/dev/null && apt-get install -y -qq postgresql >/dev/null
   else
     echo "setup: PostgreSQL is missing, so the tracking-server tests will fail: run 'sudo apt-get install postgresql'" >&2
+  fi
+fi
+if [ "${1:-}" = "test" ] && ! command -v chromium-headless-shell >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing headless Chromium for the MLflow UI test (apt-get install chromium-headless-shell)"
+    apt-get update -qq >/dev/null && apt-get install -y -qq chromium-headless-shell >/dev/null
+  else
+    echo "setup: headless Chromium is missing, so the MLflow UI test will fail: run 'sudo apt-get install chromium-headless-shell'" >&2
   fi
 fi
 echo "setup: ready ($("$VENV/bin/python" --version), $root)"

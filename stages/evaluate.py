@@ -46,6 +46,7 @@ from maskprune.layout import (
     DISTILL_DIR,
     EVALUATE_FILE,
     FINETUNE_DIR,
+    HEADLINE_FILE,
     MODELS_DIR,
     PLOTS_DIR,
     PRETRAIN_DIR,
@@ -66,10 +67,6 @@ from maskprune.objectives.masked_kd import TeacherView, teacher_view
 from maskprune.probe import LinearProbe, pixel_floor
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.tracking.runs import StageRecord, flatten
-
-# NOTE: the headline numbers `dvc exp show` and `dvc metrics show` print (dvc.yaml declares it the
-# stage's metric); metrics/evaluate.json holds everything else as plain JSON
-HEADLINE_FILE = Path("metrics") / "headline.json"
 
 
 def speed_and_cost(

@@ -14,8 +14,8 @@ from typing import Any
 from maskprune.checkpoint import WEIGHTS_FILE, read_meta
 from maskprune.cli import run_stage
 from maskprune.config import Params
-from maskprune.layout import MODELS_DIR, REPORT_DIR, REPORT_FIGURES_DIR
-from maskprune.report.build import VERDICTS_FILE, write_report
+from maskprune.layout import MODELS_DIR, REPORT_DIR, REPORT_FIGURES_DIR, VERDICTS_FILE
+from maskprune.report.build import write_report
 from maskprune.runtime import Runtime
 from maskprune.tracking.registry import ModelToRegister
 from maskprune.tracking.runs import StageRecord

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maskprune.config import load_params, read_yaml, validate_params
+from maskprune.config import GENERATED, load_params, read_yaml, validate_params
 from maskprune.errors import MaskpruneError
 from maskprune.profile import deep_merge, profile_params, render
 from tests.conftest import REPO, cpu_params, updated
@@ -208,7 +208,8 @@ def test_stage_cli_reports_bad_params_in_one_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "maskprune: error: params.yaml: teacher.epochs: Input should be greater than or equal to 0 (got -3)"
+        "maskprune: error: params.yaml: teacher.epochs: Input should be greater than or equal to 0 (got -3); "
+        + GENERATED.format(profile="cpu")
     ]
 
 
@@ -237,7 +238,10 @@ def test_a_range_error_names_its_value_once() -> None:
     params["prune"]["keep_rates"] = [1.5]
     with pytest.raises(MaskpruneError) as err:
         validate_params(params)
-    assert str(err.value) == "params.yaml: prune.keep_rates: keep ratio must lie in (0, 1], got 1.5"
+    assert str(err.value) == (
+        "params.yaml: prune.keep_rates: keep ratio must lie in (0, 1], got 1.5; params.yaml is written by "
+        "`python -m maskprune.profile cpu`: set your value in params.local.yaml (or profiles/cpu.yaml) and rerun that"
+    )
 
 
 def test_a_pruning_method_trains_with_its_own_optimiser_values_over_prune_train() -> None:
@@ -275,6 +279,6 @@ def test_a_keep_rate_must_leave_a_patch_after_every_pruning_block(prune: dict, s
     models = {"student": student, "teacher": {**student, "name": "deit_base_patch16_224"}} if student else {}
     with pytest.raises(MaskpruneError) as err:
         validate_params(full(prune=prune, models=models))
-    assert str(err.value) == f"params.yaml: prune.keep_rates: {problem}"
+    assert str(err.value) == f"params.yaml: prune.keep_rates: {problem}; {GENERATED.format(profile='cpu')}"
     fine = {**prune, "keep_rates": [0.5, 0.3]}  # 49 * 0.3**3 = 1.32 patches
     assert validate_params(full(prune=fine)).prune.keep_rates == [0.5, 0.3]

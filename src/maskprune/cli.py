@@ -95,11 +95,12 @@ def _run(
         stage_argv = sys.argv[1:] if argv is None else argv
         if _relaunch(module, name, stage_argv, params, root, batch_sizes(params, args.variant if variants else None)):
             return
-    started = time.perf_counter()
+    started, began = time.perf_counter(), time.time()
     if not args.log_only:
         compute(params, root, setup_runtime(params.runtime))
     if os.environ.get("RANK", "0") == "0":
         logged = record(params, root)
+        logged.started = None if args.log_only else began  # NOTE: the run's Duration is the stage's own
         # NOTE: every stage run carries these, so the MLflow compare view lines runs up by them
         logged.tags = {
             "seed": str(params.seed),

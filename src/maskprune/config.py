@@ -42,6 +42,11 @@ DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 ProfileName = Literal["smoke", "cpu", "gpu", "gpu-check", "paper"]
 PROFILES: tuple[str, ...] = get_args(ProfileName)
 REGENERATE = "run `python -m maskprune.profile {profile}` or add {it}: DVC must see every parameter"
+# NOTE: said after a bad value in params.yaml, which a profile switch rewrites: the user's values live elsewhere
+GENERATED = (
+    "params.yaml is written by `python -m maskprune.profile {profile}`: set your value in params.local.yaml "
+    "(or profiles/{profile}.yaml) and rerun that"
+)
 
 
 class Section(BaseModel):
@@ -752,7 +757,10 @@ def validate_params(raw: Any, source: str = PARAMS_FILE, complete: bool = True, 
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
-        raise MaskpruneError(format_validation_error(err, source, fix, profile)) from None
+        problems = format_validation_error(err, source, fix, profile)
+        if Path(source).name == PARAMS_FILE and any(item["type"] != "missing" for item in err.errors()):
+            problems += f"; {GENERATED.format(profile=profile)}"
+        raise MaskpruneError(problems) from None
     if complete:
         missing = sorted(_leaf_paths(params.model_dump()) - _leaf_paths(raw))
         if missing:

@@ -1,18 +1,25 @@
 """dvc.yaml's stages written out as DVC names them, each `foreach` and `matrix` item expanded.
 
-`python -m stages` runs their commands without DVC; tracking hashes their dependencies.
+`python -m stages` runs their commands without DVC; tracking hashes their dependencies. The graph
+between them is DVC's own (`dvc dag`).
 """
 
 from __future__ import annotations
 
+import graphlib
 import itertools
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from maskprune.errors import MaskpruneError
 
 _REFERENCE = re.compile(r"\$\{([^}]+)\}")
+_EDGE = re.compile(r'^"(?P<src>[^"]+)" -> "(?P<dst>[^"]+)";$')
+_NODE = re.compile(r'^"(?P<name>[^"]+)";$')
 
 
 @dataclass(frozen=True)
@@ -75,3 +82,21 @@ def expand(dvc: dict[str, Any], params: dict[str, Any]) -> list[Stage]:
             keys = param_keys(body.get("params", []), scope)
             stages.append(Stage(stage_name, interpolate(body["cmd"], scope), deps, keys))
     return stages
+
+
+def stage_graph(root: Path, target: str | None = None) -> dict[str, set[str]]:
+    """{stage: the stages it depends on directly} from `dvc dag` (only `target` and its ancestors if given)."""
+    args = [sys.executable, "-m", "dvc", "dag", "--dot", *([target] if target else [])]
+    dot = subprocess.run(args, cwd=root, capture_output=True, text=True, check=True).stdout
+    graph: dict[str, set[str]] = {}
+    for line in map(str.strip, dot.splitlines()):
+        if edge := _EDGE.match(line):
+            graph.setdefault(edge["dst"], set()).add(edge["src"])
+        elif node := _NODE.match(line):
+            graph.setdefault(node["name"], set())
+    return graph
+
+
+def stage_order(root: Path, target: str | None = None) -> list[str]:
+    """Stage names in a topological order of `dvc dag` (only `target` and its ancestors if given)."""
+    return list(graphlib.TopologicalSorter(stage_graph(root, target)).static_order())

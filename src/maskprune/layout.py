@@ -50,6 +50,10 @@ PRUNE_DIR = MODELS_DIR / "prune"
 DISTILL_DIR = MODELS_DIR / "distill"
 DISTILL_TEACHER_DIR = MODELS_DIR / "distill_teacher"
 EVALUATE_FILE = Path("metrics") / "evaluate.json"
+# NOTE: evaluate.json holds everything evaluate measures; the DVC metrics (dvc.yaml) are the headline
+# (per model: top-1, GMACs, throughput ratio) and the report's verdicts (per claim: its word and tests)
+HEADLINE_FILE = Path("metrics") / "headline.json"
+VERDICTS_FILE = Path("metrics") / "verdicts.json"
 PLOTS_DIR = Path("plots") / "evaluate"
 REPORT_DIR = Path("reports")
 REPORT_FIGURES_DIR = REPORT_DIR / "figures"

@@ -12,7 +12,9 @@ from tests.conftest import cpu_params, updated
 
 
 def test_missing_dataset_names_the_install_command(tmp_path: Path) -> None:
-    with pytest.raises(MaskpruneError, match="not found under .*set data.root"):
+    with pytest.raises(
+        MaskpruneError, match="not found under .*point data.root at a folder that holds it in params.local.yaml"
+    ):
         prepare_dataset(updated(cpu_params().data, root=str(tmp_path)), 0, tmp_path / "out")
     default = cpu_params().data
     if not Path(default.root, "train-images-idx3-ubyte.gz").exists():

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from maskprune.config import FINETUNE_VARIANTS
-from tests.conftest import copy_repo, narrow
+from tests.conftest import copy_repo, copy_run, narrow
 
 pytestmark = pytest.mark.integration
 # NOTE: the flow runs a narrower matrix (tests.conftest.narrow) and only its first stage: what is under
@@ -34,7 +34,8 @@ STAGES = ("prepare",)
 def test_flow_runs_stages_through_dvc_and_nests_mlflow_runs(
     prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.pipeline import pipeline, stage_order
+    from flows.pipeline import pipeline
+    from maskprune.dvc_yaml import stage_order
 
     repo = copy_repo(tmp_path)
     narrow(repo)
@@ -65,11 +66,43 @@ def test_flow_runs_stages_through_dvc_and_nests_mlflow_runs(
         "tags.`maskprune.source` = 'prefect'",
         order_by=["attributes.start_time ASC"],
     )
-    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the second run had nothing to do
     assert parents[0].data.tags["prefect.flow_run_id"]
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert sorted(run.data.tags["maskprune.stage"] for run in children) == sorted(STAGES)
     assert {run.data.tags["prefect.flow_run_id"] for run in children} == {parents[0].data.tags["prefect.flow_run_id"]}
+
+
+def test_skipped_stages_end_skipped_along_the_stage_graph(
+    prefect_harness: None, smoke_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the reproduced smoke run nothing changed: every task ends Skipped (of type Completed) and
+    waits for the tasks of the stages it depends on, the edges of Prefect's graph."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.pipeline import pipeline
+
+    repo = copy_run(smoke_repo, tmp_path / "repo")  # NOTE: without the shared run's MLflow store
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    state = pipeline(stage="teacher", return_state=True)
+    assert state.result() == {"prepare": "skipped", "distill_teacher": "skipped", "teacher": "skipped"}
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    by_stage = {run.name.removeprefix("dvc repro "): run for run in runs}
+    assert {stage: run.state.name for stage, run in by_stage.items()} == dict.fromkeys(by_stage, "Skipped")
+    assert {run.state.type.value for run in runs} == {"COMPLETED"}
+    upstream = {
+        stage: sorted(
+            next(name for name, other in by_stage.items() if other.id == edge.id)
+            for edge in run.task_inputs.get("wait_for", [])
+        )
+        for stage, run in by_stage.items()
+    }
+    assert upstream == {"prepare": [], "distill_teacher": ["prepare"], "teacher": ["distill_teacher", "prepare"]}
 
 
 def test_serve_refuses_without_a_prefect_server(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from maskprune.config import MTOSection
 from maskprune.errors import MaskpruneError
 from maskprune.profile import profile_params
-from tests.conftest import run
+from tests.conftest import REPO, copy_run, run
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +95,21 @@ def test_sweep_runs_experiments_and_lines_them_up(
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert sorted(c.data.tags["dvc.exp_name"] for c in children) == sorted(r["experiment"] for r in rows)
     assert {c.data.params["finetune.masked_kd.teacher_keep"] for c in children} == {"1.0", "0.25"}
+
+
+def test_a_queued_experiment_logs_its_stages_to_the_users_store(smoke_repo: Path, tmp_path: Path) -> None:
+    """Plain DVC, no flow: `dvc exp run --queue` then `--run-all` runs the stages in a copy under
+    .dvc/tmp/exps/; their runs land in the repository's own store, tagged with the experiment's name."""
+    repo = copy_run(smoke_repo, tmp_path / "repo")  # NOTE: without the shared run's MLflow store
+    run(["dvc", "exp", "run", "--queue", "--name", "tighter", "--set-param", "report.confidence=0.9"], repo)
+    run(["dvc", "exp", "run", "--run-all"], repo)
+    assert "tighter" in run(["dvc", "exp", "show", "--csv"], repo).stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(profile_params("smoke", REPO).tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id], "tags.`dvc.exp_name` = 'tighter'")
+    assert [r.data.tags["maskprune.stage"] for r in runs] == ["report"]  # the one stage the change reruns
+    assert runs[0].data.params["report.confidence"] == "0.9"
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
 
 
 def test_mto_ablation_subsets_and_bad_input() -> None:

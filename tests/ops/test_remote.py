@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 
-from tests.conftest import VENV_BIN, copy_run, run
+from tests.conftest import VENV_BIN, copy_run, run, subprocess_env
 from tests.services import free_port, http_ok, service
 
 pytestmark = pytest.mark.integration
@@ -52,11 +53,21 @@ def fresh_clone(origin: Path, dest: Path) -> Path:
 
 
 def test_default_local_remote_round_trips_data_and_models(origin: Path) -> None:
-    run(["dvc", "push"], origin)
+    """`make pull` (python -m maskprune.remote) in a fresh clone: one line saying what to do while nothing
+    was pushed, then `dvc pull` once the origin has pushed."""
     storage = origin.parent / "maskprune-dvc-storage"  # .dvc/config: ../../maskprune-dvc-storage
-    assert storage.is_dir() and any(storage.rglob("*"))
     clone = fresh_clone(origin, origin.parent / "clone")
-    run(["dvc", "pull"], clone)
+    pull = [sys.executable, "-m", "maskprune.remote"]
+    early = subprocess.run(pull, cwd=clone, env=subprocess_env(PYTHONPATH="src"), capture_output=True, text=True)
+    assert (early.returncode, early.stderr) == (
+        2,
+        f"maskprune: error: the DVC remote 'local' ({storage}) does not exist: no one has run `dvc push` to it; "
+        "build the outputs here with `make run`, or point the remote at your team's store (docs/operations.md)\n",
+    )
+    assert not storage.exists()  # NOTE: nothing created on the way
+    run(["dvc", "push"], origin)
+    assert storage.is_dir() and any(storage.rglob("*"))
+    run(pull, clone, PYTHONPATH="src")
     expected = tracked(origin)
     assert len(expected) > 20 and tracked(clone) == expected
     assert "up to date" in run(["dvc", "status"], clone).stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,11 +101,26 @@ def test_disabled_tracking_logs_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_copy_in_dvc_tmp_logs_to_its_home_repositorys_store(tmp_path: Path) -> None:
+    """`dvc exp run --temp` and queued experiments run stages in .dvc/tmp/exps/<tmp>/: their runs belong in
+    the user's store, not in a new one inside the copy that DVC deletes."""
+    home = tmp_path / "repo"
+    copy = home / ".dvc" / "tmp" / "exps" / "tmpk3x"
+    copy.mkdir(parents=True)
+    run_id = log_stage(record("prepare", copy), TrackingSection(experiment="local"), copy)
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    assert client.get_run(run_id).info.artifact_uri.startswith((home / "mlartifacts").as_uri())
+    assert sorted(path.name for path in copy.iterdir()) == ["prepare.json"]  # no store, no artifacts in the copy
+
+
 def test_default_store_is_an_absolute_sqlite_file_with_local_artifacts(tmp_path: Path) -> None:
     cfg = TrackingSection(experiment="local")
-    run_id = log_stage(record("prepare", tmp_path), cfg, tmp_path)
+    stage = record("prepare", tmp_path)
+    stage.started = time.time() - 90  # NOTE: the stage worked for 90 s before it logged
+    run_id = log_stage(stage, cfg, tmp_path)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(run_id)
+    assert 90_000 <= run.info.end_time - run.info.start_time < 150_000  # the Duration column: the stage's time
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["maskprune.kind"] == "pipeline" and parent.info.status == "FINISHED"

@@ -91,11 +91,13 @@ def _find_idx(root: Path, stem: str) -> Path | None:
 
 
 def _missing_data(cfg: DataSection, what: str) -> MaskpruneError:
+    fix = (
+        "point data.root at a folder that holds it in params.local.yaml, then rerun "
+        "`python -m maskprune.profile <profile>` (it writes params.yaml)"
+    )
     if cfg.format == "idx" and cfg.root == DEFAULT_FASHION_MNIST_ROOT:
-        fix = "install it with `sudo apt-get install dataset-fashion-mnist`, or set data.root"
-    else:
-        fix = "set data.root in params.yaml"
-    return MaskpruneError(f"{what} not found under {cfg.root}: {fix} to a folder that holds it")
+        fix = f"install it with `sudo apt-get install dataset-fashion-mnist`, or {fix}"
+    return MaskpruneError(f"{what} not found under {cfg.root}: {fix}")
 
 
 def read_idx_dataset(cfg: DataSection) -> RawSplits:

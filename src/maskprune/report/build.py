@@ -26,7 +26,7 @@ import pandas as pd
 
 from maskprune import atomic
 from maskprune.config import Params
-from maskprune.layout import PRUNE_DIR, REPORT_DIR, REPORT_FIGURES_DIR, PruneVariant
+from maskprune.layout import PRUNE_DIR, REPORT_DIR, REPORT_FIGURES_DIR, VERDICTS_FILE, PruneVariant
 from maskprune.report.claims import Outcome, conclude
 from maskprune.report.model import Context, Report, Section
 from maskprune.report.render import render_html, render_markdown
@@ -36,9 +36,6 @@ from maskprune.report.sections_training import section_maskedkd, section_mto, se
 from maskprune.report.stats import CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED
 
 WORDS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE)
-# NOTE: the verdicts as the numbers `dvc exp show` and `dvc metrics show` print (dvc.yaml declares it
-# the stage's metric); reports/summary.json holds the whole account
-VERDICTS_FILE = Path("metrics") / "verdicts.json"
 
 
 def chance_warning(ctx: Context) -> str | None:

@@ -58,12 +58,23 @@ class StageRecord:
     tags: dict[str, str] = field(default_factory=dict)
     parent_artifacts: list[Path] = field(default_factory=list)
     register: ModelToRegister | None = None
+    started: float | None = None  # time.time() when the stage began its work: the run's start (else: when logged)
+
+
+def home_repository(root: Path) -> Path:
+    """The repository whose `.dvc/tmp/` holds the copy `root` (`dvc exp run --temp` and queued experiments
+    run in .dvc/tmp/exps/, seeds in .dvc/tmp/seeds/), else `root`: the copy's runs belong in its store."""
+    parts = root.resolve().parts
+    for index in range(len(parts) - 1):
+        if parts[index : index + 2] == (".dvc", "tmp"):
+            return Path(*parts[:index])
+    return root.resolve()
 
 
 def tracking_uri(cfg: TrackingSection, root: Path) -> str:
-    """MLFLOW_TRACKING_URI, else `tracking.uri`, else an absolute SQLite file in the repo."""
+    """MLFLOW_TRACKING_URI, else `tracking.uri`, else an absolute SQLite file in the (home) repository."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
-    return uri or f"sqlite:///{(root / DEFAULT_DB).resolve()}"
+    return uri or f"sqlite:///{home_repository(root) / DEFAULT_DB}"
 
 
 def uri_source(cfg: TrackingSection) -> str:
@@ -131,12 +142,12 @@ class Tracker:
         if found is None:
             location = None
             if self.uri.startswith("sqlite:"):
-                location = (self.root / DEFAULT_ARTIFACTS).resolve().as_uri()
+                location = (home_repository(self.root) / DEFAULT_ARTIFACTS).as_uri()
             experiment_id = self.client.create_experiment(name, artifact_location=location)
         else:
             experiment_id = found.experiment_id
-        # NOTE: MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces);
-        # with it, on the training runs table
+        # NOTE: MLflow's UI reads this tag only with its workflow switch off; 3.17 opens on the address's
+        # view instead (maskprune.tracking.ui prints the runs table's)
         self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return experiment_id
 
@@ -181,7 +192,10 @@ class Tracker:
             tags["prefect.flow_run_id"] = os.environ[FLOW_RUN_ENV]
         if os.environ.get("DVC_EXP_NAME"):
             tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-        run_id = self.client.create_run(self.experiment_id, run_name=record.stage, tags=tags).info.run_id
+        start = int(record.started * 1000) if record.started is not None else None
+        run_id = self.client.create_run(
+            self.experiment_id, start_time=start, tags=tags, run_name=record.stage
+        ).info.run_id
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
