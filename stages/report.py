@@ -14,9 +14,10 @@ from typing import Any
 from maskprune.checkpoint import WEIGHTS_FILE, read_meta
 from maskprune.cli import run_stage
 from maskprune.config import Params
-from maskprune.layout import MODELS_DIR, REPORT_DIR, REPORT_FIGURES_DIR, VERDICTS_FILE
+from maskprune.layout import HEADLINE_FILE, MODELS_DIR, REPORT_DIR, REPORT_FIGURES_DIR, VERDICTS_FILE
 from maskprune.report.build import write_report
 from maskprune.runtime import Runtime
+from maskprune.tracking.provenance import file_md5
 from maskprune.tracking.registry import ModelToRegister
 from maskprune.tracking.runs import StageRecord
 
@@ -48,13 +49,38 @@ def best_pruned_model(params: Params, root: Path, summary: dict[str, Any]) -> Mo
         return None
     meta = read_meta(folder)
     size = meta["model"]["img_size"]
+    description, tags = model_card(name, meta, summary, root)
     return ModelToRegister(
         folder,
         params.tracking.registered_model,
         params.tracking.model_alias,
         (meta["in_chans"], size, size),
         meta["num_classes"],
+        weights_md5=file_md5(folder / WEIGHTS_FILE),
+        description=description,
+        tags=tags,
     )
+
+
+def model_card(name: str, meta: dict[str, Any], summary: dict[str, Any], root: Path) -> tuple[str, dict[str, str]]:
+    """The registered version's description and tags: which model it is, and what evaluate measured of
+    these weights (metrics/headline.json of this workspace, whose seed trained them)."""
+    measured = json.loads((root / HEADLINE_FILE).read_text()).get(name) if (root / HEADLINE_FILE).is_file() else None
+    stage, seed = meta.get("stage", name), meta.get("seed")
+    tags = {"model": name, "stage": stage, "seed": str(seed), "report_seeds": ",".join(map(str, summary["seeds"]))}
+    description = (
+        f"{name}, trained by stage {stage} (seed {seed}): the report's best pruned model over seeds "
+        f"{tags['report_seeds']}."
+    )
+    if measured is None:
+        return f"{description} evaluate has not measured these weights here.", tags
+    ratio = measured["throughput_ratio"]
+    tags |= {"test_top1": f"{measured['top1']:.4f}", "gmacs": f"{measured['gmacs']:.4g}"}
+    if ratio is None:
+        speed = "no throughput ratio (its A/A control said the timing was noise)"
+    else:
+        speed, tags["throughput_ratio"] = f"{ratio:.2f}x the unpruned student's throughput", f"{ratio:.3f}"
+    return f"{description} Test top-1 {measured['top1']:.2%}, {measured['gmacs']:.4g} GMACs per image, {speed}.", tags
 
 
 def record(params: Params, root: Path) -> StageRecord:

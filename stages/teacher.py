@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from maskprune import atomic
-from maskprune.checkpoint import config_hash, model_meta, pretrained_digest, save_model
+from maskprune.checkpoint import WEIGHTS_FILE, config_hash, model_meta, pretrained_digest, save_model
 from maskprune.cli import run_stage
 from maskprune.config import Params
 from maskprune.data.loader import Normalizer
@@ -113,7 +113,8 @@ def record(params: Params, root: Path) -> StageRecord:
         },
         metrics=json.loads((out / "metrics.json").read_text()),
         history=pd.read_csv(out / "history.csv").to_dict("records"),
-        artifacts=[out / "metrics.json", out / "history.csv", out / "meta.json", out / "model.safetensors"],
+        artifacts=[out / "metrics.json", out / "history.csv", out / "meta.json"],
+        model_weights=out / WEIGHTS_FILE,
     )
 
 

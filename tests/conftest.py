@@ -157,6 +157,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.path.name != "test_dvc_repro.py")
 
 
+def repro_log(repo: Path) -> Path:
+    """Where `smoke_repo` keeps the output of its `dvc repro` (beside the repository, outside git)."""
+    return repo.parent / "repro.log"
+
+
 @pytest.fixture(scope="session")
 def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the repository set to the smoke profile, after one `dvc repro`, committed.
@@ -165,7 +170,8 @@ def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     uncommitted outputs (dvc.lock, metrics, histories) would make experiments rerun their stages.
     """
     repo = copy_repo(tmp_path_factory.mktemp("smoke-repo"))
-    run(["dvc", "repro"], repo)
+    done = run(["dvc", "repro"], repo)
+    repro_log(repo).write_text(done.stdout + done.stderr)
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "dvc repro"], repo)
     return repo

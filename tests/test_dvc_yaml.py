@@ -13,12 +13,14 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
-from maskprune.config import PRETRAINED_DIR
+from maskprune.config import FINETUNE_VARIANTS, PRETRAINED_DIR, PROFILES, PRUNING_METHODS
 from maskprune.dvc_yaml import expand
 from maskprune.layout import PREPARED_DIR
+from maskprune.profile import profile_params
 from tests.conftest import copy_repo, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,3 +166,52 @@ def test_replacing_a_pretrained_file_reruns_the_stages_that_start_from_it(tmp_pa
     run(["dvc", "commit", "-f", "distill_teacher", "teacher"], repo)
     weights.write_bytes(b"second")
     assert changed() == expected
+
+
+PLOT_TEMPLATES = ROOT / ".dvc" / "plots"
+PALETTE = {"tableau20": 20}  # NOTE: vega's scheme sizes: past them colours repeat
+
+
+def declared_plots() -> list[dict]:
+    return [
+        {"title": title, **spec}
+        for plot in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+        for title, spec in plot.items()
+    ]
+
+
+def panels(models: list[str]) -> dict[str, set[str]]:
+    """The models each panel of a faceted template draws: split by family (the name before '/'),
+    as the templates' vega expression splits them."""
+    found: dict[str, set[str]] = {}
+    for model in models:
+        found.setdefault(model.split("/")[0] if "/" in model else "", set()).add(model)
+    return found
+
+
+def test_every_plot_table_is_plotted_with_a_colour_per_model_and_whole_steps_on_integer_axes() -> None:
+    """On the committed seed-0 tables: no colour repeats within a panel, epochs and layers tick in whole
+    numbers, and every table evaluate writes is drawn."""
+    plotted = set()
+    for plot in declared_plots():
+        ((table, _),) = plot["y"].items()
+        plotted.add(table)
+        frame = pd.read_csv(ROOT / table)
+        template = json.loads((PLOT_TEMPLATES / f"{plot['template']}.json").read_text())
+        encoding = template.get("spec", template)["encoding"]
+        if "model" in frame:
+            assert encoding["color"]["field"] == "model" and "facet" in template, plot["title"]
+            colours = PALETTE[encoding["color"]["scale"]["scheme"]]
+            assert max(map(len, panels(list(frame["model"])).values())) <= colours, plot["title"]
+        integer = pd.api.types.is_integer_dtype(frame[plot["x"]])
+        assert (encoding["x"].get("axis", {}).get("format") == "d") == integer, plot["title"]
+    assert plotted == {str(p.relative_to(ROOT)) for p in (ROOT / "plots" / "evaluate").glob("*.csv")}
+
+
+def test_no_profile_puts_more_models_in_a_panel_than_the_palette_has_colours() -> None:
+    for profile in PROFILES:
+        params = profile_params(profile, ROOT)
+        pruned = len(PRUNING_METHODS) * len(params.prune.inits) * len(params.prune.keep_rates)
+        distilled = 2 * len(params.distill.students) * len(params.distill.targets)  # a probe and a fine-tune each
+        assert max(pruned, distilled, len(FINETUNE_VARIANTS)) <= PALETTE["tableau20"], profile
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ import pytest
 from maskprune.checkpoint import save_model
 from maskprune.models.vit import build_model
 from maskprune.profile import profile_params
+from maskprune.tracking.registry import WEIGHTS_TAG, training_run
 from stages.report import best_pruned_model
-from tests.conftest import REPO, checkpoint_meta
+from tests.conftest import REPO, checkpoint_meta, repro_log
 from tests.report.structure import parse
 
 SECTIONS = ("A", "B", "C", "D", "E", "T")
@@ -59,8 +61,17 @@ def test_best_pruned_model_is_registered_with_an_alias_and_serves_predictions(
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     summary = json.loads((smoke_repo / "reports" / "summary.json").read_text())
     version = client.get_model_version_by_alias("maskprune-pruned", "champion")
-    run = client.get_run(version.run_id)
-    assert run.data.tags["maskprune.stage"] == "report" and run.data.tags["best_pruned"] == summary["best_pruned"]
+    name = summary["best_pruned"]  # e.g. prune/evit-full-0.5, trained by stage prune@evit-full-0.5
+    stage = name.replace("/", "@", 1)
+    trained = client.get_run(version.run_id)  # the source run is the run that trained the weights
+    assert trained.data.tags["maskprune.stage"] == stage
+    measured = json.loads((smoke_repo / "metrics" / "headline.json").read_text())[name]
+    assert version.description.startswith(f"{name}, trained by stage {stage} (seed 0)")
+    assert f"Test top-1 {measured['top1']:.2%}" in version.description
+    assert version.tags["stage"] == stage and version.tags["test_top1"] == f"{measured['top1']:.4f}"
+    assert ("throughput_ratio" in version.tags) == (measured["throughput_ratio"] is not None)
+    run = client.get_run(version.tags["registered_by_run"])
+    assert run.data.tags["maskprune.stage"] == "report" and run.data.tags["best_pruned"] == name
     assert run.data.tags["verdict.A"] == summary["verdicts"]["A"]
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert {"report.html", "report.md"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -75,6 +86,22 @@ def test_best_pruned_model_is_registered_with_an_alias_and_serves_predictions(
             Normalizer(meta["mean"], meta["std"], meta["model"]["img_size"], torch.device("cpu"))(images)
         ).softmax(-1)
     np.testing.assert_allclose(probabilities, expected.numpy(), atol=1e-5)
+    report_output = repro_log(smoke_repo).read_text().partition("Running stage 'report'")[2]
+    # NOTE: Python warnings (UserWarning: ...) and WARNING log lines, e.g. MLflow's on logging a model
+    assert report_output and not re.search(r"[A-Za-z]+Warning\b|\bWARNING\b", report_output), report_output
+
+
+def test_a_weights_digest_names_the_run_that_trained_them_and_no_other(tmp_path: Path) -> None:
+    """A real MLflow store: of three runs, the one tagged with the weights' md5 (the newest if two are)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("x", artifact_location=(tmp_path / "artifacts").as_uri())
+    older = client.create_run(experiment, start_time=1000, tags={WEIGHTS_TAG: "a" * 32}).info.run_id
+    newer = client.create_run(experiment, start_time=2000, tags={WEIGHTS_TAG: "a" * 32}).info.run_id
+    client.create_run(experiment, start_time=3000, tags={WEIGHTS_TAG: "b" * 32})
+    assert older != newer and training_run(client, experiment, "a" * 32) == newer
+    assert training_run(client, experiment, "c" * 32) is None
 
 
 def test_the_best_pruned_model_is_registered_only_with_its_weights_and_above_chance(

@@ -1,6 +1,6 @@
 """Git and DVC provenance: the commit, the dependency hashes and the `dvc` process a stage runs under.
 
-Tracking tags runs with these; the benchmarks record the commit they measured.
+Tracking tags runs with these (and logs the hashes as an artifact); the benchmarks record the commit they measured.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def dvc_md5(path: Path) -> str:
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
 
 
-def dvc_dep_tags(stage: str, root: Path) -> dict[str, str]:
-    """`dvc.dep.<path>.md5` for each path `stage` depends on, hashed now as DVC hashes it.
+def dvc_dep_hashes(stage: str, root: Path) -> dict[str, str]:
+    """{path: md5} for each path `stage` depends on, hashed now as DVC hashes it ({} outside a DVC stage).
 
     NOTE: computed, not read from dvc.lock: a stage runs before DVC writes its lock entry, so the
     lock still holds the previous run's hashes (or none).
@@ -69,7 +69,7 @@ def dvc_dep_tags(stage: str, root: Path) -> dict[str, str]:
         return {}
     if found is None:
         return {}
-    return {f"dvc.dep.{dep}.md5": dvc_md5(root / dep) for dep in found.deps if (root / dep).exists()}
+    return {dep: dvc_md5(root / dep) for dep in found.deps if (root / dep).exists()}
 
 
 def dvc_invocation_key() -> str | None:

@@ -11,6 +11,7 @@ package travels in its code folder. This module is never imported by the library
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -32,7 +33,7 @@ class CheckpointClassifier(PythonModel):
         spec = ModelSpec.model_validate(meta["model"])
         self.normalize = Normalizer(meta["mean"], meta["std"], spec.img_size, torch.device("cpu"))
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:  # noqa: ANN001
+    def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:  # noqa: ANN001
         """Softmax probabilities [n, classes] for uint8 images [n, channels, height, width] (or floats in 0..1)."""
         images = torch.as_tensor(np.asarray(model_input))
         if images.dtype != torch.uint8:  # floats in 0..1

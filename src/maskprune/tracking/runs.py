@@ -10,6 +10,7 @@ works without it when tracking is disabled.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -21,12 +22,14 @@ from typing import Any
 
 from maskprune.config import TrackingSection
 from maskprune.errors import MaskpruneError
-from maskprune.tracking.provenance import dvc_dep_tags, dvc_invocation_key, git_tags
-from maskprune.tracking.registry import ModelToRegister, register_model
+from maskprune.tracking.provenance import dvc_dep_hashes, dvc_invocation_key, file_md5, git_tags
+from maskprune.tracking.registry import WEIGHTS_TAG, ModelToRegister, register_model
 
 PARENT_ENV = "MASKPRUNE_PARENT_RUN_ID"
 FLOW_RUN_ENV = "MASKPRUNE_PREFECT_FLOW_RUN_ID"
 INVOCATION_TAG = "maskprune.invocation"
+DEPS_TAG = "dvc.deps.md5"  # the digest of PROVENANCE_FILE's dependency hashes: runs with equal inputs share it
+PROVENANCE_FILE = "provenance.json"  # a stage run's artifact: per dependency the md5 DVC locks for it
 DEFAULT_DB = "mlflow.db"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
@@ -38,6 +41,7 @@ for _name, _value in (
     ("DO_NOT_TRACK", "1"),
     ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
     ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"),
+    ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),  # NOTE: a stage's log is one line per result
 ):
     os.environ.setdefault(_name, _value)
 
@@ -46,8 +50,10 @@ for _name, _value in (
 class StageRecord:
     """What a stage logs: flat params, final metrics, per-epoch history and artifact files.
 
-    `parent_artifacts` are logged to the pipeline's parent run as well (e.g. the report), and
-    `register` names a model to log with the stage's run and register.
+    `parent_artifacts` are logged to the pipeline's parent run as well (e.g. the report),
+    `model_weights` is the weights file the stage trained (logged, its md5 tagged: a registered model
+    names the run that trained it by that), and `register` names a model to log with the stage's run
+    and register.
     """
 
     stage: str
@@ -57,6 +63,7 @@ class StageRecord:
     artifacts: list[Path] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     parent_artifacts: list[Path] = field(default_factory=list)
+    model_weights: Path | None = None
     register: ModelToRegister | None = None
     started: float | None = None  # time.time() when the stage began its work: the run's start (else: when logged)
 
@@ -98,6 +105,11 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
     return flat
+
+
+def deps_digest(deps: dict[str, str]) -> str:
+    """One md5 for a stage's dependency hashes {path: md5}: equal exactly when every dependency is."""
+    return hashlib.md5(json.dumps(deps, sort_keys=True).encode()).hexdigest()
 
 
 class Tracker:
@@ -180,14 +192,17 @@ class Tracker:
 
     def log_stage(self, record: StageRecord, parent_id: str) -> str:
         """Log `record` as a finished run nested under `parent_id` (registering its model, if any); returns its id."""
+        deps = dvc_dep_hashes(record.stage, self.root)
         tags = {
             "mlflow.parentRunId": parent_id,
             "maskprune.kind": "stage",
             "maskprune.stage": record.stage,
             **git_tags(self.root),
-            **dvc_dep_tags(record.stage, self.root),
+            DEPS_TAG: deps_digest(deps),
             **record.tags,
         }
+        if record.model_weights is not None:
+            tags[WEIGHTS_TAG] = file_md5(record.model_weights)
         if os.environ.get(FLOW_RUN_ENV):
             tags["prefect.flow_run_id"] = os.environ[FLOW_RUN_ENV]
         if os.environ.get("DVC_EXP_NAME"):
@@ -210,7 +225,8 @@ class Tracker:
             self.client.log_batch(run_id, params=params[i : i + 100])
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
-        self.log_files(run_id, record.artifacts)
+        self.client.log_dict(run_id, {"dvc_deps": deps}, PROVENANCE_FILE)
+        self.log_files(run_id, [*record.artifacts, *([record.model_weights] if record.model_weights else [])])
         self.log_files(parent_id, record.parent_artifacts)
         if record.register is not None:
             register_model(self.client, self.uri, run_id, record.register)
