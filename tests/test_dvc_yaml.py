@@ -214,4 +214,3 @@ def test_no_profile_puts_more_models_in_a_panel_than_the_palette_has_colours() -
         pruned = len(PRUNING_METHODS) * len(params.prune.inits) * len(params.prune.keep_rates)
         distilled = 2 * len(params.distill.students) * len(params.distill.targets)  # a probe and a fine-tune each
         assert max(pruned, distilled, len(FINETUNE_VARIANTS)) <= PALETTE["tableau20"], profile
-

@@ -68,6 +68,18 @@ def test_one_seed_gives_no_test_and_an_inconclusive_word() -> None:
     )
 
 
+def test_equal_differences_on_every_seed_are_no_test_and_say_why() -> None:
+    """Seed 0 and 1 of the committed cpu run: MaskedKD - full-image KD was -0.16 points on both."""
+    tied = Test("MaskedKD - full-image KD", {0: 0.8474 - 0.8490, 1: 0.8478 - 0.8494}, -0.005)
+    outcome = conclude({"B": Claim("B's", [tied], [PASS])}, 0.95)["B"]
+    assert outcome.word == INCONCLUSIVE and outcome.tests[0]["p"] is None
+    assert outcome.tests[0]["seeds_to_decide"] is None and outcome.tests[0]["low"] is None
+    assert outcome.line.endswith(
+        "needs > -0.50: no test, the 2 seeds' differences are equal (a tie at the resolution of test top-1, "
+        "so their spread is unknown, not zero); more seeds give it."
+    )
+
+
 def test_an_inconclusive_test_says_how_many_seeds_would_decide_it() -> None:
     # mean 0.01, sd 0.02: t = 0.5 sqrt(n) first reaches the 97.5% t quantile at n = 18 (tables: 0.5 sqrt(17) =
     # 2.062 < t(16) 2.120; 0.5 sqrt(18) = 2.121 >= t(17) 2.110)

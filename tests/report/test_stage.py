@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -112,17 +113,41 @@ def test_the_best_pruned_model_is_registered_only_with_its_weights_and_above_cha
     params = profile_params("smoke", REPO)
     name = "prune/evit-masked-0.5"
     folder = tmp_path / "models" / name
-    save_model(folder, build_model(params.models.student, 10, 1), checkpoint_meta(params.models.student))
+    meta = checkpoint_meta(params.models.student, stage="prune@evit-masked-0.5", seed=0)
+    save_model(folder, build_model(params.models.student, 10, 1), meta)
     above = {"name": "models above chance", "passed": True, "detail": "needs >= 19.0 (chance 10.0): ..."}
     near = {**above, "passed": False, "detail": "needs >= 19.0 (chance 10.0): prune/evit-masked-0.5 seed 0 10.8"}
-    assert best_pruned_model(params, tmp_path, {"best_pruned": name, "best_pruned_check": above}).folder == folder
-    assert best_pruned_model(params, tmp_path, {"best_pruned": name, "best_pruned_check": near}) is None
+    summary = {"seeds": [0, 1], "best_pruned": name, "best_pruned_check": above}
+    unmeasured = best_pruned_model(params, tmp_path, summary)
+    assert unmeasured.folder == folder and unmeasured.description.endswith(
+        "evaluate has not measured these weights here."
+    )
+    assert unmeasured.weights_md5 == hashlib.md5((folder / "model.safetensors").read_bytes()).hexdigest()
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "headline.json").write_text(
+        json.dumps({name: {"top1": 0.8456, "gmacs": 0.031478656, "throughput_ratio": 1.4738}})
+    )
+    card = best_pruned_model(params, tmp_path, summary)
+    assert card.description == (
+        "prune/evit-masked-0.5, trained by stage prune@evit-masked-0.5 (seed 0): the report's best pruned model "
+        "over seeds 0,1. Test top-1 84.56%, 0.03148 GMACs per image, 1.47x the unpruned student's throughput."
+    )
+    assert card.tags == {
+        "model": name,
+        "stage": "prune@evit-masked-0.5",
+        "seed": "0",
+        "report_seeds": "0,1",
+        "test_top1": "0.8456",
+        "gmacs": "0.03148",
+        "throughput_ratio": "1.474",
+    }
+    assert best_pruned_model(params, tmp_path, {"seeds": [0], "best_pruned": name, "best_pruned_check": near}) is None
     assert capsys.readouterr().out == (
         "report: the best pruned model, prune/evit-masked-0.5, is not registered: it fails 'models above chance' "
         "(needs >= 19.0 (chance 10.0): prune/evit-masked-0.5 seed 0 10.8)\n"
     )
     (folder / "model.safetensors").unlink()
-    assert best_pruned_model(params, tmp_path, {"best_pruned": name, "best_pruned_check": above}) is None
+    assert best_pruned_model(params, tmp_path, {"seeds": [0], "best_pruned": name, "best_pruned_check": above}) is None
     assert capsys.readouterr().out == (
         "report: models/prune/evit-masked-0.5 has no weights here, so it is not registered; `dvc repro` trains it\n"
     )

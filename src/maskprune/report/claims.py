@@ -121,8 +121,13 @@ def _test_text(row: dict[str, Any], points: bool, alpha: float, family: int) -> 
     mean = f"{row['mean'] * scale:+.{digits}f}"
     bounds = "" if row["low"] is None else f" [{row['low'] * scale:+.{digits}f}, {row['high'] * scale:+.{digits}f}]"
     value = f"{row['name']} {mean}{bounds} (n={row['n']}){unit}, needs > {row['delta'] * scale:+.{digits}f}"
-    if row["p"] is None:
+    if row["p"] is None and row["n"] < 2:
         return f"{value}: no test with one seed (a spread needs two)"
+    if row["p"] is None:
+        return (
+            f"{value}: no test, the {row['n']} seeds' differences are equal (a tie at the resolution of "
+            "test top-1, so their spread is unknown, not zero); more seeds give it"
+        )
     line = f"{value}: p {row['p']:.3f}, Holm p {row['p_holm']:.3f} (alpha {alpha:.2f}, {family} tests) -> {row['word']}"
     if row["word"] != INCONCLUSIVE:
         return line

@@ -1,8 +1,8 @@
 """Aggregation over seeds and the verdicts on the papers' claims.
 
 An interval is mean +- t_{(1+c)/2, n-1} * s / sqrt(n) over the n seeds (s: the sample standard
-deviation); with one seed it has no width. A comparison of two arms is paired by seed: the mean and
-interval of the per-seed differences (arm minus reference).
+deviation); with one seed, or values all equal (a tie, below), it has no bounds. A comparison of two
+arms is paired by seed: the mean and interval of the per-seed differences (arm minus reference).
 
 Verdicts. Each claim is decided by one or more pre-registered tests, each a paired comparison whose
 paper side is mean difference > delta (delta = 0 for a directional claim, -margin for a
@@ -15,7 +15,10 @@ non-inferiority claim):
     inconclusive otherwise;
   - a claim with several tests is reproduced only if all its tests are, contradicted if any is,
     inconclusive otherwise;
-  - with one seed there is no test (no p-value) and the verdict is inconclusive;
+  - with one seed there is no test (no p-value) and the verdict is inconclusive; nor when the
+    per-seed differences are all equal: top-1 moves in steps of one test image, so equal values are
+    a tie of the measurement, which leaves the spread unknown, not zero (the t statistic would be
+    infinite and any such test "decided");
   - a claim whose preconditions fail (maskprune.report.checks) is not testable here.
 """
 
@@ -25,6 +28,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+TIE = 1e-9  # values closer than this are equal: float rounding, far below one test image in any test set
 REPRODUCED = "reproduced"
 CONTRADICTED = "contradicted"
 INCONCLUSIVE = "inconclusive"
@@ -36,14 +40,14 @@ class Interval:
     """A mean over seeds with its Student-t interval [low, high] at `confidence`."""
 
     mean: float
-    low: float | None  # None with fewer than two values
+    low: float | None  # None with fewer than two distinct values
     high: float | None
     n: int
     confidence: float
 
     @property
     def decided(self) -> bool:
-        """Whether the interval has bounds (two values or more)."""
+        """Whether the interval has bounds (two distinct values or more)."""
         return self.low is not None and self.high is not None
 
     def text(self, scale: float = 1.0, digits: int = 2, signed: bool = False) -> str:
@@ -117,7 +121,7 @@ def t_interval(values: Iterable[float], confidence: float = 0.95) -> Interval:
     if not xs:
         raise ValueError("no values to aggregate")
     mean = sum(xs) / len(xs)
-    if len(xs) < 2:
+    if len(xs) < 2 or max(xs) - min(xs) <= TIE:  # NOTE: no spread to build it from (a tie: see above)
         return Interval(mean, None, None, len(xs), confidence)
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
     half = student_t_quantile((1 + confidence) / 2, len(xs) - 1) * sd / math.sqrt(len(xs))
@@ -135,15 +139,15 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], confidence
 def t_test_p(values: Sequence[float], delta: float) -> float | None:
     """Two-sided p-value of the one-sample Student-t test of H0: mean == `delta` (NaN and None skipped).
 
-    None with fewer than two values; with zero spread, 0.0 if the mean differs from `delta`, else 1.0.
+    None with fewer than two values, and when they are all equal (no spread to test with; see above).
     """
     xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     if len(xs) < 2:
         return None
     mean = sum(xs) / len(xs)
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
-    if sd == 0.0:
-        return 0.0 if mean != delta else 1.0
+    if max(xs) - min(xs) <= TIE:
+        return None
     t = (mean - delta) / (sd / math.sqrt(len(xs)))
     return min(1.0, 2.0 * student_t_cdf(-abs(t), len(xs) - 1))
 
@@ -156,7 +160,7 @@ def seeds_to_decide(values: Sequence[float], delta: float, alpha: float) -> int 
     reject, if their mean and standard deviation stayed as observed (a power line for an inconclusive test).
 
     None when no number up to MOST_SEEDS would (the mean sits at or near `delta`) or the spread is
-    unknown (fewer than two values); 2 when the values do not vary and the mean differs from `delta`.
+    unknown (fewer than two values, or all equal).
     """
     xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     if len(xs) < 2:
@@ -164,10 +168,8 @@ def seeds_to_decide(values: Sequence[float], delta: float, alpha: float) -> int 
     mean = sum(xs) / len(xs)
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
     effect = abs(mean - delta)
-    if effect == 0.0:
+    if effect == 0.0 or max(xs) - min(xs) <= TIE:
         return None
-    if sd == 0.0:
-        return 2
     for n in range(2, MOST_SEEDS + 1):
         if effect / (sd / math.sqrt(n)) >= student_t_quantile(1 - alpha / 2, n - 1):
             return n
