@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from flows.seeds import shared_stages, with_seed
 from maskprune.errors import MaskpruneError
@@ -77,6 +79,8 @@ def test_only_the_data_split_and_the_teachers_are_shared_by_every_seed() -> None
 def test_a_killed_seed_sweep_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(
     smoke_repo: Path, tmp_path: Path
 ) -> None:
+    """The stage cut off after its first epoch ends as that stage run straight through with seed 1 ends
+    (so every stage after it starts from the same model), and the sweep collects the seed once."""
     resumed, straight = copy_run(smoke_repo, tmp_path / "resumed"), copy_run(smoke_repo, tmp_path / "straight")
     for repo in (resumed, straight):
         narrow(repo)
@@ -88,24 +92,32 @@ def test_a_killed_seed_sweep_resumes_where_it_stopped_and_ends_as_an_uninterrupt
     log = seed_run(resumed, SWEEP)
     assert "seed 1: resuming at pretrain@mae-baseline (pretrain@mae-baseline saved after epoch 1 of 2;" in log
     assert "Stage 'teacher' is cached" in log or "Stage 'teacher' didn't change" in log  # not retrained
-    history = (ws / "models" / "pretrain" / "mae-baseline" / "history.csv").read_text().splitlines()
+    cut = ws / "models" / "pretrain" / "mae-baseline"
+    history = (cut / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]  # epoch 2 appended to the saved epoch 1
-    seed_run(straight, SWEEP)
+
+    params = straight / "params.yaml"
+    params.write_text(with_seed(params.read_text(), 1))
+    done = subprocess.run(
+        ["dvc", "repro", "pretrain@mae-baseline"], cwd=straight, env=env(straight), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    uncut = straight / "models" / "pretrain" / "mae-baseline"
+    ours, theirs = measured(cut), measured(uncut)
+    assert ours.keys() == theirs.keys() and len(ours) > 5
+    # NOTE: the same seeded work on the same threads; only float reduction order may differ
+    assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-4)
+    weights, reference = load_file(cut / "model.safetensors"), load_file(uncut / "model.safetensors")
+    assert weights.keys() == reference.keys()
+    for name, tensor in weights.items():
+        torch.testing.assert_close(tensor, reference[name], rtol=1e-4, atol=1e-4)
 
     collected = resumed / "reports" / "seeds" / "seed-1"
     assert "seed: 1" in (collected / "params.yaml").read_text()
-    ours, theirs = measured(collected), measured(straight / "reports" / "seeds" / "seed-1")
-    assert ours.keys() == theirs.keys() and len(ours) > 50
-    # NOTE: the same seeded work on the same threads; only float reduction order may differ
-    assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-4)
-    resumed_times = json.loads((collected / "sweep.json").read_text())
-    straight_times = json.loads((straight / "reports" / "seeds" / "seed-1" / "sweep.json").read_text())
-    assert (resumed_times["whole_seed"], straight_times["whole_seed"]) == (
-        False,
-        True,
-    )  # a resumed run's time is partial
-    for times in (resumed_times, straight_times):
-        assert times["jobs"] == 1 and times["train_seconds"] > 0 and times["evaluate_seconds"] > 0
+    assert len(measured(collected)) > 50  # every stage of the seed, collected
+    times = json.loads((collected / "sweep.json").read_text())
+    assert times["whole_seed"] is False  # a resumed run's time is partial
+    assert times["jobs"] == 1 and times["train_seconds"] > 0 and times["evaluate_seconds"] > 0
 
     assert "seed 1: done, collected in reports/seeds/seed-1" in seed_run(resumed, [*SEEDS, "--status"])
     before = (collected / "params.yaml").stat().st_mtime_ns
