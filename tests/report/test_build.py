@@ -104,7 +104,8 @@ def test_report_aggregates_seeds_with_paired_intervals_and_excludes_other_config
     (mto_table,) = [frame for kind, frame in mto.blocks if kind == "table"][:1]
     assert list(mto_table["objective"]) == params.pretrain.objectives
     for column in ("baseline final probe", "MTO final probe", "raw-pixel floor"):
-        assert mto_table[column].str.match(r"^\d+\.\d\d \[").all(), column
+        # NOTE: the hand-made seeds copy these from seed 0: equal on every seed, a tie with no interval
+        assert mto_table[column].str.match(r"^\d+\.\d\d \(n=3\)$").all(), column
     assert (
         any(c.startswith("RAUC epochs") for c in mto_table)
         and "epochs for MTO to reach the baseline's final" in mto_table

@@ -76,7 +76,7 @@ def test_stages_nest_under_one_parent_run_on_a_server(
     assert teacher.data.metrics["val_top1"] == pytest.approx(0.87)
     steps = client.get_metric_history(ids[1], "train_loss")
     assert sorted((m.step, m.value) for m in steps) == [(1, 1.0), (2, 0.5)]
-    assert [a.path for a in client.list_artifacts(ids[1])] == ["teacher.json"]
+    assert [a.path for a in client.list_artifacts(ids[1])] == ["provenance.json", "teacher.json"]
     assert client.get_run(parent).data.tags["prefect.flow_run_id"] == "flow-123"
     assert teacher.info.status == "FINISHED"
 
