@@ -65,6 +65,7 @@ def test_best_pruned_model_is_registered_with_an_alias_and_serves_predictions(
     name = summary["best_pruned"]  # e.g. prune/evit-full-0.5, trained by stage prune@evit-full-0.5
     stage = name.replace("/", "@", 1)
     trained = client.get_run(version.run_id)  # the source run is the run that trained the weights
+    assert version.tags["source_run"] == "the run that trained it"
     assert trained.data.tags["maskprune.stage"] == stage
     measured = json.loads((smoke_repo / "metrics" / "headline.json").read_text())[name]
     assert version.description.startswith(f"{name}, trained by stage {stage} (seed 0)")

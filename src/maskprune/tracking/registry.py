@@ -94,7 +94,12 @@ def register_model(client: MlflowClient, uri: str, run_id: str, model: ModelToRe
         model.name,
         source=info.model_uri,
         run_id=source_run or run_id,
-        tags={**(model.tags or {}), "registered_by_run": run_id},
+        tags={
+            **(model.tags or {}),
+            "registered_by_run": run_id,
+            # NOTE: runs logged before stages tagged their weights (or in another store) cannot be found
+            "source_run": "the run that trained it" if source_run else "the registering run: none here trained it",
+        },
         description=model.description,
         model_id=info.model_id,
     ).version
