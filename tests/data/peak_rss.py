@@ -3,7 +3,7 @@
     python tests/data/peak_rss.py prepare TREE OUT
     python tests/data/peak_rss.py epoch PREPARED
 
-Prints the larger of this process's and its children's (the shard writers', the loader workers')
+Prints the larger of this process's (VmHWM) and its children's (the shard writers', the loader workers')
 peak resident set, for tests/data/test_memory.py. Runs in its own process so the peak is its own.
 """
 
@@ -18,7 +18,10 @@ import torch
 
 
 def peak_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # NOTE: VmHWM, not RUSAGE_SELF: Linux carries ru_maxrss across exec, so a process started from a
+    # large pytest would report pytest's size; the high-water mark of this process's own memory starts at exec
+    status = Path("/proc/self/status").read_text()
+    own = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, children) / 1024
 
