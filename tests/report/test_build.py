@@ -89,6 +89,13 @@ def test_report_aggregates_seeds_with_paired_intervals_and_excludes_other_config
     assert report.outcomes["A"].word == "not testable here"
     assert report.sections[0].verdict.startswith("not testable here: trained arms have plateaued (")
     assert report.summary()["claims"]["A"]["tests"][0]["word"] == "reproduced"
+    # ... which the line and the tests' table say of that word, the table in the line's units (points)
+    assert "Measured anyway, not a verdict." in report.sections[0].verdict
+    assert "(alpha 0.05, 7 tests) -> reproduced, were the checks met" in report.sections[0].verdict
+    blocks = report.sections[0].blocks
+    at = next(i for i, (kind, block) in enumerate(blocks) if kind == "table" and "Holm p" in block)
+    assert "in points of test top-1" in blocks[at - 1][1] and "not a verdict" in blocks[at - 1][1]
+    assert blocks[at][1].iloc[0][["mean", "needs >"]].tolist() == [3.2, 0.0]
     maskedkd = next(frame for kind, frame in report.sections[1].blocks if kind == "table")
     no_kd = maskedkd[maskedkd["teacher sees"] == "no teacher (labels only)"].iloc[0]
     teacher_columns = ["teacher GMACs / image", "teacher GMACs vs full", "teacher img/s vs full"]

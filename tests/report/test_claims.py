@@ -53,9 +53,11 @@ def test_a_failed_check_makes_the_claim_not_testable_but_keeps_its_numbers() -> 
     outcome = conclude({"A": Claim("A's comparison", [test], [PASS, failed])}, 0.95)["A"]
     assert outcome.word == NOT_TESTABLE
     assert outcome.line.startswith(
-        "not testable here: trained arms have plateaued (arm full seed 0: 1 epoch, no gain measured). A's comparison:"
+        "not testable here: trained arms have plateaued (arm full seed 0: 1 epoch, no gain measured). "
+        "Measured anyway, not a verdict. A's comparison:"
     )
     assert outcome.tests[0]["word"] == REPRODUCED  # what the test says, were the check to pass
+    assert outcome.line.endswith("(alpha 0.05, 1 tests) -> reproduced, were the checks met.")
     assert outcome.checks == [PASS.to_json(), failed.to_json()]
 
 

@@ -57,28 +57,34 @@ def add_checks(sec: Section, outcome: Outcome) -> None:
             ]
         )
     )
+    scale, digits, unit = (100.0, 2, "in points of test top-1, ") if outcome.points else (1.0, 3, "")
+    verdict = (
+        "; a check above fails, so each word is what its test alone says, not a verdict"
+        if outcome.word == NOT_TESTABLE
+        else ""
+    )
     sec.text(
-        "The pre-registered tests (two-sided Student-t on the paired differences; p Holm-adjusted over every claim; "
-        "for an inconclusive one, the seeds that would decide it at its mean and spread):"
+        f"The pre-registered tests ({unit}two-sided Student-t on the paired differences; p Holm-adjusted over "
+        f"every claim; for an inconclusive one, the seeds that would decide it at its mean and spread{verdict}):"
     )
     sec.table(
         pd.DataFrame(
             [
                 {
                     "test": t["name"],
-                    "mean": t["mean"],
-                    "low": t["low"],
-                    "high": t["high"],
+                    **{
+                        column: None if t[key] is None else round(t[key] * scale, digits)
+                        for column, key in (("mean", "mean"), ("low", "low"), ("high", "high"), ("needs >", "delta"))
+                    },
                     "n": t["n"],
-                    "needs >": t["delta"],
-                    "p": t["p"],
-                    "Holm p": t["p_holm"],
+                    "p": None if t["p"] is None else round(t["p"], 3),
+                    "Holm p": None if t["p_holm"] is None else round(t["p_holm"], 3),
                     "word": t["word"],
                     "seeds to decide": t["seeds_to_decide"] or "-",
                 }
                 for t in outcome.tests
             ]
-        ).round(4)
+        )
     )
 
 

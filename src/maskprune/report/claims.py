@@ -46,6 +46,7 @@ class Outcome:
     line: str
     tests: list[dict[str, Any]]
     checks: list[dict[str, Any]]
+    points: bool = True  # the tests' differences are accuracies, shown in points
 
     def to_json(self) -> dict[str, Any]:
         return {"word": self.word, "line": self.line, "tests": self.tests, "checks": self.checks}
@@ -102,19 +103,21 @@ def conclude(claims: dict[str, Claim], confidence: float) -> dict[str, Outcome]:
             )
         failed = testable(claim.checks)
         word = NOT_TESTABLE if failed else combine(words)
-        measured = "; ".join(_test_text(row, claim.points, alpha, len(family)) for row in rows)
-        head = failed if failed else word
+        measured = "; ".join(_test_text(row, claim.points, alpha, len(family), not failed) for row in rows)
+        head = f"{failed}. Measured anyway, not a verdict" if failed else word
         outcomes[key] = Outcome(
             word,
             f"{head}. {claim.summary}: {measured}.",
             rows,
             [check.to_json() for check in claim.checks],
+            claim.points,
         )
     return outcomes
 
 
-def _test_text(row: dict[str, Any], points: bool, alpha: float, family: int) -> str:
-    """'masked - full +1.20 [+0.40, +2.00] (n=5) points, needs > +0.00: p 0.004, Holm p 0.028 (alpha 0.05, 7 tests)'."""
+def _test_text(row: dict[str, Any], points: bool, alpha: float, family: int, checks_met: bool) -> str:
+    """'masked - full +1.20 [+0.40, +2.00] (n=5) points, needs > +0.00: p 0.004, Holm p 0.028 (alpha 0.05, 7 tests)
+    -> reproduced'; while a check fails the word is what the test alone says: '-> reproduced, were the checks met'."""
     scale, digits, unit = (100.0, 2, " points") if points else (1.0, 3, "")
     if row["mean"] is None:
         return f"{row['name']}: not measured"
@@ -128,7 +131,8 @@ def _test_text(row: dict[str, Any], points: bool, alpha: float, family: int) -> 
             f"{value}: no test, the {row['n']} seeds' differences are equal (a tie at the resolution of "
             "test top-1, so their spread is unknown, not zero); more seeds give it"
         )
-    line = f"{value}: p {row['p']:.3f}, Holm p {row['p_holm']:.3f} (alpha {alpha:.2f}, {family} tests) -> {row['word']}"
+    word = row["word"] if checks_met else f"{row['word']}, were the checks met"
+    line = f"{value}: p {row['p']:.3f}, Holm p {row['p_holm']:.3f} (alpha {alpha:.2f}, {family} tests) -> {word}"
     if row["word"] != INCONCLUSIVE:
         return line
     if row["seeds_to_decide"] is None:
