@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from maskprune.report.checks import Check
-from maskprune.report.claims import Claim, combine, conclude, differences
+from maskprune.report.claims import Claim, combine, conclude, differences, format_p
 from maskprune.report.stats import CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED, Test
 
 PASS = Check("the teacher is stronger", True, "seed 0: +3.00 points")
@@ -95,3 +95,7 @@ def test_an_inconclusive_test_says_how_many_seeds_would_decide_it() -> None:
     out = conclude({"B": Claim("B's", [level, decided], [PASS])}, 0.95)["B"]
     assert "no number of seeds up to 1000 would decide it" in out.line
     assert out.tests[1]["seeds_to_decide"] is None and out.tests[1]["word"] == REPRODUCED
+
+
+def test_a_p_value_that_rounds_to_zero_reads_below_a_thousandth() -> None:
+    assert [format_p(p) for p in (0.0004999, 0.0005, 0.0123, 1.0)] == ["< 0.001", "0.001", "0.012", "1.000"]

@@ -27,7 +27,7 @@ import pandas as pd
 from maskprune import atomic
 from maskprune.config import Params
 from maskprune.layout import PRUNE_DIR, REPORT_DIR, REPORT_FIGURES_DIR, VERDICTS_FILE, PruneVariant
-from maskprune.report.claims import Outcome, conclude
+from maskprune.report.claims import Outcome, conclude, format_p
 from maskprune.report.model import Context, Report, Section
 from maskprune.report.render import render_html, render_markdown
 from maskprune.report.results import SHARED_MODELS, shared_weights
@@ -77,8 +77,8 @@ def add_checks(sec: Section, outcome: Outcome) -> None:
                         for column, key in (("mean", "mean"), ("low", "low"), ("high", "high"), ("needs >", "delta"))
                     },
                     "n": t["n"],
-                    "p": None if t["p"] is None else round(t["p"], 3),
-                    "Holm p": None if t["p_holm"] is None else round(t["p_holm"], 3),
+                    "p": None if t["p"] is None else format_p(t["p"]),
+                    "Holm p": None if t["p_holm"] is None else format_p(t["p_holm"]),
                     "word": t["word"],
                     "seeds to decide": t["seeds_to_decide"] or "-",
                 }

@@ -132,9 +132,15 @@ def _test_text(row: dict[str, Any], points: bool, alpha: float, family: int, che
             "test top-1, so their spread is unknown, not zero); more seeds give it"
         )
     word = row["word"] if checks_met else f"{row['word']}, were the checks met"
-    line = f"{value}: p {row['p']:.3f}, Holm p {row['p_holm']:.3f} (alpha {alpha:.2f}, {family} tests) -> {word}"
+    p, p_holm = format_p(row["p"]), format_p(row["p_holm"])
+    line = f"{value}: p {p}, Holm p {p_holm} (alpha {alpha:.2f}, {family} tests) -> {word}"
     if row["word"] != INCONCLUSIVE:
         return line
     if row["seeds_to_decide"] is None:
         return f"{line}; at this spread no number of seeds up to {MOST_SEEDS} would decide it"
     return f"{line}; at this mean and spread about {row['seeds_to_decide']} seeds would decide it (alpha / {family})"
+
+
+def format_p(value: float) -> str:
+    """A p-value to 3 places; one that rounds to 0 reads '< 0.001', never 'p 0.000'."""
+    return "< 0.001" if value < 0.0005 else f"{value:.3f}"
