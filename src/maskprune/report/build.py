@@ -27,7 +27,7 @@ import pandas as pd
 from maskprune import atomic
 from maskprune.config import Params
 from maskprune.layout import PRUNE_DIR, REPORT_DIR, REPORT_FIGURES_DIR, VERDICTS_FILE, PruneVariant
-from maskprune.report.claims import Outcome, conclude, format_p
+from maskprune.report.claims import Outcome, conclude, format_p, print_scale
 from maskprune.report.model import Context, Report, Section
 from maskprune.report.render import render_html, render_markdown
 from maskprune.report.results import SHARED_MODELS, shared_weights
@@ -57,7 +57,7 @@ def add_checks(sec: Section, outcome: Outcome) -> None:
             ]
         )
     )
-    scale, digits, unit = (100.0, 2, "in points of test top-1, ") if outcome.points else (1.0, 3, "")
+    (scale, digits), unit = print_scale(outcome.points), "in points of test top-1, " if outcome.points else ""
     verdict = (
         "; a check above fails, so each word is what its test alone says, not a verdict"
         if outcome.word == NOT_TESTABLE
@@ -74,7 +74,7 @@ def add_checks(sec: Section, outcome: Outcome) -> None:
                     "test": t["name"],
                     **{
                         column: None if t[key] is None else round(t[key] * scale, digits)
-                        for column, key in (("mean", "mean"), ("low", "low"), ("high", "high"), ("needs >", "delta"))
+                        for column, key in {"mean": "mean", "low": "low", "high": "high", "needs >": "delta"}.items()
                     },
                     "n": t["n"],
                     "p": None if t["p"] is None else format_p(t["p"]),

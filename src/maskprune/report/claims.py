@@ -118,7 +118,7 @@ def conclude(claims: dict[str, Claim], confidence: float) -> dict[str, Outcome]:
 def _test_text(row: dict[str, Any], points: bool, alpha: float, family: int, checks_met: bool) -> str:
     """'masked - full +1.20 [+0.40, +2.00] (n=5) points, needs > +0.00: p 0.004, Holm p 0.028 (alpha 0.05, 7 tests)
     -> reproduced'; while a check fails the word is what the test alone says: '-> reproduced, were the checks met'."""
-    scale, digits, unit = (100.0, 2, " points") if points else (1.0, 3, "")
+    (scale, digits), unit = print_scale(points), " points" if points else ""
     if row["mean"] is None:
         return f"{row['name']}: not measured"
     mean = f"{row['mean'] * scale:+.{digits}f}"
@@ -144,3 +144,8 @@ def _test_text(row: dict[str, Any], points: bool, alpha: float, family: int, che
 def format_p(value: float) -> str:
     """A p-value to 3 places; one that rounds to 0 reads '< 0.001', never 'p 0.000'."""
     return "< 0.001" if value < 0.0005 else f"{value:.3f}"
+
+
+def print_scale(points: bool) -> tuple[float, int]:
+    """How a claim's differences print, (factor, decimals): accuracies in points, else plain numbers (RAUC)."""
+    return (100.0, 2) if points else (1.0, 3)
