@@ -148,9 +148,9 @@ def where(ws: Path, pending: list[str]) -> str:
     return f"{cut} ({last_saved(ws, cut)}{len(pending)} stages to run)"
 
 
-def describe(seed: int, ws: Path, collected: bool) -> str:
-    """One line on what running `seed` now does: start, resume (where), evaluate, collect, or nothing."""
-    pending = pending_stages(ws)
+def describe(seed: int, ws: Path, pending: list[str], collected: bool) -> str:
+    """One line on what running `seed` now does, its `pending` stages in order: start, resume (where),
+    evaluate, collect, or nothing."""
     if not pending:
         return f"seed {seed}: finished" + ("" if collected else ", to collect")
     if not read_run(ws):
@@ -249,8 +249,10 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
         train_shared(str(root), shared, env, gpus)
         workspaces = {seed: prepare_workspace(root, seed) for seed in seeds}
         whole = {}  # seeds this run trains from their first stage: their times are a seed's whole cost
+        pending = {}  # each seed's stages to run: a run times only the work it does
         for seed, ws in workspaces.items():
-            print(describe(seed, ws, read_run(ws).get("collected") == lock_digest(ws)))
+            pending[seed] = pending_stages(ws)
+            print(describe(seed, ws, pending[seed], read_run(ws).get("collected") == lock_digest(ws)))
             whole[seed] = not read_run(ws)
             me = psutil.Process()
             write_run(ws, pid=me.pid, started=me.create_time())
@@ -264,7 +266,9 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
                 future.wait()
                 if future.state.is_failed():
                     failed.append(seed)
-            for seed in batch:
+            # NOTE: a run with nothing to train (evaluate's code changed, say) keeps the time of the run
+            # that trained the seed
+            for seed in (seed for seed in batch if set(pending[seed]) - {EVALUATE}):
                 times = {
                     "cpu": cpu_name(),
                     "jobs": len(batch),
@@ -278,7 +282,10 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
             if seed not in failed:
                 began = time.perf_counter()
                 evaluate_seed(seed, str(ws), env)
-                write_run(ws, times={**read_run(ws)["times"], "evaluate_seconds": time.perf_counter() - began})
+                if pending[seed]:
+                    write_run(
+                        ws, times={**read_run(ws).get("times", {}), "evaluate_seconds": time.perf_counter() - began}
+                    )
                 folders.append(collect(root, ws, seed))
             write_run(ws, pid=None)
         if failed:

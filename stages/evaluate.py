@@ -40,6 +40,7 @@ from maskprune.data.loader import Normalizer
 from maskprune.data.sources import sha256_of
 from maskprune.data.splits import stratified_indices
 from maskprune.data.storage import PreparedData, Split, load_prepared
+from maskprune.environment import cpu_name
 from maskprune.errors import MaskpruneError
 from maskprune.launch import checkpoint_root
 from maskprune.layout import (
@@ -67,6 +68,9 @@ from maskprune.objectives.masked_kd import TeacherView, teacher_view
 from maskprune.probe import LinearProbe, pixel_floor
 from maskprune.runtime import Runtime, seed_everything
 from maskprune.tracking.runs import StageRecord, flatten
+
+# runtime.amp's word for each autocast dtype a Runtime resolves to (None: no autocast, fp32)
+PRECISION = {None: "fp32", torch.bfloat16: "bf16"}
 
 
 def speed_and_cost(
@@ -459,6 +463,13 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
         },
         "setup": {
             "device": str(runtime.device),
+            "cpu": cpu_name(),
+            # NOTE: runtime.amp 'auto' resolves by host (bf16 inference on a CPU with native bf16): the
+            # report aggregates only seeds measured at the workspace's precision
+            "precision": {
+                "training": PRECISION[runtime.amp_dtype],
+                "inference": PRECISION[runtime.inference_amp_dtype],
+            },
             "threads": torch.get_num_threads(),
             "throughput_batch": params.evaluate.throughput_batch,
             "test_images": len(meter.test),

@@ -121,6 +121,9 @@ def test_a_killed_seed_sweep_resumes_where_it_stopped_and_ends_as_an_uninterrupt
 
     assert "seed 1: done, collected in reports/seeds/seed-1" in seed_run(resumed, [*SEEDS, "--status"])
     before = (collected / "params.yaml").stat().st_mtime_ns
+    run_times = json.loads((ws / "seed-run.json").read_text())["times"]
     again = seed_run(resumed, SWEEP)
     assert "seed 1: finished" in again and "Running stage" not in again
     assert (collected / "params.yaml").stat().st_mtime_ns == before  # collected once
+    # a run with nothing to do keeps the times of the run that did the work
+    assert json.loads((ws / "seed-run.json").read_text())["times"] == run_times

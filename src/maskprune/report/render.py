@@ -10,8 +10,9 @@ from maskprune.layout import REPORT_FIGURES_DIR
 from maskprune.report.model import Report
 
 SEEDS_TEXT = (
-    "Seeds and the teachers they share (test top-1 in points; weights: the first 12 digits of their sha256). "
-    "A seed taught by other weights is excluded."
+    "Seeds and the teachers they share (test top-1 in points; weights: the first 12 digits of their sha256), "
+    "and the precision of their inference (evaluate's; 'not recorded' before it was). "
+    "A seed taught by other weights, or measured at another precision, is excluded."
 )
 
 

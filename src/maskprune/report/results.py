@@ -6,7 +6,9 @@ seed; the seed sweep (`python -m flows.seeds`) collects the other seeds' roots u
 reports/seeds/seed-<n>/. A collected seed counts only if its params match the workspace's in
 everything but the seed (and settings that cannot change a result) and it was taught by the very
 same teachers (their weights' sha256 in evaluate.json: equal params retrained on another machine
-give other weights, and other gains); otherwise it is listed as excluded, with the reason.
+give other weights, and other gains), measured at the same inference precision (evaluate.json's
+setup: runtime.amp 'auto' gives bf16 on some hosts, fp32 on others); otherwise it is listed as
+excluded, with the reason.
 """
 
 from __future__ import annotations
@@ -92,6 +94,23 @@ def other_teachers(ours: dict[str, str | None], theirs: dict[str, str | None]) -
     return ""
 
 
+def inference_precision(evaluate: dict[str, Any]) -> str | None:
+    """The precision evaluate ran its forwards in ('fp32', 'bf16'), None where not recorded."""
+    return evaluate.get("setup", {}).get("precision", {}).get("inference")
+
+
+def other_precision(ours: str | None, theirs: str | None) -> str:
+    """Why a seed was measured otherwise than the workspace ('' if the same, or either is not recorded:
+    results from before the record, whose hosts only their notes tell)."""
+    if ours is None or theirs is None or ours == theirs:
+        return ""
+    return (
+        f"its inference ran in {theirs}, the workspace's in {ours} (runtime.amp 'auto' follows the host: "
+        "bf16 on a CPU with native bf16): rerun this seed with `python -m flows.seeds` on a host like the "
+        "workspace's, or set runtime.amp for every seed"
+    )
+
+
 def read_result(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(params, evaluate report) of a result root."""
     params_file, evaluate_file = root / "params.yaml", root / EVALUATE_FILE
@@ -119,7 +138,9 @@ def load_results(root: Path) -> tuple[list[SeedResult], list[dict[str, Any]]]:
         elif diffs := differing_keys(params, theirs):
             reason = f"params differ from the workspace's: {', '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}"
         else:
-            reason = other_teachers(ours, shared_weights(their_eval))
+            reason = other_teachers(ours, shared_weights(their_eval)) or other_precision(
+                inference_precision(evaluate), inference_precision(their_eval)
+            )
         if reason:
             excluded.append(
                 {
@@ -128,6 +149,7 @@ def load_results(root: Path) -> tuple[list[SeedResult], list[dict[str, Any]]]:
                     "reason": reason,
                     "weights": shared_weights(their_eval),
                     "top1": {name: their_eval["models"].get(name, {}).get("top1") for name in SHARED_MODELS},
+                    "inference": inference_precision(their_eval),
                 }
             )
         else:
