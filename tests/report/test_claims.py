@@ -57,7 +57,7 @@ def test_a_failed_check_makes_the_claim_not_testable_but_keeps_its_numbers() -> 
         "Measured anyway, not a verdict. A's comparison:"
     )
     assert outcome.tests[0]["word"] == REPRODUCED  # what the test says, were the check to pass
-    assert outcome.line.endswith("(alpha 0.05, 1 tests) -> reproduced, were the checks met.")
+    assert outcome.line.endswith("(alpha 0.05, 1 test) -> reproduced, were the checks met.")
     assert outcome.checks == [PASS.to_json(), failed.to_json()]
 
 

@@ -145,10 +145,11 @@ def build_report(root: Path, params: Params, figures_dir: Path) -> Report:
         if sec.key in outcomes:
             add_checks(sec, outcomes[sec.key])
             sec.verdict = outcomes[sec.key].line
+    family = sum(len(o.tests) for o in outcomes.values())
     intro.append(
         f"Verdicts: {', '.join(WORDS)}. A claim is tested only after its checks pass; its tests run at alpha "
-        f"{1 - ctx.confidence:.2f} after Holm-Bonferroni over all {sum(len(o.tests) for o in outcomes.values())} "
-        "pre-registered tests (report.rules in params.yaml, with their sources)."
+        f"{1 - ctx.confidence:.2f} after Holm-Bonferroni over all {family} pre-registered test{'s' * (family != 1)} "
+        "(report.rules in params.yaml, with their sources)."
     )
     pruned = [  # keep 1.0 is the sham arm: it drops nothing, so it is no pruned model
         name

@@ -133,7 +133,7 @@ def _test_text(row: dict[str, Any], points: bool, alpha: float, family: int, che
         )
     word = row["word"] if checks_met else f"{row['word']}, were the checks met"
     p, p_holm = format_p(row["p"]), format_p(row["p_holm"])
-    line = f"{value}: p {p}, Holm p {p_holm} (alpha {alpha:.2f}, {family} tests) -> {word}"
+    line = f"{value}: p {p}, Holm p {p_holm} (alpha {alpha:.2f}, {family} test{'s' * (family != 1)}) -> {word}"
     if row["word"] != INCONCLUSIVE:
         return line
     if row["seeds_to_decide"] is None:
