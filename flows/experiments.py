@@ -70,11 +70,15 @@ def positive(text: str) -> int:
     return value
 
 
-def add_experiment_options(parser: argparse.ArgumentParser, sets_help: str | None = None) -> None:
+def add_experiment_options(
+    parser: argparse.ArgumentParser,
+    sets_help: str | None = None,
+    jobs_help: str = "experiments at a time (>1 uses DVC's queue)",
+) -> None:
     """The options every sweep CLI has: `--jobs N` and (with `sets_help`) `--set KEY=VALUE`."""
     if sets_help:
         parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=sets_help)
-    parser.add_argument("--jobs", type=positive, default=1, help="experiments at a time (>1 uses DVC's queue)")
+    parser.add_argument("--jobs", type=positive, default=1, help=jobs_help)
 
 
 def experiment_refs(root: Path) -> list[str]:

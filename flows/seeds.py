@@ -1,7 +1,7 @@
 """More seeds of the pipeline as a Prefect flow, each in a workspace of its own that survives a stop.
 
     python -m flows.seeds --seeds 1 2 3 4            # train, evaluate and collect seeds 1 to 4
-    python -m flows.seeds --seeds 1 2 3 4 --jobs 2   # two seeds' training at a time
+    python -m flows.seeds --seeds 1 2 3 4 --jobs 2   # two training stages at a time
     python -m flows.seeds --status                   # where each seed stands; runs nothing
 
 Seed n trains in .dvc/tmp/seeds/seed-<n>/: a copy of this repository with `seed: n` that shares its
@@ -13,7 +13,9 @@ The copy outlives a kill or a reboot: the same command again copies the workspac
 and params into it (keeping its outputs, dvc.lock and training checkpoints), DVC skips the stages
 that finished, and the stage that was cut off resumes after its last saved epoch.
 
-The training stages of up to `--jobs` seeds run at a time, with cores / jobs torch threads each.
+Up to `--jobs` training stages run at a time, of one seed or of several (a stage starts once the
+stages it depends on have finished; the one with the most stages waiting for it first), with
+cores / jobs torch threads each; so one seed alone also trains faster with `--jobs 2` on 2 cores.
 Each seed's evaluate then runs alone with the workspace's own thread count, so its throughput ratios
 are measured as seed 0's are. A finished seed's results (params.yaml, metrics/evaluate.json,
 plots/evaluate/ and the stages' metrics.json and history.csv files) are copied once into reports/seeds/seed-<n>/,
@@ -37,6 +39,7 @@ import psutil
 import yaml
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 
 from flows import check_prefect_api
 from flows.dvc_runner import DVC, run_dvc
@@ -213,12 +216,82 @@ def train_shared(root: str, stages: list[str], env: dict[str, str], gpus: int) -
         run_dvc(["repro", *stages], root, env)
 
 
-@task(cache_policy=NO_CACHE, task_run_name="train seed {seed}")
-def train_seed(seed: int, ws: str, env: dict[str, str], gpus: int) -> None:
-    """Every stage before evaluate in the seed's workspace (DVC skips the finished ones)."""
-    stages = [stage for stage in stage_order(Path(ws), EVALUATE) if stage != EVALUATE]
+@task(cache_policy=NO_CACHE, task_run_name="seed {seed}: {stage}")
+def train_stage(seed: int, stage: str, ws: str, env: dict[str, str], gpus: int) -> None:
+    """One training stage in the seed's workspace (DVC skips it if it is up to date). Stages of one
+    workspace run side by side: DVC releases its repository lock while a stage's command runs, and
+    the other stage's DVC waits for it while one hashes and records its outputs."""
     with holding_gpus(gpus):
-        run_dvc(["repro", *stages], ws, env)
+        run_dvc(["--wait-for-lock", "repro", "--single-item", stage], ws, env)
+
+
+def training_graph(workspaces: dict[int, Path], pending: dict[int, list[str]]) -> dict[tuple[int, str], set]:
+    """{(seed, stage): the (seed, stage) pairs it waits for} over every training stage to run: the
+    pending ones and those downstream of them (DVC reruns a stage whose upstream outputs changed)."""
+    graph: dict[tuple[int, str], set] = {}
+    for seed, ws in workspaces.items():
+        upstream = {stage: deps for stage, deps in stage_graph(ws, EVALUATE).items() if stage != EVALUATE}
+        todo = set(pending[seed]) - {EVALUATE}
+        for stage in graphlib.TopologicalSorter(upstream).static_order():
+            if upstream[stage] & todo:
+                todo.add(stage)
+        for stage in todo:
+            graph[(seed, stage)] = {(seed, dep) for dep in upstream[stage] & todo}
+    return graph
+
+
+def descendants(graph: dict[tuple[int, str], set]) -> dict[tuple[int, str], int]:
+    """{node: how many nodes wait for it, directly or not}."""
+    below: dict[tuple[int, str], set] = {node: set() for node in graph}
+    # NOTE: in reverse topological order every node comes after all the nodes that wait for it
+    for node in reversed(list(graphlib.TopologicalSorter(graph).static_order())):
+        for dep in graph[node]:
+            below[dep] |= {node} | below[node]
+    return {node: len(nodes) for node, nodes in below.items()}
+
+
+def train_seeds(
+    workspaces: dict[int, Path],
+    pending: dict[int, list[str]],
+    jobs: int,
+    env: dict[str, str],
+    gpus: int,
+) -> list[int]:
+    """Run every training stage of every seed, `jobs` stages at a time; returns the seeds whose
+    training failed (their later stages do not start; the others go on).
+
+    Args:
+        workspaces: {seed: its workspace}.
+        pending: {seed: the stages `dvc status` finds changed in its workspace}.
+        jobs: stages at a time, of one seed or several.
+        env: the environment of each stage's DVC, threads included.
+        gpus: GPU slots each stage holds.
+    """
+    graph = training_graph(workspaces, pending)
+    below = descendants(graph)
+    sorter = graphlib.TopologicalSorter(graph)
+    sorter.prepare()
+    ready: list[tuple[int, str]] = []
+    running: dict[object, tuple[int, str]] = {}
+    failed: list[int] = []
+    while sorter.is_active():
+        # NOTE: the stage with the most stages waiting for it first (pre-training before fine-tuning
+        # before pruning), so the long chains start early and the independent stages fill the gaps
+        ready = sorted([*ready, *sorter.get_ready()], key=lambda node: (-below[node], node))
+        while ready and len(running) < jobs:
+            seed, stage = node = ready.pop(0)
+            if seed in failed:
+                sorter.done(node)
+                continue
+            running[train_stage.submit(seed, stage, str(workspaces[seed]), env, gpus)] = node
+        if not running:
+            continue
+        future = next(as_completed(list(running)))
+        node = running.pop(future)
+        if future.state.is_failed() and node[0] not in failed:
+            failed.append(node[0])
+        sorter.done(node)
+    return failed
 
 
 @task(cache_policy=NO_CACHE, task_run_name="evaluate seed {seed}")
@@ -256,27 +329,22 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
             whole[seed] = not read_run(ws)
             me = psutil.Process()
             write_run(ws, pid=me.pid, started=me.create_time())
-        failed = []
         training = threads_per_job(env, jobs)
-        for start in range(0, len(seeds), jobs):
-            batch = seeds[start : start + jobs]
-            began = time.perf_counter()
-            futures = {seed: train_seed.submit(seed, str(workspaces[seed]), training, gpus) for seed in batch}
-            for seed, future in futures.items():
-                future.wait()
-                if future.state.is_failed():
-                    failed.append(seed)
-            # NOTE: a run with nothing to train (evaluate's code changed, say) keeps the time of the run
-            # that trained the seed
-            for seed in (seed for seed in batch if set(pending[seed]) - {EVALUATE}):
-                times = {
-                    "cpu": cpu_name(),
-                    "jobs": len(batch),
-                    "omp_num_threads": training["OMP_NUM_THREADS"],
-                    "train_seconds": time.perf_counter() - began,  # the batch's: its seeds train at once
-                    "whole_seed": whole[seed],
-                }
-                write_run(workspaces[seed], times=times)
+        began = time.perf_counter()
+        failed = train_seeds(workspaces, pending, jobs, training, gpus)
+        # NOTE: a run with nothing to train (evaluate's code changed, say) keeps the time of the run
+        # that trained the seed
+        trained = [seed for seed in seeds if set(pending[seed]) - {EVALUATE}]
+        for seed in trained:
+            times = {
+                "cpu": cpu_name(),
+                "jobs": jobs,
+                "omp_num_threads": training["OMP_NUM_THREADS"],
+                "train_seconds": time.perf_counter() - began,  # the run's: its seeds' stages interleave
+                "seeds_trained": len(trained),
+                "whole_seed": whole[seed],
+            }
+            write_run(workspaces[seed], times=times)
         folders = []
         for seed, ws in workspaces.items():
             if seed not in failed:
@@ -308,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 1 2 (with --status: every seed started)")
-    add_experiment_options(parser)
+    add_experiment_options(parser, jobs_help="training stages at a time, of one seed or several")
     parser.add_argument("--no-report", action="store_true", help="collect only; do not rebuild the report")
     parser.add_argument("--status", action="store_true", help="say where each seed stands; run nothing")
     args = parser.parse_args(argv)

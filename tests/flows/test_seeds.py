@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,18 +15,29 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flows.seeds import shared_stages, with_seed
+from flows.seeds import descendants, shared_stages, training_graph, with_seed
 from maskprune.errors import MaskpruneError
 from tests.conftest import copy_run, narrow, subprocess_env
 
 pytestmark = pytest.mark.integration
 SEEDS = [sys.executable, "-m", "flows.seeds"]
 SWEEP = [*SEEDS, "--seeds", "1", "--no-report"]
+REPO = Path(__file__).resolve().parents[2]
 TIMINGS = ("seconds", "per_s", "throughput", "aa_ratio")  # wall-clock measurements differ between runs
 
 
 def env(repo: Path) -> dict[str, str]:
-    return subprocess_env(PREFECT_HOME=str(repo.parent / f"{repo.name}-prefect"))
+    # NOTE: one torch thread in every run, so a stage run alone and one beside another do the same work
+    return subprocess_env(PREFECT_HOME=str(repo.parent / f"{repo.name}-prefect"), OMP_NUM_THREADS="1")
+
+
+def ran_side_by_side(log: str) -> bool:
+    """Whether the sweep's log shows two training stages' tasks running at once (one's lines between
+    another's first and last)."""
+    tasks = re.findall(r"Task run 'seed \d+: ([^']+)'", log)
+    first = {task: tasks.index(task) for task in set(tasks)}
+    last = {task: len(tasks) - 1 - tasks[::-1].index(task) for task in set(tasks)}
+    return any(first[a] < first[b] < last[a] for a in first for b in first if a != b)
 
 
 def seed_run(repo: Path, args: list[str]) -> str:
@@ -63,6 +75,25 @@ def measured(folder: Path) -> dict[str, float]:
     return values
 
 
+def test_stages_side_by_side_show_in_the_log_as_interleaved_tasks() -> None:
+    one_by_one = "Task run 'seed 1: a' - x\nTask run 'seed 1: a' - y\nTask run 'seed 1: b' - z\n"
+    assert not ran_side_by_side(one_by_one)
+    assert ran_side_by_side(one_by_one + "Task run 'seed 1: c' - x\nTask run 'seed 1: b' - y\n")
+
+
+def test_a_seed_trains_its_pending_stages_and_those_downstream_the_longest_chains_first() -> None:
+    """dvc.yaml: prune@evit-full-0.5 trains from finetune@full's model; `dvc status` names only the stage
+    whose deps changed, yet DVC reruns every stage downstream of it."""
+    graph = training_graph({1: REPO}, {1: ["finetune@full", "evaluate"]})
+    assert graph[(1, "finetune@full")] == set()
+    assert graph[(1, "prune@evit-full-0.5")] == {(1, "finetune@full")}
+    assert not [stage for _, stage in graph if stage.startswith(("pretrain", "distill", "teacher", "evaluate"))]
+    below = descendants(graph)
+    assert below[(1, "finetune@full")] == len(graph) - 1 and below[(1, "prune@evit-full-0.5")] == 0
+    # a chain a -> b -> c and a lone d: a waits for nothing and has two below it
+    assert descendants({"a": set(), "b": {"a"}, "c": {"b"}, "d": set()}) == {"a": 2, "b": 1, "c": 0, "d": 0}
+
+
 def test_params_take_the_seed_and_keep_their_comments() -> None:
     text = "# profile cpu\nprofile: cpu\nseed: 0  # the students'\ndata:\n  seed: 0\n"
     assert with_seed(text, 3) == "# profile cpu\nprofile: cpu\nseed: 3\ndata:\n  seed: 0\n"
@@ -73,7 +104,7 @@ def test_params_take_the_seed_and_keep_their_comments() -> None:
 def test_only_the_data_split_and_the_teachers_are_shared_by_every_seed() -> None:
     """dvc.yaml: the students' stages take `seed` (directly or through an upstream stage); prepare
     and the two teachers take only `data.seed` and `teacher.seed`."""
-    assert shared_stages(Path(__file__).resolve().parents[2]) == ["prepare", "distill_teacher", "teacher"]
+    assert shared_stages(REPO) == ["prepare", "distill_teacher", "teacher"]
 
 
 def test_a_killed_seed_sweep_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(
@@ -89,7 +120,8 @@ def test_a_killed_seed_sweep_resumes_where_it_stopped_and_ends_as_an_uninterrupt
     kill_after_first_epoch(resumed, ws / "checkpoints" / "pretrain" / "mae-baseline" / "state.json")
     status = seed_run(resumed, [*SEEDS, "--status"])
     assert "seed 1: cut off at pretrain@mae-baseline (pretrain@mae-baseline saved after epoch 1 of 2;" in status
-    log = seed_run(resumed, SWEEP)
+    log = seed_run(resumed, [*SWEEP, "--jobs", "2"])
+    assert ran_side_by_side(log)  # one seed's stages, two at a time
     assert "seed 1: resuming at pretrain@mae-baseline (pretrain@mae-baseline saved after epoch 1 of 2;" in log
     assert "Stage 'teacher' is cached" in log or "Stage 'teacher' didn't change" in log  # not retrained
     cut = ws / "models" / "pretrain" / "mae-baseline"
@@ -117,7 +149,8 @@ def test_a_killed_seed_sweep_resumes_where_it_stopped_and_ends_as_an_uninterrupt
     assert len(measured(collected)) > 50  # every stage of the seed, collected
     times = json.loads((collected / "sweep.json").read_text())
     assert times["whole_seed"] is False  # a resumed run's time is partial
-    assert times["jobs"] == 1 and times["train_seconds"] > 0 and times["evaluate_seconds"] > 0
+    assert times["jobs"] == 2 and times["seeds_trained"] == 1
+    assert times["train_seconds"] > 0 and times["evaluate_seconds"] > 0
 
     assert "seed 1: done, collected in reports/seeds/seed-1" in seed_run(resumed, [*SEEDS, "--status"])
     before = (collected / "params.yaml").stat().st_mtime_ns
