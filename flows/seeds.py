@@ -329,6 +329,10 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
             whole[seed] = not read_run(ws)
             me = psutil.Process()
             write_run(ws, pid=me.pid, started=me.create_time())
+            if set(pending[seed]) - {EVALUATE}:
+                # NOTE: recorded before the work, so a run that is killed still names its host (validation
+                # and probes run at the host's inference precision: runtime.amp 'auto')
+                write_run(ws, cpus=[*read_run(ws).get("cpus", []), cpu_name()])
         training = threads_per_job(env, jobs)
         began = time.perf_counter()
         failed = train_seeds(workspaces, pending, jobs, training, gpus)
@@ -338,6 +342,7 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
         for seed in trained:
             times = {
                 "cpu": cpu_name(),
+                "cpus": read_run(workspaces[seed])["cpus"],  # of every run that trained part of the seed
                 "jobs": jobs,
                 "omp_num_threads": training["OMP_NUM_THREADS"],
                 "train_seconds": time.perf_counter() - began,  # the run's: its seeds' stages interleave

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from flows.seeds import descendants, shared_stages, training_graph, with_seed
+from maskprune.environment import cpu_name
 from maskprune.errors import MaskpruneError
 from tests.conftest import copy_run, narrow, subprocess_env
 
@@ -150,6 +151,7 @@ def test_a_killed_seed_sweep_resumes_where_it_stopped_and_ends_as_an_uninterrupt
     times = json.loads((collected / "sweep.json").read_text())
     assert times["whole_seed"] is False  # a resumed run's time is partial
     assert times["jobs"] == 2 and times["seeds_trained"] == 1
+    assert times["cpus"] == [cpu_name()] * 2  # the killed run's host and the resuming run's
     assert times["train_seconds"] > 0 and times["evaluate_seconds"] > 0
 
     assert "seed 1: done, collected in reports/seeds/seed-1" in seed_run(resumed, [*SEEDS, "--status"])
