@@ -225,13 +225,14 @@ def train_stage(seed: int, stage: str, ws: str, env: dict[str, str], gpus: int) 
         run_dvc(["--wait-for-lock", "repro", "--single-item", stage], ws, env)
 
 
-def training_graph(workspaces: dict[int, Path], pending: dict[int, list[str]]) -> dict[tuple[int, str], set]:
-    """{(seed, stage): the (seed, stage) pairs it waits for} over every training stage to run: the
-    pending ones and those downstream of them (DVC reruns a stage whose upstream outputs changed)."""
+def training_graph(workspaces: dict[int, Path], to_train: dict[int, set[str]]) -> dict[tuple[int, str], set]:
+    """{(seed, stage): the (seed, stage) pairs it waits for} over every training stage to run: those
+    `dvc status` finds changed and those downstream of them (DVC reruns a stage whose upstream
+    outputs changed)."""
     graph: dict[tuple[int, str], set] = {}
     for seed, ws in workspaces.items():
         upstream = {stage: deps for stage, deps in stage_graph(ws, EVALUATE).items() if stage != EVALUATE}
-        todo = set(pending[seed]) - {EVALUATE}
+        todo = set(to_train[seed])
         for stage in graphlib.TopologicalSorter(upstream).static_order():
             if upstream[stage] & todo:
                 todo.add(stage)
@@ -252,7 +253,7 @@ def descendants(graph: dict[tuple[int, str], set]) -> dict[tuple[int, str], int]
 
 def train_seeds(
     workspaces: dict[int, Path],
-    pending: dict[int, list[str]],
+    to_train: dict[int, set[str]],
     jobs: int,
     env: dict[str, str],
     gpus: int,
@@ -262,12 +263,12 @@ def train_seeds(
 
     Args:
         workspaces: {seed: its workspace}.
-        pending: {seed: the stages `dvc status` finds changed in its workspace}.
+        to_train: {seed: the training stages `dvc status` finds changed in its workspace}.
         jobs: stages at a time, of one seed or several.
         env: the environment of each stage's DVC, threads included.
         gpus: GPU slots each stage holds.
     """
-    graph = training_graph(workspaces, pending)
+    graph = training_graph(workspaces, to_train)
     below = descendants(graph)
     sorter = graphlib.TopologicalSorter(graph)
     sorter.prepare()
@@ -323,22 +324,24 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
         workspaces = {seed: prepare_workspace(root, seed) for seed in seeds}
         whole = {}  # seeds this run trains from their first stage: their times are a seed's whole cost
         pending = {}  # each seed's stages to run: a run times only the work it does
+        to_train = {}  # and of those, the ones before evaluate
         for seed, ws in workspaces.items():
             pending[seed] = pending_stages(ws)
+            to_train[seed] = set(pending[seed]) - {EVALUATE}
             print(describe(seed, ws, pending[seed], read_run(ws).get("collected") == lock_digest(ws)))
             whole[seed] = not read_run(ws)
             me = psutil.Process()
             write_run(ws, pid=me.pid, started=me.create_time())
-            if set(pending[seed]) - {EVALUATE}:
+            if to_train[seed]:
                 # NOTE: recorded before the work, so a run that is killed still names its host (validation
                 # and probes run at the host's inference precision: runtime.amp 'auto')
                 write_run(ws, cpus=[*read_run(ws).get("cpus", []), cpu_name()])
         training = threads_per_job(env, jobs)
         began = time.perf_counter()
-        failed = train_seeds(workspaces, pending, jobs, training, gpus)
+        failed = train_seeds(workspaces, to_train, jobs, training, gpus)
         # NOTE: a run with nothing to train (evaluate's code changed, say) keeps the time of the run
         # that trained the seed
-        trained = [seed for seed in seeds if set(pending[seed]) - {EVALUATE}]
+        trained = [seed for seed in seeds if to_train[seed]]
         for seed in trained:
             times = {
                 "cpu": cpu_name(),

@@ -27,7 +27,7 @@ import pandas as pd
 from maskprune import atomic
 from maskprune.config import Params
 from maskprune.layout import PRUNE_DIR, REPORT_DIR, REPORT_FIGURES_DIR, VERDICTS_FILE, PruneVariant
-from maskprune.report.claims import Outcome, conclude, format_p, print_scale
+from maskprune.report.claims import Outcome, conclude, counted, format_p, print_scale
 from maskprune.report.model import Context, Report, Section
 from maskprune.report.render import render_html, render_markdown
 from maskprune.report.results import SHARED_MODELS, inference_precision, shared_weights
@@ -145,10 +145,10 @@ def build_report(root: Path, params: Params, figures_dir: Path) -> Report:
         if sec.key in outcomes:
             add_checks(sec, outcomes[sec.key])
             sec.verdict = outcomes[sec.key].line
-    family = sum(len(o.tests) for o in outcomes.values())
+    family = counted(sum(len(o.tests) for o in outcomes.values()), "pre-registered test")
     intro.append(
         f"Verdicts: {', '.join(WORDS)}. A claim is tested only after its checks pass; its tests run at alpha "
-        f"{1 - ctx.confidence:.2f} after Holm-Bonferroni over all {family} pre-registered test{'s' * (family != 1)} "
+        f"{1 - ctx.confidence:.2f} after Holm-Bonferroni over all {family} "
         "(report.rules in params.yaml, with their sources)."
     )
     pruned = [  # keep 1.0 is the sham arm: it drops nothing, so it is no pruned model

@@ -133,12 +133,17 @@ def _test_text(row: dict[str, Any], points: bool, alpha: float, family: int, che
         )
     word = row["word"] if checks_met else f"{row['word']}, were the checks met"
     p, p_holm = format_p(row["p"]), format_p(row["p_holm"])
-    line = f"{value}: p {p}, Holm p {p_holm} (alpha {alpha:.2f}, {family} test{'s' * (family != 1)}) -> {word}"
+    line = f"{value}: p {p}, Holm p {p_holm} (alpha {alpha:.2f}, {counted(family, 'test')}) -> {word}"
     if row["word"] != INCONCLUSIVE:
         return line
     if row["seeds_to_decide"] is None:
         return f"{line}; at this spread no number of seeds up to {MOST_SEEDS} would decide it"
     return f"{line}; at this mean and spread about {row['seeds_to_decide']} seeds would decide it (alpha / {family})"
+
+
+def counted(count: int, noun: str) -> str:
+    """'1 test', '7 tests': `count` and `noun`, plural unless the count is 1."""
+    return f"{count} {noun}{'s' * (count != 1)}"
 
 
 def format_p(value: float) -> str:
