@@ -222,6 +222,7 @@ class ModelMeter:
         # every throughput and GMACs ratio shares it: a teacher's is below 1, not 1 against itself
         student = self.params.models.student.model_copy(update={"img_size": spec.img_size})
         reference = build_model(student, meta["num_classes"], meta["in_chans"], weights=False).to(runtime.device)
+        clean = top1(model, self.test, normalize, runtime, cfg.batch_size)
         # NOTE: a flat-pooled probe head needs every patch, so occlusion does not apply to it
         curve = (
             []
@@ -235,11 +236,13 @@ class ModelMeter:
                 cfg.occlusion_drop,
                 model.num_patches,
                 self.params.seed,
+                # occlusion_limit 0 curves the whole test split: its unoccluded point is `clean`
+                clean_top1=clean if self.occluded is self.test else None,
             )
         )
         self.occlusion_rows += [{"model": name, **row} for row in curve]
         return {
-            "top1": top1(model, self.test, normalize, runtime, cfg.batch_size),
+            "top1": clean,
             "params_m": count_params(model) / 1e6,
             **speed_and_cost(model, reference, (meta["in_chans"], spec.img_size, spec.img_size), cfg, runtime),
             "occlusion_auc": _area(curve) if curve else None,

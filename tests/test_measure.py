@@ -45,6 +45,23 @@ def test_occlusion_is_independent_of_batch_size() -> None:
     assert a == b
 
 
+def test_a_known_clean_top1_is_the_unoccluded_point_without_another_pass() -> None:
+    torch.manual_seed(0)
+    model = TokenViT(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=1, num_heads=2)
+    split = MemorySplit(torch.randint(0, 255, (20, 1, 8, 8), dtype=torch.uint8), torch.randint(0, 3, (20,)))
+    norm = Normalizer([0.5], [0.5], 8, torch.device("cpu"))
+    passes = []
+    model.register_forward_hook(lambda _, args, kwargs, out: passes.append(kwargs.get("keep_idx")), with_kwargs=True)
+    measured = occlusion_curve(model, split, norm, CPU, 20, [0.0, 0.5], 16, seed=1)
+    assert [keep is None for keep in passes] == [True, False]  # one batch per fraction, the first unoccluded
+    clean = top1(model, split, norm, CPU, 20)
+    passes.clear()
+    reused = occlusion_curve(model, split, norm, CPU, 20, [0.0, 0.5], 16, seed=1, clean_top1=clean)
+    assert reused == measured and len(passes) == 1 and passes[0] is not None  # only the occluded pass ran
+    sentinel = occlusion_curve(model, split, norm, CPU, 20, [0.0, 0.5], 16, seed=1, clean_top1=-1.0)
+    assert [r["top1"] for r in sentinel] == [-1.0, measured[1]["top1"]]
+
+
 def test_throughput_fields() -> None:
     model = TokenViT(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=1, num_heads=2)
     out = throughput(model, torch.randn(4, 1, 8, 8), CPU, warmup=1, repeats=3)

@@ -61,15 +61,23 @@ def occlusion_curve(
     drop_fractions: list[float],
     num_patches: int,
     seed: int,
+    clean_top1: float | None = None,
 ) -> list[dict[str, float]]:
     """Top-1 when a random fraction of patches is removed at the input, one row per fraction.
 
     The removed patches of an image depend only on (seed, fraction, image index), so every
     model and every batch size sees the same occlusions.
+
+    Args:
+        clean_top1: `top1` of `model` on this very `split`, where already measured: a fraction that
+            removes no patch then reads it instead of passing over the split again.
     """
     rows = []
     for fraction in drop_fractions:
         keep = num_kept(num_patches, 1.0 - fraction)
+        if keep == num_patches and clean_top1 is not None:
+            rows.append({"drop_fraction": fraction, "kept_patches": keep, "top1": clean_top1})
+            continue
         gen = torch.Generator().manual_seed(seed * 1000 + int(round(fraction * 1000)))
         split_keep = random_keep_idx(len(split), num_patches, keep, gen)
         keep_fn = split_keep.__getitem__ if keep < num_patches else None
