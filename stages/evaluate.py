@@ -70,7 +70,6 @@ from maskprune.runtime import Runtime, seed_everything
 from maskprune.tracking.runs import StageRecord, flatten
 
 # runtime.amp's word for each autocast dtype a Runtime resolves to (None: no autocast, fp32)
-PRECISION = {None: "fp32", torch.bfloat16: "bf16"}
 
 
 def speed_and_cost(
@@ -469,10 +468,7 @@ def compute(params: Params, root: Path, runtime: Runtime) -> None:
             "cpu": cpu_name(),
             # NOTE: runtime.amp 'auto' resolves by host (bf16 inference on a CPU with native bf16): the
             # report aggregates only seeds measured at the workspace's precision
-            "precision": {
-                "training": PRECISION[runtime.amp_dtype],
-                "inference": PRECISION[runtime.inference_amp_dtype],
-            },
+            "precision": runtime.precision,
             "threads": torch.get_num_threads(),
             "throughput_batch": params.evaluate.throughput_batch,
             "test_images": len(meter.test),

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -116,7 +117,18 @@ def test_fit_learns_and_records_history(tmp_path: Path) -> None:
         log=lambda line: None,
     )
     assert [r["epoch"] for r in history] == [1, 2, 3]
-    assert set(history[0]) == {"epoch", "train_loss", "val_top1", "lr", "img_per_s", "seconds", "data_wait"}
+    assert set(history[0]) == {
+        "epoch",
+        "train_loss",
+        "val_top1",
+        "lr",
+        "img_per_s",
+        "seconds",
+        "data_wait",
+        "training_bf16",
+        "inference_bf16",
+    }
+    assert {(r["training_bf16"], r["inference_bf16"]) for r in history} == {(0.0, 0.0)}  # fp32 throughout
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["lr"] == pytest.approx(CFG.min_lr)
     assert json.loads((tmp_path / STATE_FILE).read_text())["epoch"] == 3
@@ -182,6 +194,23 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, storage: st
     assert [r["epoch"] for r in history] == [1, 2, 3]
     for key, value in weights(straight).items():
         torch.testing.assert_close(weights(resumed)[key], value, rtol=0, atol=0)
+
+
+def test_a_resume_on_a_host_with_bf16_inference_records_its_epochs_as_such(tmp_path: Path) -> None:
+    """runtime.amp 'auto' gives bf16 inference on a CPU with native bf16: a seed resumed on such a host
+    validates its remaining epochs there, and its history says which."""
+
+    def kill_after_epoch_1(line: str) -> None:
+        if " epoch 1 " in line:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(tiny_model(), tiny_data(), CFG, ClassificationObjective(0.1), CPU, 0, tmp_path, "h", log=kill_after_epoch_1)
+    bf16_host = replace(CPU, inference_amp_dtype=torch.bfloat16)
+    history = fit(
+        tiny_model(), tiny_data(), CFG, ClassificationObjective(0.1), bf16_host, 0, tmp_path, "h", log=lambda s: None
+    )
+    assert [(r["training_bf16"], r["inference_bf16"]) for r in history] == [(0.0, 0.0), (0.0, 1.0), (0.0, 1.0)]
 
 
 def test_state_for_another_config_is_not_resumed(tmp_path: Path) -> None:

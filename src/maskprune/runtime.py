@@ -20,6 +20,7 @@ from maskprune.errors import MaskpruneError
 
 # NOTE: CPU flags of the units that run bf16 natively; without them bf16 is emulated and slower
 NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16"}  # autocast dtype -> the name results record
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,18 @@ class Runtime:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def precision(self) -> dict[str, str]:
+        """{'training': ..., 'inference': ...}, each 'fp32' or 'bf16' (runtime.amp 'auto' resolves by
+        host: bf16 on a GPU, bf16 inference on a CPU with native bf16)."""
+        return {"training": PRECISION_NAMES[self.amp_dtype], "inference": PRECISION_NAMES[self.inference_amp_dtype]}
+
+    @property
+    def bf16_epoch(self) -> dict[str, float]:
+        """What each epoch of a training history records of its precision (1 = under bf16 autocast, 0 =
+        fp32): a resumed stage's epochs may have run on another host."""
+        return {f"{kind}_bf16": float(name == "bf16") for kind, name in self.precision.items()}
 
     def autocast(self, inference: bool = False) -> AbstractContextManager[object]:
         """Autocast for a training step, or with `inference` for eval-mode forwards."""

@@ -133,7 +133,8 @@ def fit(
     and std at its own size, evaluated with its eval_crop_pct).
     The history has one record per epoch: epoch, train_loss, val_top1 (unless `validate` is
     off, for models without a trained classifier), lr, img_per_s, seconds, data_wait (the
-    fraction of the epoch spent waiting for the next batch: a starved device shows), the objective's
+    fraction of the epoch spent waiting for the next batch: a starved device shows), training_bf16 and
+    inference_bf16 (1 where the epoch's steps or eval-mode forwards ran under bf16 autocast), the objective's
     `epoch_summary()` fields if it has one, and what `epoch_end(model)` measures after the
     epoch (e.g. a linear probe), if given.
     """
@@ -215,6 +216,7 @@ def fit(
             img_per_s=steps * cfg.batch_size / seconds,
             seconds=seconds,
             data_wait=waited / seconds,
+            **runtime.bf16_epoch,
         )
         summary = getattr(objective, "epoch_summary", None)
         if summary is not None:

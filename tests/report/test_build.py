@@ -76,7 +76,7 @@ def test_report_aggregates_seeds_with_paired_intervals_and_excludes_other_config
     assert list(report.seed_table["status"]) == ["included"] * 3 + ["excluded"]
     # evaluate records the precision this host's runtime.amp resolved to; every seed here is a copy of it
     inference = amp_dtypes(params.runtime.amp, cuda=False, flags=cpu_flags())[1]
-    assert list(report.seed_table["inference"]) == ["fp32" if inference is None else "bf16"] * 4
+    assert list(report.seed_table["precision"]) == ["fp32" if inference is None else "bf16"] * 4
     rows = next(frame for kind, frame in report.sections[0].blocks if kind == "table")
     row = rows[(rows["method"] == "dynamicvit") & (rows["keep rate"] == "0.5")].iloc[0]
     half = T_975_2 * 0.01 / math.sqrt(3)  # full top-1 0.70, 0.71, 0.72: mean 0.71, sd 0.01

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from maskprune.layout import SEEDS_DIR
-from maskprune.report.results import differing_keys, load_results
+from maskprune.report.results import differing_keys, load_results, precision_summary, recorded_precisions
 
 
 def test_seeds_compare_only_on_keys_that_change_results() -> None:
@@ -70,9 +70,51 @@ def test_a_seed_measured_at_another_inference_precision_is_excluded(tmp_path: Pa
     included, excluded = load_results(root)
     assert [r.seed for r in included] == [0, 1, 3]
     assert [x["seed"] for x in excluded] == [2]
-    assert excluded[0]["reason"].startswith("its inference ran in bf16, the workspace's in fp32")
-    assert excluded[0]["inference"] == "bf16"
+    assert excluded[0]["reason"].startswith("it ran in bf16, the workspace in fp32")
+    assert excluded[0]["precision"] == "bf16"
     # a workspace without the record compares with no seed's precision
     unrecorded = _seed_root(tmp_path / "unrecorded", 0, "a" * 64)
     _seed_root(unrecorded / SEEDS_DIR / "seed-2", 2, "a" * 64, inference="bf16")
     assert [r.seed for r in load_results(unrecorded)[0]] == [0, 2]
+
+
+def _history(root: Path, stage: str, training: list[int], inference: list[int]) -> None:
+    folder = root / "models" / stage
+    folder.mkdir(parents=True)
+    rows = ["epoch,val_top1,training_bf16,inference_bf16"]
+    rows += [f"{i + 1},0.5,{t},{n}" for i, (t, n) in enumerate(zip(training, inference, strict=True))]
+    (folder / "history.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_a_seed_whose_stage_resumed_at_another_precision_is_excluded_naming_the_stage(tmp_path: Path) -> None:
+    """A seed cut off on one host and resumed on another with bf16 inference validates (and, for
+    pretrain, probes) its last epochs in bf16, while evaluate may run in fp32 on a third host."""
+    root = _seed_root(tmp_path, 0, "a" * 64, inference="fp32")
+    _history(root, "pretrain/mae-mto", [0, 0], [0, 0])
+    same = _seed_root(root / SEEDS_DIR / "seed-1", 1, "a" * 64, inference="fp32")
+    _history(same, "pretrain/mae-mto", [0, 0], [0, 0])
+    resumed = _seed_root(root / SEEDS_DIR / "seed-2", 2, "a" * 64, inference="fp32")
+    _history(resumed, "pretrain/mae-mto", [0, 0], [0, 1])
+    _history(resumed, "finetune/full", [0, 0], [0, 0])
+    included, excluded = load_results(root)
+    assert [(r.seed, r.precision) for r in included] == [(0, "fp32"), (1, "fp32")]
+    assert [x["seed"] for x in excluded] == [2]
+    assert excluded[0]["precision"] == (
+        "mixed: inference bf16 in pretrain/mae-mto; inference fp32 in evaluate, finetune/full, pretrain/mae-mto"
+    )
+    assert excluded[0]["reason"].startswith("it ran in mixed: inference bf16 in pretrain/mae-mto;")
+
+
+def test_precision_summaries_by_hand(tmp_path: Path) -> None:
+    evaluate = {"setup": {"precision": {"training": "bf16", "inference": "bf16"}}}
+    _history(tmp_path, "teacher", [0], [1])
+    found = recorded_precisions(tmp_path, evaluate)
+    # evaluate trains nothing: only its inference counts
+    assert found == {"training": {"fp32": {"teacher"}}, "inference": {"bf16": {"evaluate", "teacher"}}}
+    assert precision_summary(found) == "training fp32, inference bf16"
+    assert precision_summary({"training": {"bf16": {"teacher"}}, "inference": {"bf16": {"teacher"}}}) == "bf16"
+    assert precision_summary({}) is None
+    many = {"inference": {"fp32": {f"prune/{i}" for i in range(5)}, "bf16": {"teacher"}}}
+    assert (
+        precision_summary(many) == "mixed: inference bf16 in teacher; inference fp32 in prune/0, prune/1, prune/2 ..."
+    )

@@ -30,7 +30,7 @@ from maskprune.layout import PRUNE_DIR, REPORT_DIR, REPORT_FIGURES_DIR, VERDICTS
 from maskprune.report.claims import Outcome, conclude, counted, format_p, print_scale
 from maskprune.report.model import Context, Report, Section
 from maskprune.report.render import render_html, render_markdown
-from maskprune.report.results import SHARED_MODELS, inference_precision, shared_weights
+from maskprune.report.results import SHARED_MODELS, shared_weights
 from maskprune.report.sections_pruning import section_cost, section_masked_finetuning, section_tokens
 from maskprune.report.sections_training import section_maskedkd, section_mto, section_task_agnostic
 from maskprune.report.stats import CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED
@@ -90,29 +90,29 @@ def add_checks(sec: Section, outcome: Outcome) -> None:
 
 def seed_table(ctx: Context) -> pd.DataFrame:
     """One row per seed, included or excluded: each shared model's test top-1 and weights (sha256, 12
-    digits), and the precision of its inference."""
+    digits), and the precision its stages and evaluate ran at."""
     seeds = [
         (
             r.seed,
             shared_weights(r.evaluate),
             {n: (r.model(n) or {}).get("top1") for n in SHARED_MODELS},
-            inference_precision(r.evaluate),
+            r.precision,
             "included",
         )
         for r in ctx.results
     ]
     seeds += [
-        (x.get("seed", "?"), x["weights"], x["top1"], x.get("inference"), "excluded")
+        (x.get("seed", "?"), x["weights"], x["top1"], x.get("precision"), "excluded")
         for x in ctx.excluded
         if "weights" in x
     ]
     rows = []
-    for seed, weights, top1, inference, status in seeds:
+    for seed, weights, top1, precision, status in seeds:
         row: dict[str, Any] = {"seed": seed}
         for name in SHARED_MODELS:
             row[f"{name} top-1"] = "-" if top1[name] is None else f"{top1[name] * 100:.2f}"
             row[f"{name} weights"] = (weights[name] or "not recorded")[:12]
-        rows.append({**row, "inference": inference or "not recorded", "status": status})
+        rows.append({**row, "precision": precision or "not recorded", "status": status})
     return pd.DataFrame(rows)
 
 

@@ -11,8 +11,8 @@ from maskprune.report.model import Report
 
 SEEDS_TEXT = (
     "Seeds and the teachers they share (test top-1 in points; weights: the first 12 digits of their sha256), "
-    "and the precision of their inference (evaluate's; 'not recorded' before it was). "
-    "A seed taught by other weights, or measured at another precision, is excluded."
+    "and the precision they ran at (evaluate's inference and every training epoch's, where recorded; "
+    "'mixed' names the stages of each). A seed taught by other weights, or run at another precision, is excluded."
 )
 
 

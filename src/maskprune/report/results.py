@@ -6,9 +6,10 @@ seed; the seed sweep (`python -m flows.seeds`) collects the other seeds' roots u
 reports/seeds/seed-<n>/. A collected seed counts only if its params match the workspace's in
 everything but the seed (and settings that cannot change a result) and it was taught by the very
 same teachers (their weights' sha256 in evaluate.json: equal params retrained on another machine
-give other weights, and other gains), measured at the same inference precision (evaluate.json's
-setup: runtime.amp 'auto' gives bf16 on some hosts, fp32 on others); otherwise it is listed as
-excluded, with the reason.
+give other weights, and other gains), trained and measured at the same precision (runtime.amp 'auto'
+gives bf16 inference on some hosts, fp32 on others: evaluate.json's setup records evaluate's, each
+training epoch its own in history.csv, so a stage resumed on another host shows); otherwise it is
+listed as excluded, with the reason.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class SeedResult:
     seed: int
     root: Path
     evaluate: dict[str, Any] = field(repr=False)
+    precision: str | None = None  # precision_summary of what it recorded
 
     def model(self, name: str) -> dict[str, Any] | None:
         """The evaluate report's entry of model `name` (e.g. 'finetune/masked'), or None."""
@@ -94,20 +96,50 @@ def other_teachers(ours: dict[str, str | None], theirs: dict[str, str | None]) -
     return ""
 
 
-def inference_precision(evaluate: dict[str, Any]) -> str | None:
-    """The precision evaluate ran its forwards in ('fp32', 'bf16'), None where not recorded."""
-    return evaluate.get("setup", {}).get("precision", {}).get("inference")
+def recorded_precisions(root: Path, evaluate: dict[str, Any]) -> dict[str, dict[str, set[str]]]:
+    """{'training' | 'inference': {'fp32' | 'bf16': where}} over what a result root recorded: evaluate's
+    forwards (evaluate.json) and every training epoch of its stages (history.csv's `*_bf16` columns;
+    where: 'evaluate' or the stage's folder under models/). Empty where nothing is recorded."""
+    found: dict[str, dict[str, set[str]]] = {"training": {}, "inference": {}}
+    if inference := evaluate.get("setup", {}).get("precision", {}).get("inference"):
+        found["inference"].setdefault(inference, set()).add("evaluate")
+    for path in sorted((root / MODELS_DIR).rglob("history.csv")):
+        history = pd.read_csv(path)
+        where = str(path.parent.relative_to(root / MODELS_DIR))
+        for kind, by_name in found.items():
+            if (column := f"{kind}_bf16") in history:
+                for bf16 in history[column].dropna().unique():
+                    by_name.setdefault("bf16" if bf16 else "fp32", set()).add(where)
+    return {kind: by_name for kind, by_name in found.items() if by_name}
+
+
+def precision_summary(found: dict[str, dict[str, set[str]]]) -> str | None:
+    """One line for `recorded_precisions`: 'fp32', 'training fp32, inference bf16', or which stages ran
+    at which precision where a seed mixes them; None where nothing is recorded."""
+    if not found:
+        return None
+    if any(len(by_name) > 1 for by_name in found.values()):
+        return "mixed: " + "; ".join(
+            f"{kind} {name} in {', '.join(sorted(where)[:3])}{' ...' if len(where) > 3 else ''}"
+            for kind, by_name in found.items()
+            if len(by_name) > 1  # the kind that is mixed
+            for name, where in sorted(by_name.items())
+        )
+    names = {kind: next(iter(by_name)) for kind, by_name in found.items()}
+    if len(set(names.values())) == 1:
+        return next(iter(names.values()))
+    return ", ".join(f"{kind} {name}" for kind, name in names.items())
 
 
 def other_precision(ours: str | None, theirs: str | None) -> str:
-    """Why a seed was measured otherwise than the workspace ('' if the same, or either is not recorded:
-    results from before the record, whose hosts only their notes tell)."""
+    """Why a seed ran otherwise than the workspace ('' if the same, or either is not recorded: results
+    from before the record, whose hosts only their notes tell)."""
     if ours is None or theirs is None or ours == theirs:
         return ""
     return (
-        f"its inference ran in {theirs}, the workspace's in {ours} (runtime.amp 'auto' follows the host: "
-        "bf16 on a CPU with native bf16): rerun this seed with `python -m flows.seeds` on a host like the "
-        "workspace's, or set runtime.amp for every seed"
+        f"it ran in {theirs}, the workspace in {ours} (runtime.amp 'auto' follows the host: bf16 "
+        "inference on a CPU with native bf16, bf16 on a GPU): rerun this seed with `python -m flows.seeds` "
+        "on a host like the workspace's, or set runtime.amp for every seed"
     )
 
 
@@ -122,8 +154,8 @@ def read_result(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def load_results(root: Path) -> tuple[list[SeedResult], list[dict[str, Any]]]:
     """The workspace's seed and every comparable collected seed; and the excluded ones, with reasons."""
     params, evaluate = read_result(root)
-    included = [SeedResult(int(params["seed"]), root, evaluate)]
-    ours = shared_weights(evaluate)
+    ours, our_precision = shared_weights(evaluate), precision_summary(recorded_precisions(root, evaluate))
+    included = [SeedResult(int(params["seed"]), root, evaluate, our_precision)]
     excluded = []
     for folder in sorted((root / SEEDS_DIR).glob("seed-*")):
         try:
@@ -132,15 +164,14 @@ def load_results(root: Path) -> tuple[list[SeedResult], list[dict[str, Any]]]:
             excluded.append({"folder": str(folder.relative_to(root)), "reason": f"unreadable ({err})"})
             continue
         seed = int(theirs.get("seed", -1))
+        their_precision = precision_summary(recorded_precisions(folder, their_eval))
         reason = ""
         if seed in {r.seed for r in included}:
             reason = f"seed {seed} is already included"
         elif diffs := differing_keys(params, theirs):
             reason = f"params differ from the workspace's: {', '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}"
         else:
-            reason = other_teachers(ours, shared_weights(their_eval)) or other_precision(
-                inference_precision(evaluate), inference_precision(their_eval)
-            )
+            reason = other_teachers(ours, shared_weights(their_eval)) or other_precision(our_precision, their_precision)
         if reason:
             excluded.append(
                 {
@@ -149,11 +180,11 @@ def load_results(root: Path) -> tuple[list[SeedResult], list[dict[str, Any]]]:
                     "reason": reason,
                     "weights": shared_weights(their_eval),
                     "top1": {name: their_eval["models"].get(name, {}).get("top1") for name in SHARED_MODELS},
-                    "inference": inference_precision(their_eval),
+                    "precision": their_precision,
                 }
             )
         else:
-            included.append(SeedResult(seed, folder, their_eval))
+            included.append(SeedResult(seed, folder, their_eval, their_precision))
     return sorted(included, key=lambda r: r.seed), excluded
 
 
