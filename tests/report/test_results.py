@@ -105,6 +105,22 @@ def test_a_seed_whose_stage_resumed_at_another_precision_is_excluded_naming_the_
     assert excluded[0]["reason"].startswith("it ran in mixed: inference bf16 in pretrain/mae-mto;")
 
 
+def test_precisions_compare_kind_by_kind_where_both_seeds_recorded_them(tmp_path: Path) -> None:
+    """A workspace trained on a host with native bf16 (fp32 training, bf16 inference, both recorded per
+    epoch) and a seed collected there before the epochs recorded theirs (evaluate's bf16 alone)."""
+    root = _seed_root(tmp_path, 0, "a" * 64, inference="bf16")
+    _history(root, "teacher", [0], [1])
+    _seed_root(root / SEEDS_DIR / "seed-1", 1, "a" * 64, inference="bf16")
+    _seed_root(root / SEEDS_DIR / "seed-2", 2, "a" * 64, inference="fp32")
+    mixed = _seed_root(root / SEEDS_DIR / "seed-3", 3, "a" * 64)  # mixed in itself: excluded against any workspace
+    _history(mixed, "teacher", [0, 1], [1, 1])
+    included, excluded = load_results(root)
+    assert [(r.seed, r.precision) for r in included] == [(0, "training fp32, inference bf16"), (1, "bf16")]
+    reasons = {x["seed"]: x["reason"] for x in excluded}
+    assert reasons[2].startswith("it ran in fp32, the workspace in training fp32, inference bf16")
+    assert reasons[3].startswith("it ran in mixed: training bf16 in teacher; training fp32 in teacher")
+
+
 def test_precision_summaries_by_hand(tmp_path: Path) -> None:
     evaluate = {"setup": {"precision": {"training": "bf16", "inference": "bf16"}}}
     _history(tmp_path, "teacher", [0], [1])

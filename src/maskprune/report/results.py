@@ -131,13 +131,16 @@ def precision_summary(found: dict[str, dict[str, set[str]]]) -> str | None:
     return ", ".join(f"{kind} {name}" for kind, name in names.items())
 
 
-def other_precision(ours: str | None, theirs: str | None) -> str:
-    """Why a seed ran otherwise than the workspace ('' if the same, or either is not recorded: results
-    from before the record, whose hosts only their notes tell)."""
-    if ours is None or theirs is None or ours == theirs:
+def other_precision(ours: dict[str, dict[str, set[str]]], theirs: dict[str, dict[str, set[str]]]) -> str:
+    """Why a seed ran otherwise than the workspace (`recorded_precisions` of each): it mixes precisions,
+    or one it recorded is not the workspace's. '' if neither: kinds that only one side recorded
+    (results from before a record, whose hosts only their notes tell) compare with nothing."""
+    mixed = any(len(by_name) > 1 for by_name in theirs.values())
+    if not mixed and all(set(ours[kind]) == set(theirs[kind]) for kind in ours.keys() & theirs.keys()):
         return ""
     return (
-        f"it ran in {theirs}, the workspace in {ours} (runtime.amp 'auto' follows the host: bf16 "
+        f"it ran in {precision_summary(theirs)}, the workspace in {precision_summary(ours) or 'not recorded'} "
+        "(runtime.amp 'auto' follows the host: bf16 "
         "inference on a CPU with native bf16, bf16 on a GPU): rerun this seed with `python -m flows.seeds` "
         "on a host like the workspace's, or set runtime.amp for every seed"
     )
@@ -154,8 +157,8 @@ def read_result(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def load_results(root: Path) -> tuple[list[SeedResult], list[dict[str, Any]]]:
     """The workspace's seed and every comparable collected seed; and the excluded ones, with reasons."""
     params, evaluate = read_result(root)
-    ours, our_precision = shared_weights(evaluate), precision_summary(recorded_precisions(root, evaluate))
-    included = [SeedResult(int(params["seed"]), root, evaluate, our_precision)]
+    ours, our_precision = shared_weights(evaluate), recorded_precisions(root, evaluate)
+    included = [SeedResult(int(params["seed"]), root, evaluate, precision_summary(our_precision))]
     excluded = []
     for folder in sorted((root / SEEDS_DIR).glob("seed-*")):
         try:
@@ -164,7 +167,7 @@ def load_results(root: Path) -> tuple[list[SeedResult], list[dict[str, Any]]]:
             excluded.append({"folder": str(folder.relative_to(root)), "reason": f"unreadable ({err})"})
             continue
         seed = int(theirs.get("seed", -1))
-        their_precision = precision_summary(recorded_precisions(folder, their_eval))
+        their_precision = recorded_precisions(folder, their_eval)
         reason = ""
         if seed in {r.seed for r in included}:
             reason = f"seed {seed} is already included"
@@ -180,11 +183,11 @@ def load_results(root: Path) -> tuple[list[SeedResult], list[dict[str, Any]]]:
                     "reason": reason,
                     "weights": shared_weights(their_eval),
                     "top1": {name: their_eval["models"].get(name, {}).get("top1") for name in SHARED_MODELS},
-                    "precision": their_precision,
+                    "precision": precision_summary(their_precision),
                 }
             )
         else:
-            included.append(SeedResult(seed, folder, their_eval, their_precision))
+            included.append(SeedResult(seed, folder, their_eval, precision_summary(their_precision)))
     return sorted(included, key=lambda r: r.seed), excluded
 
 
