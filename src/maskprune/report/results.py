@@ -104,7 +104,7 @@ def recorded_precisions(root: Path, evaluate: dict[str, Any]) -> dict[str, dict[
     if inference := evaluate.get("setup", {}).get("precision", {}).get("inference"):
         found["inference"].setdefault(inference, set()).add("evaluate")
     for path in sorted((root / MODELS_DIR).rglob("history.csv")):
-        history = pd.read_csv(path)
+        history = pd.read_csv(path, usecols=lambda column: column.endswith("_bf16"))  # the record alone
         where = str(path.parent.relative_to(root / MODELS_DIR))
         for kind, by_name in found.items():
             if (column := f"{kind}_bf16") in history:
