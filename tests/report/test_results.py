@@ -78,12 +78,18 @@ def test_a_seed_measured_at_another_inference_precision_is_excluded(tmp_path: Pa
     assert [r.seed for r in load_results(unrecorded)[0]] == [0, 2]
 
 
-def _history(root: Path, stage: str, training: list[int], inference: list[int]) -> None:
+def _history(root: Path, stage: str, training: list[int], inference: list[int], evaluated: bool = True) -> None:
+    """models/<stage>/history.csv with the given per-epoch record; `evaluated`: evaluate.json lists the stage."""
     folder = root / "models" / stage
     folder.mkdir(parents=True)
     rows = ["epoch,val_top1,training_bf16,inference_bf16"]
     rows += [f"{i + 1},0.5,{t},{n}" for i, (t, n) in enumerate(zip(training, inference, strict=True))]
     (folder / "history.csv").write_text("\n".join(rows) + "\n")
+    evaluate_file = root / "metrics" / "evaluate.json"
+    if evaluated and evaluate_file.is_file():
+        evaluate = json.loads(evaluate_file.read_text())
+        evaluate["models"].setdefault(stage, {"top1": 0.5})
+        evaluate_file.write_text(json.dumps(evaluate))
 
 
 def test_a_seed_whose_stage_resumed_at_another_precision_is_excluded_naming_the_stage(tmp_path: Path) -> None:
@@ -122,11 +128,15 @@ def test_precisions_compare_kind_by_kind_where_both_seeds_recorded_them(tmp_path
 
 
 def test_precision_summaries_by_hand(tmp_path: Path) -> None:
-    evaluate = {"setup": {"precision": {"training": "bf16", "inference": "bf16"}}}
+    evaluate = {"models": {"teacher": {}}, "setup": {"precision": {"training": "bf16", "inference": "bf16"}}}
     _history(tmp_path, "teacher", [0], [1])
     found = recorded_precisions(tmp_path, evaluate)
     # evaluate trains nothing: only its inference counts
     assert found == {"training": {"fp32": {"teacher"}}, "inference": {"bf16": {"evaluate", "teacher"}}}
+    # a distilled student's stage folder holds the models evaluate reads as <folder>/finetune and /probe
+    _history(tmp_path, "distill/vit-cls", [1], [1])
+    evaluate["models"].update({"distill/vit-cls/finetune": {}, "distill/vit-cls/probe": {}})
+    assert recorded_precisions(tmp_path, evaluate)["training"] == {"fp32": {"teacher"}, "bf16": {"distill/vit-cls"}}
     assert precision_summary(found) == "training fp32, inference bf16"
     assert precision_summary({"training": {"bf16": {"teacher"}}, "inference": {"bf16": {"teacher"}}}) == "bf16"
     assert precision_summary({}) is None
@@ -134,3 +144,20 @@ def test_precision_summaries_by_hand(tmp_path: Path) -> None:
     assert (
         precision_summary(many) == "mixed: inference bf16 in teacher; inference fp32 in prune/0, prune/1, prune/2 ..."
     )
+
+
+def test_a_stage_folder_evaluate_did_not_read_leaves_the_precision_alone(tmp_path: Path) -> None:
+    """`dvc repro` leaves a removed matrix item's folder in models/: its epochs are not part of the seed."""
+    root = _seed_root(tmp_path, 0, "a" * 64, inference="fp32")
+    _history(root, "finetune/full", [0], [0])
+    seed = _seed_root(root / SEEDS_DIR / "seed-1", 1, "a" * 64, inference="fp32")
+    _history(seed, "finetune/full", [0], [0])
+    _history(seed, "distill/vit-cls", [1], [1], evaluated=False)  # stale, from an older matrix
+    _history(seed, "distill/vit-cls_tokens", [0], [0])
+    assert [(r.seed, r.precision) for r in load_results(root)[0]] == [(0, "fp32"), (1, "fp32")]
+    # the same folder, once evaluate reads its model, mixes the seed's precisions
+    evaluate_file = seed / "metrics" / "evaluate.json"
+    evaluate = json.loads(evaluate_file.read_text())
+    evaluate["models"]["distill/vit-cls/finetune"] = {"top1": 0.5}
+    evaluate_file.write_text(json.dumps(evaluate))
+    assert [x["seed"] for x in load_results(root)[1]] == [1]

@@ -98,14 +98,19 @@ def other_teachers(ours: dict[str, str | None], theirs: dict[str, str | None]) -
 
 def recorded_precisions(root: Path, evaluate: dict[str, Any]) -> dict[str, dict[str, set[str]]]:
     """{'training' | 'inference': {'fp32' | 'bf16': where}} over what a result root recorded: evaluate's
-    forwards (evaluate.json) and every training epoch of its stages (history.csv's `*_bf16` columns;
-    where: 'evaluate' or the stage's folder under models/). Empty where nothing is recorded."""
+    forwards (evaluate.json) and every training epoch of the stages evaluate read (history.csv's `*_bf16`
+    columns; where: 'evaluate' or the stage's folder under models/). A folder no evaluated model comes
+    from (one a removed matrix item left behind) is not part of the result. Empty where nothing is
+    recorded."""
     found: dict[str, dict[str, set[str]]] = {"training": {}, "inference": {}}
     if inference := evaluate.get("setup", {}).get("precision", {}).get("inference"):
         found["inference"].setdefault(inference, set()).add("evaluate")
+    evaluated = evaluate.get("models", {})  # e.g. 'teacher', 'distill/vit-cls/finetune'
     for path in sorted((root / MODELS_DIR).rglob("history.csv")):
+        where = path.parent.relative_to(root / MODELS_DIR).as_posix()
+        if not any(name == where or name.startswith(f"{where}/") for name in evaluated):
+            continue
         history = pd.read_csv(path, usecols=lambda column: column.endswith("_bf16"))  # the record alone
-        where = str(path.parent.relative_to(root / MODELS_DIR))
         for kind, by_name in found.items():
             if (column := f"{kind}_bf16") in history:
                 for bf16 in history[column].dropna().unique():
