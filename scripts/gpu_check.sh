@@ -11,7 +11,10 @@
 # 290 s of stages: results/gpu-check/nvidia-h200/README.md); without a GPU it runs the same steps on
 # the smoke profile (about 2.5 minutes on 2 cores). Settings (environment variables): PROFILE
 # (gpu-check; smoke without a GPU), BENCH_ARGS (the benchmark's arguments), DATA_ROOT (default:
-# .gpu-check/fashion-mnist when present, else the profile's data.root), PYTHON (python3). Missing Python packages are installed from .whl/ into OUTDIR/site when present.
+# .gpu-check/fashion-mnist when present, else the profile's data.root), SETS (further params
+# values for the pipeline, space-separated KEY=VALUE items without spaces inside, as `python -m
+# stages --set` takes them, e.g. SETS="prune.inits=[masked] prune.keep_rates=[0.5]"), PYTHON
+# (python3). Missing Python packages are installed from .whl/ into OUTDIR/site when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -82,6 +85,8 @@ if [ -n "${DATA_ROOT:-}" ]; then
 elif [ -d "$DATA_COPY" ]; then
   sets=(--set "data.root=$(cd "$DATA_COPY" && pwd)")
 fi
+read -r -a extra <<<"${SETS:-}"
+for item in "${extra[@]}"; do sets+=(--set "$item"); done
 step "pipeline: profile $PROFILE ${sets[*]}"
 "$PYTHON" -m stages --workspace "$OUTDIR/pipeline" --profile "$PROFILE" "${sets[@]}"
 cp "$OUTDIR/pipeline/reports/report.md" "$OUTDIR/pipeline/reports/summary.json" "$OUTDIR/"

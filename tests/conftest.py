@@ -124,18 +124,39 @@ def copy_repo(dest: Path, profile: str = "smoke") -> Path:
 NARROW = {
     "pretrain.objectives": ["mae"],
     "prune.inits": ["masked"],
+    "prune.keep_rates": [0.5],
     "distill.students": ["evit"],
     "distill.targets": ["cls_tokens"],  # the target report.rules.task_agnostic names
 }
+# every stage kind, once per matrix item that NARROW keeps, in dvc.yaml's order
+NARROW_STAGES = (
+    "prepare",
+    "distill_teacher",
+    "teacher",
+    "pretrain@mae-baseline",
+    "pretrain@mae-mto",
+    *(f"finetune@{arm}" for arm in FINETUNE_VARIANTS),
+    "prune@evit-masked-0.5",
+    "prune@dynamicvit-masked-0.5",
+    "distill@evit-cls_tokens",
+    "evaluate",
+    "report",
+)
 
 
 def narrow(repo: Path) -> None:
-    """A narrower matrix than the smoke profile's (one objective, init and student): fewer stages to run."""
+    """A narrower matrix than the smoke profile's (one objective, init, keep rate and student): fewer
+    stages to run (NARROW_STAGES)."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for key, value in NARROW.items():
         section, name = key.split(".")
         params[section][name] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def narrow_sets() -> list[str]:
+    """NARROW as `--set KEY=VALUE` items (YAML flow lists, no spaces)."""
+    return [f"{key}=[{','.join(str(item) for item in value)}]" for key, value in NARROW.items()]
 
 
 def copy_run(smoke_repo: Path, dest: Path) -> Path:
