@@ -116,8 +116,8 @@ def run(cmd: list[str], cwd: Path, **extra_env: str) -> subprocess.CompletedProc
     return done
 
 
-def copy_repo(dest: Path, profile: str = "smoke") -> Path:
-    """A fresh git copy of the repository's working tree, switched to `profile`."""
+def copy_repo(dest: Path, profile: str | None = "smoke") -> Path:
+    """A fresh git copy of the repository's working tree, switched to `profile` (None: as it is)."""
     return copy_workspace(REPO, dest, profile)
 
 

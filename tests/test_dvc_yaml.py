@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from flows.seeds import shared_stages
 from maskprune.config import FINETUNE_VARIANTS, PRETRAINED_DIR, PROFILES, PRUNING_METHODS
 from maskprune.dvc_yaml import expand
 from maskprune.layout import PREPARED_DIR
@@ -166,6 +167,47 @@ def test_replacing_a_pretrained_file_reruns_the_stages_that_start_from_it(tmp_pa
     run(["dvc", "commit", "-f", "distill_teacher", "teacher"], repo)
     weights.write_bytes(b"second")
     assert changed() == expected
+
+
+def lock_drift(status: dict[str, list]) -> list[str]:
+    """What `dvc status --json` reports of some stages beyond the prepared data that a fresh clone has
+    not made yet (prepare makes it again from the data set, the same bytes)."""
+    drift = []
+    for stage, changes in status.items():
+        for change in changes:
+            if isinstance(change, str):  # e.g. 'always changed'
+                drift.append(f"{stage}: {change}")
+                continue
+            for kind, paths in change.items():
+                drift += [
+                    f"{stage}: {kind}: {path} {state}"
+                    for path, state in paths.items()
+                    if not (path == PREPARED_DIR.as_posix() and state in ("deleted", "not in cache"))
+                ]
+    return drift
+
+
+def shared_drift(repo: Path) -> list[str]:
+    return lock_drift(json.loads(run(["dvc", "status", "--json", *shared_stages(repo)], repo).stdout))
+
+
+@pytest.mark.integration
+def test_the_committed_lock_lets_a_clone_keep_the_committed_teachers(tmp_path: Path) -> None:
+    """The teachers' weights are committed and every collected seed was taught by them. dvc.lock must
+    record the code and params they were trained with: a stale record makes `dvc repro` and the seed
+    sweep retrain them on whatever host runs them, and the report then excludes every collected seed."""
+    assert {"prepare", "distill_teacher", "teacher"} <= set(shared_stages(ROOT))
+    assert shared_drift(ROOT) == [], (
+        "dvc.lock is stale for the shared stages: where the change leaves the teachers' training as it was, "
+        "record it with `dvc commit -f prepare distill_teacher teacher`; otherwise retrain them and every seed"
+    )
+    # the check fails on a clone whose training code changed after the teachers were trained
+    clone = copy_repo(tmp_path / "clone", profile=None)
+    with (clone / "src" / "maskprune" / "trainer.py").open("a") as trainer:
+        trainer.write("# changed\n")
+    assert shared_drift(clone) == [
+        f"{stage}: changed deps: src/maskprune/trainer.py modified" for stage in ("distill_teacher", "teacher")
+    ]
 
 
 PLOT_TEMPLATES = ROOT / ".dvc" / "plots"
