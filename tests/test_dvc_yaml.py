@@ -187,25 +187,28 @@ def lock_drift(status: dict[str, list]) -> list[str]:
     return drift
 
 
-def shared_drift(repo: Path) -> list[str]:
-    return lock_drift(json.loads(run(["dvc", "status", "--json", *shared_stages(repo)], repo).stdout))
+def status_drift(repo: Path, stages: list[str]) -> list[str]:
+    return lock_drift(json.loads(run(["dvc", "status", "--json", *stages], repo).stdout))
 
 
 @pytest.mark.integration
-def test_the_committed_lock_lets_a_clone_keep_the_committed_teachers(tmp_path: Path) -> None:
-    """The teachers' weights are committed and every collected seed was taught by them. dvc.lock must
-    record the code and params they were trained with: a stale record makes `dvc repro` and the seed
-    sweep retrain them on whatever host runs them, and the report then excludes every collected seed."""
+def test_the_committed_lock_keeps_the_committed_teachers_and_report(tmp_path: Path) -> None:
+    """The teachers' weights are committed and every collected seed was taught by them; the report is
+    committed with the verdicts. dvc.lock must record the code and params they came from: a stale
+    record makes `dvc repro` and the seed sweep retrain the teachers on whatever host runs them (the
+    report then excludes every collected seed), and leaves a report that today's code would not write."""
     assert {"prepare", "distill_teacher", "teacher"} <= set(shared_stages(ROOT))
-    assert shared_drift(ROOT) == [], (
-        "dvc.lock is stale for the shared stages: where the change leaves the teachers' training as it was, "
-        "record it with `dvc commit -f prepare distill_teacher teacher`; otherwise retrain them and every seed"
+    # the stages whose outputs are committed: the shared ones (the data split, the teachers) and the report
+    assert status_drift(ROOT, [*shared_stages(ROOT), "report"]) == [], (
+        "dvc.lock is stale for a committed stage: for the report run `dvc repro --single-item report`; for "
+        "the teachers, where the change leaves their training as it was, `dvc commit -f prepare "
+        "distill_teacher teacher`, otherwise retrain them and every seed; then commit dvc.lock"
     )
     # the check fails on a clone whose training code changed after the teachers were trained
     clone = copy_repo(tmp_path / "clone", profile=None)
     with (clone / "src" / "maskprune" / "trainer.py").open("a") as trainer:
         trainer.write("# changed\n")
-    assert shared_drift(clone) == [
+    assert status_drift(clone, shared_stages(clone)) == [
         f"{stage}: changed deps: src/maskprune/trainer.py modified" for stage in ("distill_teacher", "teacher")
     ]
 
