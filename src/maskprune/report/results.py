@@ -173,6 +173,7 @@ def load_results(root: Path) -> tuple[list[SeedResult], list[dict[str, Any]]]:
             continue
         seed = int(theirs.get("seed", -1))
         their_precision = recorded_precisions(folder, their_eval)
+        their_summary = precision_summary(their_precision)
         reason = ""
         if seed in {r.seed for r in included}:
             reason = f"seed {seed} is already included"
@@ -188,11 +189,11 @@ def load_results(root: Path) -> tuple[list[SeedResult], list[dict[str, Any]]]:
                     "reason": reason,
                     "weights": shared_weights(their_eval),
                     "top1": {name: their_eval["models"].get(name, {}).get("top1") for name in SHARED_MODELS},
-                    "precision": precision_summary(their_precision),
+                    "precision": their_summary,
                 }
             )
         else:
-            included.append(SeedResult(seed, folder, their_eval, precision_summary(their_precision)))
+            included.append(SeedResult(seed, folder, their_eval, their_summary))
     return sorted(included, key=lambda r: r.seed), excluded
 
 
