@@ -142,6 +142,11 @@ def test_the_stages_that_build_models_from_params_depend_on_the_pretrained_folde
     assert (ROOT / PRETRAINED_DIR / "README.md").is_file()  # DVC refuses a missing dep
 
 
+def dvc_status(repo: Path, stages: list[str]) -> dict[str, list]:
+    """`dvc status --json` of `stages`: {} where they are up to date."""
+    return json.loads(run(["dvc", "status", "--json", *stages], repo).stdout)
+
+
 @pytest.mark.integration
 def test_replacing_a_pretrained_file_reruns_the_stages_that_start_from_it(tmp_path: Path) -> None:
     """Real DVC on a copy of the repository: the teachers' stages, committed with stand-in outputs
@@ -155,18 +160,15 @@ def test_replacing_a_pretrained_file_reruns_the_stages_that_start_from_it(tmp_pa
     (repo / PREPARED_DIR / "stand-in").parent.mkdir(parents=True)
     (repo / PREPARED_DIR / "stand-in").write_text("prepared")
 
-    def changed() -> dict[str, list]:
-        return json.loads(run(["dvc", "status", "--json", "distill_teacher", "teacher"], repo).stdout)
-
     run(["dvc", "commit", "-f", "distill_teacher", "teacher"], repo)
-    assert changed() == {}
+    assert dvc_status(repo, ["distill_teacher", "teacher"]) == {}
     weights = repo / PRETRAINED_DIR / "w.safetensors"
     weights.write_bytes(b"first")
     expected = {name: [{"changed deps": {PRETRAINED_DIR: "modified"}}] for name in ("distill_teacher", "teacher")}
-    assert changed() == expected
+    assert dvc_status(repo, ["distill_teacher", "teacher"]) == expected
     run(["dvc", "commit", "-f", "distill_teacher", "teacher"], repo)
     weights.write_bytes(b"second")
-    assert changed() == expected
+    assert dvc_status(repo, ["distill_teacher", "teacher"]) == expected
 
 
 def lock_drift(status: dict[str, list]) -> list[str]:
@@ -187,19 +189,16 @@ def lock_drift(status: dict[str, list]) -> list[str]:
     return drift
 
 
-def status_drift(repo: Path, stages: list[str]) -> list[str]:
-    return lock_drift(json.loads(run(["dvc", "status", "--json", *stages], repo).stdout))
-
-
 @pytest.mark.integration
 def test_the_committed_lock_keeps_the_committed_teachers_and_report(tmp_path: Path) -> None:
     """The teachers' weights are committed and every collected seed was taught by them; the report is
     committed with the verdicts. dvc.lock must record the code and params they came from: a stale
     record makes `dvc repro` and the seed sweep retrain the teachers on whatever host runs them (the
     report then excludes every collected seed), and leaves a report that today's code would not write."""
-    assert {"prepare", "distill_teacher", "teacher"} <= set(shared_stages(ROOT))
+    shared = shared_stages(ROOT)
+    assert {"prepare", "distill_teacher", "teacher"} <= set(shared)
     # the stages whose outputs are committed: the shared ones (the data split, the teachers) and the report
-    assert status_drift(ROOT, [*shared_stages(ROOT), "report"]) == [], (
+    assert lock_drift(dvc_status(ROOT, [*shared, "report"])) == [], (
         "dvc.lock is stale for a committed stage: for the report run `dvc repro --single-item report`; for "
         "the teachers, where the change leaves their training as it was, `dvc commit -f prepare "
         "distill_teacher teacher`, otherwise retrain them and every seed; then commit dvc.lock"
@@ -208,7 +207,7 @@ def test_the_committed_lock_keeps_the_committed_teachers_and_report(tmp_path: Pa
     clone = copy_repo(tmp_path / "clone", profile=None)
     with (clone / "src" / "maskprune" / "trainer.py").open("a") as trainer:
         trainer.write("# changed\n")
-    assert status_drift(clone, shared_stages(clone)) == [
+    assert lock_drift(dvc_status(clone, shared)) == [
         f"{stage}: changed deps: src/maskprune/trainer.py modified" for stage in ("distill_teacher", "teacher")
     ]
 
