@@ -22,7 +22,7 @@ test:
 	@bash scripts/setup.sh test
 	ruff format --check --quiet .
 	ruff check --quiet .
-	python -m pytest -q
+	python -m pytest -q -n auto --dist loadgroup
 
 ## The same pipeline as a Prefect flow (ephemeral mode).
 flow: setup

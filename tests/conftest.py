@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 from pydantic import BaseModel
 
 from maskprune.config import FINETUNE_VARIANTS, ModelSpec, Params
@@ -45,7 +46,13 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Under pytest-xdist (`make test` runs one test process per core) each process and the stages it
+# starts get an equal share of the cores: more threads than cores would make them wait on each other.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    )
+torch.set_num_threads(min(2, int(os.environ.get("OMP_NUM_THREADS", 0)) or torch.get_num_threads()))
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
 
@@ -159,23 +166,39 @@ def narrow_sets() -> list[str]:
     return [f"{key}=[{','.join(str(item) for item in value)}]" for key, value in NARROW.items()]
 
 
-def copy_run(smoke_repo: Path, dest: Path) -> Path:
-    """A private copy of the reproduced smoke run (its git state, outputs and DVC cache), without its
-    MLflow store or training checkpoints, for tests that change it."""
-    shutil.copytree(
-        smoke_repo,
-        dest,
-        symlinks=True,
-        ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "checkpoints"),
-    )
-    run(["git", "reset", "-q", "--hard"], dest)  # NOTE: undo what earlier tests changed in the shared run
-    return dest
+def copy_run(smoke_run: Path, dest: Path) -> Path:
+    """A private copy of the reproduced smoke run (its git state, outputs and DVC cache, without an MLflow
+    store or training checkpoints), for tests that change it."""
+    return shutil.copytree(smoke_run, dest, symlinks=True)
 
 
+def needs_the_smoke_run(item: pytest.Item) -> bool:
+    return bool({"smoke_run", "smoke_repo"} & set(item.fixturenames))
+
+
+@pytest.hookimpl(tryfirst=True)  # NOTE: before pytest-xdist's hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """tests/test_dvc_repro.py first: it checks the shared smoke run as `dvc repro` left it, before the
-    sweep and seed tests add experiments, sweep tables and MLflow runs to it."""
-    items.sort(key=lambda item: item.path.name != "test_dvc_repro.py")
+    """Order and group the tests for `make test`'s processes (pytest-xdist, --dist loadgroup).
+
+    Every test that uses `smoke_repo` is one group, so one process runs them in order, with
+    tests/test_dvc_repro.py's first: they check the shared smoke run as `dvc repro` left it, before the
+    sweep tests add experiments, sweep tables and MLflow runs to it. Every other module is a group of
+    its own (its module-scoped services start once). Modules that need the smoke run go last, so that
+    the other processes run the rest while one builds it.
+    """
+    late = {item.path for item in items if needs_the_smoke_run(item)}
+    items.sort(
+        key=lambda item: (
+            0
+            if "smoke_repo" in item.fixturenames and item.path.name == "test_dvc_repro.py"
+            else 2
+            if item.path in late
+            else 1
+        )
+    )
+    for item in items:
+        group = "smoke_repo" if "smoke_repo" in item.fixturenames else str(item.path.relative_to(REPO))
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def repro_log(repo: Path) -> Path:
@@ -183,19 +206,53 @@ def repro_log(repo: Path) -> Path:
     return repo.parent / "repro.log"
 
 
-@pytest.fixture(scope="session")
-def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the repository set to the smoke profile, after one `dvc repro`, committed.
+def build_smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Once per test session, in a folder every test process sees: a copy of the repository set to the
+    smoke profile, after one `dvc repro`, committed (`repo/`), and a copy of it as it was then without
+    its MLflow store or checkpoints (`run/repo`). Returns that folder.
 
     NOTE: committed as a user commits after `dvc repro`: `dvc exp run --temp` starts from git, so
     uncommitted outputs (dvc.lock, metrics, histories) would make experiments rerun their stages.
     """
-    repo = copy_repo(tmp_path_factory.mktemp("smoke-repo"))
-    done = run(["dvc", "repro"], repo)
-    repro_log(repo).write_text(done.stdout + done.stderr)
-    run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "dvc repro"], repo)
-    return repo
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "smoke"
+    root.mkdir(exist_ok=True)
+    with FileLock(root / "build.lock"):
+        if (root / "failed").exists():
+            pytest.fail(f"the smoke run failed to build in another test process:\n{(root / 'failed').read_text()}")
+        if not (root / "built").exists():
+            try:
+                repo = copy_repo(root / "repo")
+                done = run(["dvc", "repro"], repo)
+                repro_log(repo).write_text(done.stdout + done.stderr)
+                run(["git", "add", "-A"], repo)
+                run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "dvc repro"], repo)
+                shutil.copytree(
+                    repo,
+                    root / "run" / "repo",
+                    symlinks=True,
+                    ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "checkpoints"),
+                )
+                shutil.copy2(repro_log(repo), root / "run")
+            except BaseException as error:
+                (root / "failed").write_text(str(error)[-3000:])
+                raise
+            (root / "built").touch()
+    return root
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke profile's `dvc repro`, committed, as it was when it ended: shared by every test process
+    and never changed (read it, or take a `copy_run` to change)."""
+    return build_smoke_run(tmp_path_factory) / "run" / "repo"
+
+
+@pytest.fixture(scope="session")
+def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke run with its MLflow store, which the tests that use it read and change in place, in
+    one process and in order (see pytest_collection_modifyitems)."""
+    return build_smoke_run(tmp_path_factory) / "repo"
 
 
 @pytest.fixture(scope="session")

@@ -250,10 +250,8 @@ def test_dvc_views_work(smoke_repo: Path, tmp_path: Path) -> None:
     assert dom.count("<canvas") == len(declared), dom[-2000:]
 
 
-def test_shrinking_the_prune_matrix_removes_its_outputs_and_nothing_reads_them(
-    smoke_repo: Path, tmp_path: Path
-) -> None:
-    repo = copy_run(smoke_repo, tmp_path / "run")
+def test_shrinking_the_prune_matrix_removes_its_outputs_and_nothing_reads_them(smoke_run: Path, tmp_path: Path) -> None:
+    repo = copy_run(smoke_run, tmp_path / "run")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["prune"]["keep_rates"] == [1.0, 0.5]
     params["prune"]["keep_rates"] = [0.5]

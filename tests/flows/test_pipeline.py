@@ -61,7 +61,7 @@ def test_flow_runs_stages_through_dvc_and_nests_mlflow_runs(
 
 
 def test_skipped_stages_end_skipped_along_the_stage_graph(
-    prefect_harness: None, smoke_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_harness: None, smoke_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On the reproduced smoke run nothing changed: every task ends Skipped (of type Completed) and
     waits for the tasks of the stages it depends on, the edges of Prefect's graph."""
@@ -70,7 +70,7 @@ def test_skipped_stages_end_skipped_along_the_stage_graph(
 
     from flows.pipeline import pipeline
 
-    repo = copy_run(smoke_repo, tmp_path / "repo")  # NOTE: without the shared run's MLflow store
+    repo = copy_run(smoke_run, tmp_path / "repo")  # NOTE: without the shared run's MLflow store
     monkeypatch.chdir(repo)
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     state = pipeline(stage="teacher", return_state=True)

@@ -109,11 +109,11 @@ def test_only_the_data_split_and_the_teachers_are_shared_by_every_seed() -> None
 
 
 def test_a_killed_seed_sweep_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(
-    smoke_repo: Path, tmp_path: Path
+    smoke_run: Path, tmp_path: Path
 ) -> None:
     """The stage cut off after its first epoch ends as that stage run straight through with seed 1 ends
     (so every stage after it starts from the same model), and the sweep collects the seed once."""
-    resumed, straight = copy_run(smoke_repo, tmp_path / "resumed"), copy_run(smoke_repo, tmp_path / "straight")
+    resumed, straight = copy_run(smoke_run, tmp_path / "resumed"), copy_run(smoke_run, tmp_path / "straight")
     for repo in (resumed, straight):
         narrow(repo)
     ws = resumed / ".dvc" / "tmp" / "seeds" / "seed-1"

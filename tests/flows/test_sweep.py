@@ -97,10 +97,10 @@ def test_sweep_runs_experiments_and_lines_them_up(
     assert {c.data.params["finetune.masked_kd.teacher_keep"] for c in children} == {"1.0", "0.25"}
 
 
-def test_a_queued_experiment_logs_its_stages_to_the_users_store(smoke_repo: Path, tmp_path: Path) -> None:
+def test_a_queued_experiment_logs_its_stages_to_the_users_store(smoke_run: Path, tmp_path: Path) -> None:
     """Plain DVC, no flow: `dvc exp run --queue` then `--run-all` runs the stages in a copy under
     .dvc/tmp/exps/; their runs land in the repository's own store, tagged with the experiment's name."""
-    repo = copy_run(smoke_repo, tmp_path / "repo")  # NOTE: without the shared run's MLflow store
+    repo = copy_run(smoke_run, tmp_path / "repo")  # NOTE: without the shared run's MLflow store
     run(["dvc", "exp", "run", "--queue", "--name", "tighter", "--set-param", "report.confidence=0.9"], repo)
     run(["dvc", "exp", "run", "--run-all"], repo)
     assert "tighter" in run(["dvc", "exp", "show", "--csv"], repo).stdout

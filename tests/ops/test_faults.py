@@ -20,8 +20,8 @@ from tests.services import free_port
 pytestmark = pytest.mark.integration
 
 
-def test_a_stage_killed_mid_run_resumes_from_its_checkpoint(smoke_repo: Path, tmp_path: Path) -> None:
-    repo = copy_run(smoke_repo, tmp_path / "repo")
+def test_a_stage_killed_mid_run_resumes_from_its_checkpoint(smoke_run: Path, tmp_path: Path) -> None:
+    repo = copy_run(smoke_run, tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["teacher"]["epochs"] = 3  # the smoke profile's 2, plus one: a new config, trained from scratch
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

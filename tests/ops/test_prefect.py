@@ -156,9 +156,9 @@ except Exception as err:
 
 
 def test_the_gpus_deployment_runs_a_stage_on_two_processes_in_a_clone_of_the_deployed_commit(
-    prefect_server: dict[str, str], two_gpus: str, smoke_repo: Path, tmp_path: Path
+    prefect_server: dict[str, str], two_gpus: str, smoke_run: Path, tmp_path: Path
 ) -> None:
-    repo = copy_run(smoke_repo, tmp_path / "repo")
+    repo = copy_run(smoke_run, tmp_path / "repo")
     run(
         ["dvc", "remote", "add", "-d", "-f", "storage", str(tmp_path / "dvc-storage")], repo
     )  # absolute: clones find it

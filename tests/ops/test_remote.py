@@ -29,9 +29,9 @@ AWS = {
 
 
 @pytest.fixture(scope="module")
-def origin(smoke_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def origin(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reproduced smoke run (committed, dvc.lock and all) in a folder of its own."""
-    return copy_run(smoke_repo, tmp_path_factory.mktemp("remote") / "origin")
+    return copy_run(smoke_run, tmp_path_factory.mktemp("remote") / "origin")
 
 
 def tracked(repo: Path) -> dict[str, str]:
@@ -103,8 +103,8 @@ def test_s3_compatible_remote_round_trips_with_credentials_from_the_environment(
     assert found.returncode == 1 and not found.stdout  # no credential is in the repository's files
 
 
-def test_s3_remote_round_trips_sharded_data(smoke_repo: Path, s3_endpoint: str, tmp_path: Path) -> None:
-    repo = copy_run(smoke_repo, tmp_path / "sharded")
+def test_s3_remote_round_trips_sharded_data(smoke_run: Path, s3_endpoint: str, tmp_path: Path) -> None:
+    repo = copy_run(smoke_run, tmp_path / "sharded")
     params = (repo / "params.yaml").read_text()
     assert "  storage: auto\n" in params
     (repo / "params.yaml").write_text(params.replace("  storage: auto\n", "  storage: shards\n"))

@@ -17,14 +17,14 @@ from maskprune.runtime import amp_dtypes, cpu_flags
 T_975_2 = 4.302652729911275  # Student t quantile, 2 degrees of freedom, 97.5% (tables)
 
 
-def result_root(smoke_repo: Path, dest: Path) -> Path:
+def result_root(smoke_run: Path, dest: Path) -> Path:
     """The smoke run's results (what the report reads) in a folder of their own."""
     dest.mkdir(parents=True)
     for relative in ("params.yaml", "metrics", "plots", "data/prepared", "reports/sweeps"):
-        source = smoke_repo / relative
+        source = smoke_run / relative
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, dest / relative)
-    for metrics in (smoke_repo / "models").rglob("metrics.json"):
-        target = dest / metrics.relative_to(smoke_repo)
+    for metrics in (smoke_run / "models").rglob("metrics.json"):
+        target = dest / metrics.relative_to(smoke_run)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(metrics, target)
     return dest
@@ -52,9 +52,9 @@ def set_pruned_top1(source: Path, target: Path, full: float, masked: float) -> N
 
 @pytest.mark.integration
 def test_report_aggregates_seeds_with_paired_intervals_and_excludes_other_configs(
-    smoke_repo: Path, tmp_path: Path
+    smoke_run: Path, tmp_path: Path
 ) -> None:
-    root = result_root(smoke_repo, tmp_path / "results")
+    root = result_root(smoke_run, tmp_path / "results")
     fulls, gains = [0.70, 0.71, 0.72], [0.030, 0.032, 0.034]
     set_pruned_top1(
         root / "metrics" / "evaluate.json", root / "metrics" / "evaluate.json", fulls[0], fulls[0] + gains[0]

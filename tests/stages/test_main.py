@@ -66,7 +66,7 @@ def blocked_packages(folder: Path) -> Path:
     return folder
 
 
-def test_gpu_check_runs_every_stage_kind_without_the_orchestration_packages(tmp_path: Path, smoke_repo: Path) -> None:
+def test_gpu_check_runs_every_stage_kind_without_the_orchestration_packages(tmp_path: Path, smoke_run: Path) -> None:
     """The narrower matrix (every stage kind, 15 stages of 24) through SETS: the check's own switch."""
     out = tmp_path / "check"
     env = subprocess_env(
@@ -87,7 +87,7 @@ def test_gpu_check_runs_every_stage_kind_without_the_orchestration_packages(tmp_
     assert json.loads((out / "summary.json").read_text())["seeds"] == [0]
     # the same stages as `dvc repro` ran them, in one process instead of one each: the same models
     direct = json.loads((out / "evaluate.json").read_text())
-    by_dvc = json.loads((smoke_repo / "metrics" / "evaluate.json").read_text())
+    by_dvc = json.loads((smoke_run / "metrics" / "evaluate.json").read_text())
     assert {"teacher", "finetune/masked_kd", "prune/evit-masked-0.5", "tome/masked-evit-masked-0.5"} <= set(
         direct["models"]
     )

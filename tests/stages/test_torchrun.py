@@ -45,9 +45,9 @@ def stage_command(stage: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ddp_repo(smoke_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ddp_repo(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the smoke run (tracking off) whose training stages ask for 2 processes."""
-    repo = copy_run(smoke_repo, tmp_path_factory.mktemp("ddp") / "repo")
+    repo = copy_run(smoke_run, tmp_path_factory.mktemp("ddp") / "repo")
     set_runtime(repo, nproc_per_node=2)
     return repo
 
@@ -68,13 +68,13 @@ def test_stage_relaunches_under_torchrun_with_two_processes_and_rank_zero_writes
     assert model.num_patches == 49 and metrics
 
 
-def test_dvc_repro_with_two_processes_ends_as_one_process_does(smoke_repo: Path, tmp_path: Path) -> None:
-    repo = copy_run(smoke_repo, tmp_path / "repo")
+def test_dvc_repro_with_two_processes_ends_as_one_process_does(smoke_run: Path, tmp_path: Path) -> None:
+    repo = copy_run(smoke_run, tmp_path / "repo")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     set_runtime(repo, tracking=True, nproc_per_node=2)
     stage, folder = "finetune@full", Path("models/finetune/full")
     run(["dvc", "repro", "--force", "--single-item", stage], repo, OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI=store)
-    one = pd.read_csv(smoke_repo / folder / "history.csv")
+    one = pd.read_csv(smoke_run / folder / "history.csv")
     two = pd.read_csv(repo / folder / "history.csv")
     # the same images in the same order, the global batch split over 2 processes: equal up to the order
     # in which gloo sums the two halves' gradients
@@ -94,9 +94,9 @@ def test_dvc_repro_with_two_processes_ends_as_one_process_does(smoke_repo: Path,
     assert len(runs) == 1 and runs[0].data.tags["processes"] == "2"  # rank 0's, not one per process
 
 
-def test_two_machines_train_one_stage_through_a_rendezvous(smoke_repo: Path, tmp_path: Path) -> None:
+def test_two_machines_train_one_stage_through_a_rendezvous(smoke_run: Path, tmp_path: Path) -> None:
     """Two 'nodes' on this machine (one process each), meeting at a c10d rendezvous on 127.0.0.1."""
-    repo = copy_run(smoke_repo, tmp_path / "repo")
+    repo = copy_run(smoke_run, tmp_path / "repo")
     endpoint = f"127.0.0.1:{free_port()}"
     set_runtime(repo, nproc_per_node=1, nnodes=2, rdzv_endpoint=endpoint, checkpoint_dir=str(tmp_path / "shared"))
     env = subprocess_env(PYTHONPATH="src", OMP_NUM_THREADS="1")
@@ -110,8 +110,8 @@ def test_two_machines_train_one_stage_through_a_rendezvous(smoke_repo: Path, tmp
     assert (tmp_path / "shared" / "finetune" / "full" / "state.json").is_file()  # where every node looks
 
 
-def test_a_killed_rank_rejoins_and_the_stage_resumes_from_its_checkpoint(smoke_repo: Path, tmp_path: Path) -> None:
-    repo = copy_run(smoke_repo, tmp_path / "repo")
+def test_a_killed_rank_rejoins_and_the_stage_resumes_from_its_checkpoint(smoke_run: Path, tmp_path: Path) -> None:
+    repo = copy_run(smoke_run, tmp_path / "repo")
     shared = tmp_path / "shared"
     set_runtime(repo, nproc_per_node=2, max_restarts=1, checkpoint_dir=str(shared))
     params = yaml.safe_load((repo / "params.yaml").read_text())
