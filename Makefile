@@ -22,7 +22,7 @@ test:
 	@bash scripts/setup.sh test
 	ruff format --check --quiet .
 	ruff check --quiet .
-	python -m pytest -q -n auto --dist loadgroup
+	python -m pytest -q -n auto --dist loadgroup --no-loadscope-reorder
 
 ## The same pipeline as a Prefect flow (ephemeral mode).
 flow: setup

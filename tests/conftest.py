@@ -167,18 +167,25 @@ def narrow_sets() -> list[str]:
 
 
 def copy_run(smoke_run: Path, dest: Path) -> Path:
-    """A private copy of the reproduced smoke run (its git state, outputs and DVC cache, without an MLflow
-    store or training checkpoints), for tests that change it."""
-    return shutil.copytree(smoke_run, dest, symlinks=True)
+    """A private copy of the reproduced smoke run (`smoke_run` or `smoke_repo`: its git state, outputs and
+    DVC cache, without its MLflow store or training checkpoints), for tests that change it."""
+    shutil.copytree(
+        smoke_run,
+        dest,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "checkpoints"),
+    )
+    run(["git", "reset", "-q", "--hard"], dest)  # NOTE: undo what earlier tests changed in smoke_repo
+    return dest
 
 
-def needs_the_smoke_run(item: pytest.Item) -> bool:
-    return bool({"smoke_run", "smoke_repo"} & set(item.fixturenames))
+def uses_smoke_repo(item: pytest.Item) -> bool:
+    return "smoke_repo" in item.fixturenames
 
 
 @pytest.hookimpl(tryfirst=True)  # NOTE: before pytest-xdist's hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Order and group the tests for `make test`'s processes (pytest-xdist, --dist loadgroup).
+    """Order and group the tests for `make test`'s processes (pytest-xdist: --dist loadgroup, in this order).
 
     Every test that uses `smoke_repo` is one group, so one process runs them in order, with
     tests/test_dvc_repro.py's first: they check the shared smoke run as `dvc repro` left it, before the
@@ -186,18 +193,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     its own (its module-scoped services start once). Modules that need the smoke run go last, so that
     the other processes run the rest while one builds it.
     """
-    late = {item.path for item in items if needs_the_smoke_run(item)}
-    items.sort(
-        key=lambda item: (
-            0
-            if "smoke_repo" in item.fixturenames and item.path.name == "test_dvc_repro.py"
-            else 2
-            if item.path in late
-            else 1
-        )
-    )
+    late = {item.path for item in items if {"smoke_run", "smoke_repo"} & set(item.fixturenames)}
+
+    def rank(item: pytest.Item) -> int:
+        if uses_smoke_repo(item) and item.path.name == "test_dvc_repro.py":
+            return 0
+        return 2 if item.path in late else 1
+
+    items.sort(key=rank)
     for item in items:
-        group = "smoke_repo" if "smoke_repo" in item.fixturenames else str(item.path.relative_to(REPO))
+        group = "smoke_repo" if uses_smoke_repo(item) else str(item.path.relative_to(REPO))
         item.add_marker(pytest.mark.xdist_group(group))
 
 
@@ -227,18 +232,25 @@ def build_smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 repro_log(repo).write_text(done.stdout + done.stderr)
                 run(["git", "add", "-A"], repo)
                 run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "dvc repro"], repo)
-                shutil.copytree(
-                    repo,
-                    root / "run" / "repo",
-                    symlinks=True,
-                    ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts", "checkpoints"),
-                )
+                copy_run(repo, root / "run" / "repo")
                 shutil.copy2(repro_log(repo), root / "run")
             except BaseException as error:
                 (root / "failed").write_text(str(error)[-3000:])
                 raise
             (root / "built").touch()
     return root
+
+
+def claim_for_one_process(claim: Path, process: str) -> None:
+    """Fail unless `process` is the first, or the same, test process to claim `claim` (a file)."""
+    with FileLock(f"{claim}.lock"):
+        if not claim.exists():
+            claim.write_text(process)
+    if claim.read_text() != process:
+        pytest.fail(
+            f"{claim.stem} is claimed by two test processes ({claim.read_text()} and {process}): the tests that "
+            "change smoke_repo must be one xdist group (pytest 9.2 drops the groups: pytest-dev/pytest-xdist#1386)"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -252,7 +264,9 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smoke run with its MLflow store, which the tests that use it read and change in place, in
     one process and in order (see pytest_collection_modifyitems)."""
-    return build_smoke_run(tmp_path_factory) / "repo"
+    root = build_smoke_run(tmp_path_factory)
+    claim_for_one_process(root / "changed-by", os.environ.get("PYTEST_XDIST_WORKER", "main"))
+    return root / "repo"
 
 
 @pytest.fixture(scope="session")
