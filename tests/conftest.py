@@ -179,11 +179,6 @@ def copy_run(smoke_run: Path, dest: Path) -> Path:
     return dest
 
 
-# The modules that need the smoke run and take longest (about 290-490 s each on a 2-core host, 2026-12-06),
-# started first among those so that no process is left running one of them alone at the end.
-LONGEST_FIRST = ("tests/flows/test_seeds.py", "tests/stages/test_main.py", "tests/ops/test_prefect.py")
-
-
 def uses_smoke_repo(item: pytest.Item) -> bool:
     return "smoke_repo" in item.fixturenames
 
@@ -200,13 +195,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """
     late = {item.path for item in items if {"smoke_run", "smoke_repo"} & set(item.fixturenames)}
 
-    def rank(item: pytest.Item) -> tuple[int, int]:
-        module = str(item.path.relative_to(REPO))
+    def rank(item: pytest.Item) -> int:
         if uses_smoke_repo(item) and item.path.name == "test_dvc_repro.py":
-            return 0, 0
-        if item.path not in late:
-            return 1, 0
-        return 2, LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+            return 0
+        return 2 if item.path in late else 1
 
     items.sort(key=rank)
     for item in items:
@@ -236,8 +228,7 @@ def build_smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if not (root / "built").exists():
             try:
                 repo = copy_repo(root / "repo")
-                # every core: the other test processes run what needs no smoke run meanwhile, then wait for it
-                done = run(["dvc", "repro"], repo, OMP_NUM_THREADS=str(os.cpu_count() or 1))
+                done = run(["dvc", "repro"], repo)
                 repro_log(repo).write_text(done.stdout + done.stderr)
                 run(["git", "add", "-A"], repo)
                 run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "dvc repro"], repo)
