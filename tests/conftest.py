@@ -48,10 +48,9 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Under pytest-xdist (`make test` runs one test process per core) each process and the stages it
 # starts get an equal share of the cores: more threads than cores would make them wait on each other.
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-    os.environ.setdefault(
-        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-    )
+PROCESSES = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if PROCESSES > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // PROCESSES)))
 torch.set_num_threads(min(2, int(os.environ.get("OMP_NUM_THREADS", 0)) or torch.get_num_threads()))
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
