@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from maskprune.aa_control import aa_noisy
+from maskprune.aa_control import AA_TOLERANCE, aa_noisy
 from maskprune.config import Params
 from maskprune.layout import MODELS_DIR, prepared_dir
 from maskprune.report.checks import Check, Curve, above_chance
@@ -148,14 +148,49 @@ class Context:
         )
 
 
-def ratio_text(ratio: float, aa_ratio: float | None) -> str:
-    """A measured throughput ratio, '1.52x', or 'noisy (1.52x, A/A 1.08)' when its A/A control strays
-    from 1 by more than AA_TOLERANCE (no A/A measured: the bare ratio with '(no A/A)')."""
-    if aa_ratio is None or math.isnan(aa_ratio):
-        return f"{ratio:.2f}x (no A/A)"
-    if aa_noisy(aa_ratio):
-        return f"noisy ({ratio:.2f}x, A/A {aa_ratio:.2f})"
-    return f"{ratio:.2f}x"
+@dataclass(frozen=True)
+class SeedRatios:
+    """A throughput ratio measured on each seed, each beside its own A/A control.
+
+    Its value is the median over the seeds whose A/A ratio stays within AA_TOLERANCE of 1: a seed
+    whose control strays measured noise, and a median is not moved by one outlying seed. With no
+    such seed it is the median over all of them, shown as noisy.
+    """
+
+    ratios: dict[int, float]  # {seed: ratio}
+    aa: dict[int, float]  # {seed: its A/A ratio}; a seed missing here had no A/A control
+
+    @property
+    def noisy(self) -> dict[int, float]:
+        """{seed: A/A ratio} of the seeds whose control strays."""
+        return {seed: aa for seed, aa in sorted(self.aa.items()) if seed in self.ratios and aa_noisy(aa)}
+
+    @property
+    def value(self) -> float:
+        kept = [ratio for seed, ratio in self.ratios.items() if seed not in self.noisy] or list(self.ratios.values())
+        return float(np.median(kept)) if kept else float("nan")
+
+    def text(self) -> str:
+        """'1.52x'; '1.50x (left out, A/A off by over 5%: seed 2 0.94)'; 'noisy (1.52x, A/A 1.08)' when
+        every seed's control strays; '1.52x (no A/A)' when none had one; '-' when nothing was measured."""
+        if not self.ratios:
+            return "-"
+        shown = f"{self.value:.2f}x"
+        if not any(seed in self.aa for seed in self.ratios):
+            return f"{shown} (no A/A)"
+        noisy = self.noisy
+        controls = ", ".join(f"{aa:.2f}" for aa in noisy.values())
+        if len(noisy) == len(self.ratios):
+            return f"noisy ({shown}, A/A {controls})"
+        if noisy:
+            seeds = ", ".join(f"seed {seed} {aa:.2f}" for seed, aa in noisy.items())
+            return f"{shown} (left out, A/A off by over {AA_TOLERANCE:.0%}: {seeds})"
+        return shown
+
+
+def mean_over_seeds(values: dict[int, float]) -> float:
+    """The plain mean of {seed: value}; nan for none."""
+    return float(np.mean(list(values.values()))) if values else float("nan")
 
 
 def points(iv: Interval) -> str:
