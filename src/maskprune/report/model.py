@@ -167,7 +167,8 @@ class SeedRatios:
 
     @property
     def value(self) -> float:
-        kept = [ratio for seed, ratio in self.ratios.items() if seed not in self.noisy] or list(self.ratios.values())
+        noisy = self.noisy
+        kept = [ratio for seed, ratio in self.ratios.items() if seed not in noisy] or list(self.ratios.values())
         return float(np.median(kept)) if kept else float("nan")
 
     def text(self) -> str:
