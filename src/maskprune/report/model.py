@@ -189,6 +189,10 @@ class SeedRatios:
         return shown
 
 
+# how the report says SeedRatios aggregates, for the texts of the sections that show one
+SEED_RATIOS_RULE = f"the median over seeds, leaving out a seed whose A/A control is more than {AA_TOLERANCE:.0%} from 1"
+
+
 def mean_over_seeds(values: dict[int, float]) -> float:
     """The plain mean of {seed: value}; nan for none."""
     return float(np.mean(list(values.values()))) if values else float("nan")

@@ -40,6 +40,7 @@ from maskprune.report.checks import (
 )
 from maskprune.report.claims import Claim, differences
 from maskprune.report.model import (
+    SEED_RATIOS_RULE,
     Context,
     Section,
     SeedRatios,
@@ -105,8 +106,7 @@ def section_maskedkd(ctx: Context) -> Section:
         "Student test top-1 (mean [95% interval] over seeds, points), the teacher's own test top-1 on the "
         "patches it sees in that arm (MaskedKD's: those its trained student attends to), and the training "
         "cost; the teacher's GMACs are counted as it runs, its throughput measured against the full-image "
-        "teacher in one process beside an A/A control (the median over seeds, leaving out a seed whose A/A "
-        "ratio is more than 5% from 1)."
+        f"teacher in one process beside an A/A control ({SEED_RATIOS_RULE})."
     )
     sec.table(pd.DataFrame(rows))
     top1 = {arm: ctx.model_metric(f"{FINETUNE_DIR.name}/{arm}", "top1") for arm in MASKEDKD_ARMS}
@@ -196,8 +196,7 @@ def section_task_agnostic(ctx: Context) -> Section:
     sec.text(
         f"Students distilled from `{cfg.teacher}` without labels, then fine-tuned with labels or probed "
         "linearly on frozen features; scratch students get the same fine-tuning without distillation. "
-        "Test top-1, mean [95% interval] over seeds, points; img/s, the median ratio over seeds, leaving out a "
-        "seed whose A/A control is more than 5% from 1."
+        f"Test top-1, mean [95% interval] over seeds, points; img/s, {SEED_RATIOS_RULE}."
     )
     sec.table(pd.DataFrame(rows))
     if not {"vit", "evit"} <= set(cfg.students) or "scratch" not in cfg.targets:
