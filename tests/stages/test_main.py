@@ -66,8 +66,14 @@ def blocked_packages(folder: Path) -> Path:
     return folder
 
 
-def test_gpu_check_runs_every_stage_kind_without_the_orchestration_packages(tmp_path: Path, smoke_run: Path) -> None:
-    """The narrower matrix (every stage kind, 15 stages of 24) through SETS: the check's own switch."""
+def test_gpu_check_runs_every_stage_kind_without_the_orchestration_packages(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The narrower matrix (every stage kind, 15 stages of 24) through SETS: the check's own switch.
+
+    NOTE: the smoke run is asked for only after the check has run, so that a test process runs the
+    check while another builds the smoke run (tests.conftest.pytest_collection_modifyitems).
+    """
     out = tmp_path / "check"
     env = subprocess_env(
         PYTHON=sys.executable,
@@ -87,6 +93,7 @@ def test_gpu_check_runs_every_stage_kind_without_the_orchestration_packages(tmp_
     assert json.loads((out / "summary.json").read_text())["seeds"] == [0]
     # the same stages as `dvc repro` ran them, in one process instead of one each: the same models
     direct = json.loads((out / "evaluate.json").read_text())
+    smoke_run = request.getfixturevalue("smoke_run")
     by_dvc = json.loads((smoke_run / "metrics" / "evaluate.json").read_text())
     assert {"teacher", "finetune/masked_kd", "prune/evit-masked-0.5", "tome/masked-evit-masked-0.5"} <= set(
         direct["models"]
