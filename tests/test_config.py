@@ -192,7 +192,7 @@ def test_profile_cli_writes_complete_params(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     written = yaml.safe_load(out.read_text())
-    assert written["profile"] == "smoke" and written["data"]["train_limit"] == 600
+    assert written["profile"] == "smoke" and written["data"]["train_limit"] == 1200
     assert validate_params(written) == profile_params("smoke", REPO)
 
 

@@ -100,7 +100,7 @@ def test_every_finetune_variant_trains_reports_cost_and_gets_an_occlusion_curve(
     assert meta["stage"] == f"finetune@{variant}" and meta["role"] == "student"
     assert meta["init"] == "models/pretrain/mae-baseline"  # the default init: the baseline MAE encoder
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["train_images"] == 540 and metrics["epochs"] == 1
+    assert metrics["train_images"] == 1080 and metrics["epochs"] == 1
     history = pd.read_csv(folder / "history.csv")
     assert metrics["train_tflops"] == pytest.approx(history["train_gflops"].sum() / 1e3)
     full_teacher = 0.1386  # vit_teacher on all 49 patches, as evaluate measures it
@@ -146,7 +146,7 @@ def test_every_pruned_model_drops_tokens_and_is_evaluated_with_its_tome_match(sm
     # vit_student, 49 patches at keep 0.5: EViT 49 -> 25 (+1 fused) -> 13 (+1) -> 7 (+1); DynamicViT 24, 12, 6
     expected = [50, 27, 27, 15, 9, 9] if method == "evit" else [50, 25, 25, 13, 7, 7]
     assert meta["tokens_per_block"] == expected
-    assert 0.4 < metrics["gmacs_ratio"] < 0.6 and metrics["train_images"] == 540
+    assert 0.4 < metrics["gmacs_ratio"] < 0.6 and metrics["train_images"] == 1080
     if method == "dynamicvit":  # the realised keep ratio of the last stage and its target, for the report's check
         assert metrics["train_kept_target"] == pytest.approx(0.125) and 0 < metrics["train_kept_fraction"] <= 1
     tome = report["models"][f"tome/{init}-{name}"]
@@ -163,7 +163,7 @@ def test_task_agnostic_students_are_probed_and_fine_tuned(smoke_repo: Path) -> N
     assert sorted(f"{s}-{t}" for s, t in rows) == sorted(DISTILLED)
     for name in DISTILLED:
         metrics = json.loads((smoke_repo / "models" / "distill" / name / "metrics.json").read_text())
-        assert metrics["distill_images"] == 540 and 0.0 <= metrics["probe_val_top1"] <= 1.0
+        assert metrics["distill_images"] == 1080 and 0.0 <= metrics["probe_val_top1"] <= 1.0
         probe = json.loads((smoke_repo / "models" / "distill" / name / "probe" / "meta.json").read_text())
         assert probe["eval"] == "probe" and ("pruning" in probe) == name.startswith("evit")
     assert rows[("evit", "cls_tokens")]["gmacs"] < 0.6 * rows[("vit", "cls_tokens")]["gmacs"]

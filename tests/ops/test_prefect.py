@@ -100,7 +100,7 @@ def test_checked_in_deployments_register_and_the_pipeline_runs_through_a_process
         ).stdout
     assert "Completed" in out, out[-2000:]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]  # the worker ran it through DVC, in the repo
-    assert lock["prepare"]["params"]["params.yaml"]["data"]["train_limit"] == 600  # the smoke profile's, just run
+    assert lock["prepare"]["params"]["params.yaml"]["data"]["train_limit"] == 1200  # the smoke profile's, just run
     assert (repo / "data" / "prepared" / "fashion_mnist" / "meta.json").is_file()
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("maskprune")
