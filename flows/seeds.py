@@ -48,11 +48,11 @@ from flows.gpu_slots import gpus_of, holding_gpus
 from maskprune import atomic
 from maskprune.checkpoint import train_progress
 from maskprune.config import PARAMS_FILE, find_repo_root, load_params
-from maskprune.dvc_yaml import expand, stage_graph, stage_order
+from maskprune.dvc_yaml import LOCK_FILE, expand, stage_graph, stage_order
 from maskprune.environment import cpu_name
 from maskprune.errors import MaskpruneError, exit_on_user_error
 from maskprune.layout import CHECKPOINTS_DIR, EVALUATE_FILE, MODELS_DIR, PLOTS_DIR, SEED_WORKSPACES_DIR, SEEDS_DIR
-from maskprune.workspace import LOCK_FILE, copy_workspace, update_workspace
+from maskprune.workspace import copy_workspace, update_workspace
 
 EVALUATE = "evaluate"
 REPORT = "report"
@@ -89,11 +89,13 @@ def shared_stages(root: Path) -> list[str]:
     return shared
 
 
-def prepare_workspace(root: Path, seed: int) -> Path:
-    """The seed's workspace, created or brought up to date with this one's code and params."""
+def prepare_workspace(root: Path, seed: int, shared: list[str]) -> Path:
+    """The seed's workspace, created or brought up to date with this one's code and params; the
+    `shared` stages (`shared_stages`) and their outputs are this workspace's in either case."""
     ws = workspace_of(root, seed)
     if (ws / ".git").is_dir():
-        update_workspace(root, ws)
+        update_workspace(root, ws, shared)
+        subprocess.run([DVC, "checkout", "--quiet", "--force", "--allow-missing", *shared], cwd=ws, check=True)
     else:
         partial = ws.with_name(f"{ws.name}.partial")  # a copy cut off while it was made starts over
         shutil.rmtree(partial, ignore_errors=True)
@@ -321,7 +323,7 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
         print(f"stages every seed shares, brought up to date here once: {', '.join(shared)}")
         gpus = gpus_of(load_params(root / PARAMS_FILE).runtime)
         train_shared(str(root), shared, env, gpus)
-        workspaces = {seed: prepare_workspace(root, seed) for seed in seeds}
+        workspaces = {seed: prepare_workspace(root, seed, shared) for seed in seeds}
         whole = {}  # seeds this run trains from their first stage: their times are a seed's whole cost
         pending = {}  # each seed's stages to run: a run times only the work it does
         to_train = {}  # and of those, the ones before evaluate

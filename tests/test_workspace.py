@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from maskprune.workspace import copy_workspace, update_workspace
 from tests.conftest import run
 
@@ -77,3 +79,34 @@ def test_an_update_takes_new_code_and_params_but_keeps_what_dvc_made_in_the_copy
     assert (dest / "models/m/metrics.json").read_text() == '{"top1": 0.9}\n'  # an output of the copy's lock
     assert (dest / "dvc.lock").read_text().count("path:") == 1
     assert (dest / "data/prepared/meta.json").read_text() == '{"changed": true}\n'  # not in the copy's lock
+
+
+def test_an_update_takes_the_shared_stages_lock_entries_and_outputs_from_the_source(tmp_path: Path) -> None:
+    # the copy's teacher was recorded before a code change the source's lock records (`dvc commit`):
+    # kept, DVC in the copy would train the teacher again
+    source = tmp_path / "source"
+    lock = (
+        "stages:\n  teacher:\n    deps:\n    - path: src/code.py\n      md5: {md5}\n"
+        "    outs:\n    - path: models/teacher/metrics.json\n"
+        "  student:\n    outs:\n    - path: models/student/metrics.json\n"
+    )
+    files = {
+        "src/code.py": "x = 1\n",
+        "dvc.lock": lock.format(md5="old"),
+        "models/teacher/metrics.json": '{"teacher": 1}\n',
+        "models/student/metrics.json": '{"student": 0}\n',
+    }
+    committed_repo(source, files)
+    dest = copy_workspace(source, tmp_path / "dest")
+    (dest / "models/student/metrics.json").write_text('{"student": 1}\n')  # the copy's own run
+    (dest / "models/teacher/metrics.json").write_text('{"teacher": 2}\n')
+    (source / "src/code.py").write_text("x = 2\n")
+    (source / "dvc.lock").write_text(lock.format(md5="new"))
+
+    update_workspace(source, dest, shared=["teacher", "prepare"])
+
+    stages = yaml.safe_load((dest / "dvc.lock").read_text())["stages"]
+    assert stages["teacher"]["deps"][0]["md5"] == "new"  # the source's entry
+    assert stages["student"] == {"outs": [{"path": "models/student/metrics.json"}]}  # the copy's own
+    assert (dest / "models/teacher/metrics.json").read_text() == '{"teacher": 1}\n'  # the source's output
+    assert (dest / "models/student/metrics.json").read_text() == '{"student": 1}\n'

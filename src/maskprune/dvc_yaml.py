@@ -1,4 +1,5 @@
-"""dvc.yaml's stages written out as DVC names them, each `foreach` and `matrix` item expanded.
+"""dvc.yaml's stages written out as DVC names them, each `foreach` and `matrix` item expanded, and
+dvc.lock, DVC's record of how each stage last ran.
 
 `python -m stages` runs their commands without DVC; tracking hashes their dependencies. The graph
 between them is DVC's own (`dvc dag`).
@@ -15,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from maskprune.errors import MaskpruneError
 
+LOCK_FILE = "dvc.lock"
 _REFERENCE = re.compile(r"\$\{([^}]+)\}")
 _EDGE = re.compile(r'^"(?P<src>[^"]+)" -> "(?P<dst>[^"]+)";$')
 _NODE = re.compile(r'^"(?P<name>[^"]+)";$')
@@ -100,3 +104,9 @@ def stage_graph(root: Path, target: str | None = None) -> dict[str, set[str]]:
 def stage_order(root: Path, target: str | None = None) -> list[str]:
     """Stage names in a topological order of `dvc dag` (only `target` and its ancestors if given)."""
     return list(graphlib.TopologicalSorter(stage_graph(root, target)).static_order())
+
+
+def read_lock(root: Path) -> dict[str, Any]:
+    """`root`'s dvc.lock ({} without one)."""
+    lock = root / LOCK_FILE
+    return (yaml.safe_load(lock.read_text()) or {}) if lock.is_file() else {}

@@ -12,17 +12,17 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from fnmatch import fnmatch
 from pathlib import Path
 
 import yaml
 
+from maskprune.dvc_yaml import LOCK_FILE, read_lock
 from maskprune.layout import SEEDS_DIR, SWEEPS_DIR
 
 # NOTE: where flows.seeds and the sweep flows write
 COLLECTED_RESULTS = (f"{SEEDS_DIR.as_posix()}/seed-*", f"{SWEEPS_DIR.as_posix()}/*.csv")
-LOCK_FILE = "dvc.lock"
 
 
 def _git(args: list[str], cwd: Path) -> str:
@@ -65,19 +65,40 @@ def copy_workspace(source: Path, dest: Path, profile: str | None = None) -> Path
     return dest
 
 
+def stage_outputs(lock: dict, stages: Collection[str] | None = None) -> list[str]:
+    """The output paths that `lock` records for `stages` (all its stages when None)."""
+    recorded = lock.get("stages", {})
+    return [
+        out["path"]
+        for name, stage in recorded.items()
+        if stages is None or name in stages
+        for out in stage.get("outs", [])
+    ]
+
+
 def locked_outputs(root: Path) -> list[str]:
     """Every output path that `root`'s dvc.lock records (empty without a lock)."""
-    lock = root / LOCK_FILE
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
-    return [out["path"] for stage in stages.values() for out in stage.get("outs", [])]
+    return stage_outputs(read_lock(root))
 
 
-def update_workspace(source: Path, dest: Path) -> None:
+def update_workspace(source: Path, dest: Path, shared: Collection[str] = ()) -> None:
     """Copy `source`'s files into the earlier copy `dest` again, keeping what DVC made there: its
-    dvc.lock and every output that lock records. DVC in `dest` then reruns only what changed."""
-    outputs = locked_outputs(dest)
+    dvc.lock and every output that lock records. DVC in `dest` then reruns only what changed.
+
+    The `shared` stages are the exception: `dest` takes their dvc.lock entries and their outputs
+    from `source`, as a fresh copy does. Their outputs are the source's by design (a seed's data split
+    and teachers), and a code change recorded in the source's lock since (`dvc commit`) would
+    otherwise make DVC in `dest` train them again. Outputs that git ignores (DVC's cache holds them)
+    then need `dvc checkout` in `dest`.
+    """
+    ours, theirs = read_lock(dest), read_lock(source)
+    taken = {name: entry for name, entry in theirs.get("stages", {}).items() if name in shared}
+    outputs = stage_outputs(ours, set(ours.get("stages", {})) - set(taken))
 
     def made_by_dvc(rel: str) -> bool:
         return rel == LOCK_FILE or any(rel == out or rel.startswith(f"{out}/") for out in outputs)
 
     _copy_files(source, dest, keep=made_by_dvc)
+    if taken:
+        ours["stages"] = {**ours.get("stages", {}), **taken}
+        (dest / LOCK_FILE).write_text(yaml.safe_dump(ours, sort_keys=False))

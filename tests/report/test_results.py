@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
+from maskprune.errors import MaskpruneError
 from maskprune.layout import SEEDS_DIR
 from maskprune.report.results import differing_keys, load_results, precision_summary, recorded_precisions
 
@@ -161,3 +163,38 @@ def test_a_stage_folder_evaluate_did_not_read_leaves_the_precision_alone(tmp_pat
     evaluate["models"]["distill/vit-cls/finetune"] = {"top1": 0.5}
     evaluate_file.write_text(json.dumps(evaluate))
     assert [x["seed"] for x in load_results(root)[1]] == [1]
+
+
+def test_a_workspace_whose_params_changed_since_its_results_were_made_is_refused(tmp_path: Path) -> None:
+    root = _seed_root(tmp_path, 0, "a" * 64)
+    (root / "params.yaml").write_text(
+        yaml.safe_dump(
+            {"seed": 0, "distill": {"finetune": {"train_limit": 5000, "min_lr": 1.0e-05}}, "report": {"x": 2}}
+        )
+    )
+    (root / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "distill": {"cmd": "train", "params": ["seed", "distill.finetune"]},
+                    "report": {"cmd": "report", "params": ["report"]},
+                }
+            }
+        )
+    )
+
+    def lock(train_limit: int) -> str:
+        # as DVC writes it: 1e-05 (a string to PyYAML); a stage dvc.yaml no longer has; the report's own params
+        return (
+            "schema: '2.0'\nstages:\n"
+            f"  distill:\n    params:\n      params.yaml:\n        seed: 0\n        distill.finetune:\n"
+            f"          train_limit: {train_limit}\n          min_lr: 1e-05\n"
+            "  prune@old:\n    params:\n      params.yaml:\n        seed: 3\n"
+            "  report:\n    params:\n      params.yaml:\n        report:\n          x: 1\n"
+        )
+
+    (root / "dvc.lock").write_text(lock(5000))
+    assert [r.seed for r in load_results(root)[0]] == [0]
+    (root / "dvc.lock").write_text(lock(10000))
+    with pytest.raises(MaskpruneError, match=r"\(distill.finetune.train_limit: 10000 -> 5000\): run `dvc repro`"):
+        load_results(root)

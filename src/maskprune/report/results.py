@@ -23,6 +23,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from maskprune.config import PARAMS_FILE
+from maskprune.dvc_yaml import expand, read_lock
 from maskprune.errors import MaskpruneError
 from maskprune.layout import EVALUATE_FILE, MODELS_DIR, SEEDS_DIR
 from maskprune.tracking.runs import flatten
@@ -45,6 +47,7 @@ NEUTRAL_KEYS = (
 )
 # the models every seed shares by design (they have seeds of their own: teacher.seed, distill.teacher_train)
 SHARED_MODELS = ("teacher", "distill_teacher")
+REPORT_STAGE = "report"  # the stage that reads the results: its params are the report's, not theirs
 
 
 @dataclass
@@ -76,6 +79,34 @@ def differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     fa, fb = flatten(a), flatten(b)
     keys = sorted(k for k in set(fa) | set(fb) if not k.startswith(NEUTRAL_KEYS) and fa.get(k) != fb.get(k))
     return keys
+
+
+def stale_params(root: Path, params: dict[str, Any]) -> list[str]:
+    """What `root`'s results were made with that its params.yaml no longer says: for each key that a
+    stage of its pipeline ran with by its dvc.lock (the report aside), 'key: recorded -> now' where
+    the two differ (neutral keys aside). [] without dvc.yaml or dvc.lock (results copied in)."""
+    pipeline, lock = root / "dvc.yaml", read_lock(root).get("stages", {})
+    if not pipeline.is_file() or not lock:
+        return []
+    now = flatten(params)
+    stale = {}
+    for stage in expand(yaml.safe_load(pipeline.read_text()), params):
+        if stage.name == REPORT_STAGE or stage.name not in lock:
+            continue  # NOTE: a stage never run leaves evaluate's inputs missing, which read_result reports
+        for key, value in flatten(lock[stage.name].get("params", {}).get(PARAMS_FILE, {})).items():
+            if not key.startswith(NEUTRAL_KEYS) and not _same(value, now.get(key)):
+                stale[key] = f"{key}: {value} -> {now.get(key)}"
+    return [stale[key] for key in sorted(stale)]
+
+
+def _same(recorded: Any, now: Any) -> bool:
+    """Equal params values; DVC writes 1e-05 where PyYAML reads a string."""
+    if recorded == now:
+        return True
+    try:
+        return float(recorded) == float(now)
+    except (TypeError, ValueError):
+        return False
 
 
 def shared_weights(evaluate: dict[str, Any]) -> dict[str, str | None]:
@@ -153,7 +184,7 @@ def other_precision(ours: dict[str, dict[str, set[str]]], theirs: dict[str, dict
 
 def read_result(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(params, evaluate report) of a result root."""
-    params_file, evaluate_file = root / "params.yaml", root / EVALUATE_FILE
+    params_file, evaluate_file = root / PARAMS_FILE, root / EVALUATE_FILE
     if not evaluate_file.is_file():
         raise MaskpruneError(f"{evaluate_file} is missing: run `dvc repro evaluate` first")
     return yaml.safe_load(params_file.read_text()), json.loads(evaluate_file.read_text())
@@ -162,6 +193,11 @@ def read_result(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def load_results(root: Path) -> tuple[list[SeedResult], list[dict[str, Any]]]:
     """The workspace's seed and every comparable collected seed; and the excluded ones, with reasons."""
     params, evaluate = read_result(root)
+    if stale := stale_params(root, params):
+        raise MaskpruneError(
+            f"{root / PARAMS_FILE} changed since its results were made ({'; '.join(stale[:4])}"
+            f"{' ...' if len(stale) > 4 else ''}): run `dvc repro` before the report"
+        )
     ours, our_precision = shared_weights(evaluate), recorded_precisions(root, evaluate)
     included = [SeedResult(int(params["seed"]), root, evaluate, precision_summary(our_precision))]
     excluded = []
