@@ -110,3 +110,8 @@ def test_an_update_takes_the_shared_stages_lock_entries_and_outputs_from_the_sou
     assert stages["student"] == {"outs": [{"path": "models/student/metrics.json"}]}  # the copy's own
     assert (dest / "models/teacher/metrics.json").read_text() == '{"teacher": 1}\n'  # the source's output
     assert (dest / "models/student/metrics.json").read_text() == '{"student": 1}\n'
+    # in step with the source: left as DVC wrote it (the seeds flow collects a seed again when its lock changes)
+    in_step = lock.format(md5="new") + "# a rewrite drops this line\n"
+    (dest / "dvc.lock").write_text(in_step)
+    update_workspace(source, dest, shared=["teacher"])
+    assert (dest / "dvc.lock").read_text() == in_step

@@ -99,6 +99,7 @@ def update_workspace(source: Path, dest: Path, shared: Collection[str] = ()) -> 
         return rel == LOCK_FILE or any(rel == out or rel.startswith(f"{out}/") for out in outputs)
 
     _copy_files(source, dest, keep=made_by_dvc)
-    if taken:
+    if any(ours.get("stages", {}).get(name) != entry for name, entry in taken.items()):
+        # NOTE: rewritten only when it differs: the seeds flow collects a seed again when its lock changes
         ours["stages"] = {**ours.get("stages", {}), **taken}
         (dest / LOCK_FILE).write_text(yaml.safe_dump(ours, sort_keys=False))
