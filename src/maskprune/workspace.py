@@ -65,20 +65,10 @@ def copy_workspace(source: Path, dest: Path, profile: str | None = None) -> Path
     return dest
 
 
-def stage_outputs(lock: dict, stages: Collection[str] | None = None) -> list[str]:
-    """The output paths that `lock` records for `stages` (all its stages when None)."""
+def stage_outputs(lock: dict, stages: Collection[str]) -> list[str]:
+    """The output paths that the parsed dvc.lock `lock` records for `stages`."""
     recorded = lock.get("stages", {})
-    return [
-        out["path"]
-        for name, stage in recorded.items()
-        if stages is None or name in stages
-        for out in stage.get("outs", [])
-    ]
-
-
-def locked_outputs(root: Path) -> list[str]:
-    """Every output path that `root`'s dvc.lock records (empty without a lock)."""
-    return stage_outputs(read_lock(root))
+    return [out["path"] for name in stages for out in recorded.get(name, {}).get("outs", [])]
 
 
 def update_workspace(source: Path, dest: Path, shared: Collection[str] = ()) -> None:
