@@ -24,9 +24,9 @@ test:
 	ruff check --quiet .
 	python -m pytest -q -n auto --dist loadgroup --no-loadscope-reorder
 
-## The same pipeline as a Prefect flow (ephemeral mode).
+## The same pipeline as a Prefect flow (ephemeral mode); two stages at a time on 2 cores: ARGS="--jobs 2"
 flow: setup
-	python -m flows.pipeline
+	python -m flows.pipeline $(ARGS)
 
 ## The MaskedKD sweep (teacher keep ratio x criterion) as DVC experiments; extra flags via ARGS="..."
 sweep: setup

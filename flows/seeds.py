@@ -39,12 +39,12 @@ import psutil
 import yaml
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 
 from flows import check_prefect_api
 from flows.dvc_runner import DVC, run_dvc
 from flows.experiments import add_experiment_options, sweep_run, threads_per_job
 from flows.gpu_slots import gpus_of, holding_gpus
+from flows.scheduling import run_graph
 from maskprune import atomic
 from maskprune.checkpoint import train_progress
 from maskprune.config import PARAMS_FILE, find_repo_root, load_params
@@ -243,16 +243,6 @@ def training_graph(workspaces: dict[int, Path], to_train: dict[int, set[str]]) -
     return graph
 
 
-def descendants(graph: dict[tuple[int, str], set]) -> dict[tuple[int, str], int]:
-    """{node: how many nodes wait for it, directly or not}."""
-    below: dict[tuple[int, str], set] = {node: set() for node in graph}
-    # NOTE: in reverse topological order every node comes after all the nodes that wait for it
-    for node in reversed(list(graphlib.TopologicalSorter(graph).static_order())):
-        for dep in graph[node]:
-            below[dep] |= {node} | below[node]
-    return {node: len(nodes) for node, nodes in below.items()}
-
-
 def train_seeds(
     workspaces: dict[int, Path],
     to_train: dict[int, set[str]],
@@ -270,31 +260,13 @@ def train_seeds(
         env: the environment of each stage's DVC, threads included.
         gpus: GPU slots each stage holds.
     """
-    graph = training_graph(workspaces, to_train)
-    below = descendants(graph)
-    sorter = graphlib.TopologicalSorter(graph)
-    sorter.prepare()
-    ready: list[tuple[int, str]] = []
-    running: dict[object, tuple[int, str]] = {}
-    failed: list[int] = []
-    while sorter.is_active():
-        # NOTE: the stage with the most stages waiting for it first (pre-training before fine-tuning
-        # before pruning), so the long chains start early and the independent stages fill the gaps
-        ready = sorted([*ready, *sorter.get_ready()], key=lambda node: (-below[node], node))
-        while ready and len(running) < jobs:
-            seed, stage = node = ready.pop(0)
-            if seed in failed:
-                sorter.done(node)
-                continue
-            running[train_stage.submit(seed, stage, str(workspaces[seed]), env, gpus)] = node
-        if not running:
-            continue
-        future = next(as_completed(list(running)))
-        node = running.pop(future)
-        if future.state.is_failed() and node[0] not in failed:
-            failed.append(node[0])
-        sorter.done(node)
-    return failed
+    failed = run_graph(
+        training_graph(workspaces, to_train),
+        lambda node: train_stage.submit(node[0], node[1], str(workspaces[node[0]]), env, gpus),
+        jobs,
+        blocked=lambda node, not_run: node[0] in {seed for seed, _ in not_run},
+    )
+    return sorted({seed for seed, _ in failed})
 
 
 @task(cache_policy=NO_CACHE, task_run_name="evaluate seed {seed}")

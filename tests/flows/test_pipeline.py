@@ -64,7 +64,8 @@ def test_skipped_stages_end_skipped_along_the_stage_graph(
     prefect_harness: None, smoke_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On the reproduced smoke run nothing changed: every task ends Skipped (of type Completed) and
-    waits for the tasks of the stages it depends on, the edges of Prefect's graph."""
+    waits for the tasks of the stages it depends on, the edges of Prefect's graph; two stages at a
+    time (the two pre-trainings can run side by side)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -73,8 +74,10 @@ def test_skipped_stages_end_skipped_along_the_stage_graph(
     repo = copy_run(smoke_run, tmp_path / "repo")  # NOTE: without the shared run's MLflow store
     monkeypatch.chdir(repo)
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    state = pipeline(stage="teacher", return_state=True)
-    assert state.result() == {"prepare": "skipped", "distill_teacher": "skipped", "teacher": "skipped"}
+    state = pipeline(stage="finetune@full", jobs=2, return_state=True)
+    assert state.result() == dict.fromkeys(
+        ["prepare", "pretrain@mae-baseline", "pretrain@mae-mto", "finetune@full"], "skipped"
+    )
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
@@ -89,7 +92,24 @@ def test_skipped_stages_end_skipped_along_the_stage_graph(
         )
         for stage, run in by_stage.items()
     }
-    assert upstream == {"prepare": [], "distill_teacher": ["prepare"], "teacher": ["distill_teacher", "prepare"]}
+    assert upstream == {
+        "prepare": [],
+        "pretrain@mae-baseline": ["prepare"],
+        "pretrain@mae-mto": ["prepare"],
+        "finetune@full": ["prepare", "pretrain@mae-baseline", "pretrain@mae-mto"],
+    }
+
+
+def test_training_stages_share_the_cores_out_among_jobs_evaluate_keeps_them() -> None:
+    from flows.pipeline import stage_env
+
+    env = {"PATH": "/bin"}
+    cores = os.cpu_count() or 1
+    assert stage_env("pretrain@mae-mto", env, 2) == {"PATH": "/bin", "OMP_NUM_THREADS": str(max(1, cores // 2))}
+    assert stage_env("teacher", env, 1) == env
+    for stage in ("prepare", "evaluate", "report"):
+        assert stage_env(stage, env, 2) == env
+    assert stage_env("finetune@full", {**env, "OMP_NUM_THREADS": "3"}, 2)["OMP_NUM_THREADS"] == "3"  # set wins
 
 
 def test_serve_refuses_without_a_prefect_server(monkeypatch: pytest.MonkeyPatch) -> None:

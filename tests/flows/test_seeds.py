@@ -15,7 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flows.seeds import descendants, shared_stages, training_graph, with_seed
+from flows.scheduling import descendants
+from flows.seeds import shared_stages, training_graph, with_seed
 from maskprune.environment import cpu_name
 from maskprune.errors import MaskpruneError
 from tests.conftest import copy_run, narrow, subprocess_env
