@@ -199,7 +199,9 @@ def test_the_committed_lock_keeps_the_committed_teachers_and_report(tmp_path: Pa
     assert {"prepare", "distill_teacher", "teacher"} <= set(shared)
     # the stages whose outputs are committed: the shared ones (the data split, the teachers) and the report
     assert lock_drift(dvc_status(ROOT, [*shared, "report"])) == [], (
-        "dvc.lock is stale for a committed stage: for the report run `dvc repro --single-item report`; for "
+        "dvc.lock is stale for a committed stage: for the report run `git clean -fdX models` (a fresh clone has "
+        "no students' weights, and the report's lock entry hashes models/ whole) then `dvc repro --single-item "
+        "report`; for "
         "the teachers, where the change leaves their training as it was, `dvc commit -f prepare "
         "distill_teacher teacher`, otherwise retrain them and every seed; then commit dvc.lock"
     )
