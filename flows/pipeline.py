@@ -10,7 +10,7 @@ Each task runs `dvc repro --single-item <stage>` once the stages it depends on h
 DVC's own change detection is the only cache (Prefect caching is off). A stage DVC skips ends in a
 state of its own, Skipped (of type Completed); each task waits for the tasks of the stages it depends
 on, which Prefect draws as the flow's graph. With `--jobs N` up to N stages run at a time, the one
-with the most stages waiting for it first (flows.scheduling); DVC releases its repository lock while
+heading the longest chain of expected seconds first (flows.scheduling); DVC releases its repository lock while
 a stage's command runs and `--wait-for-lock` makes the other wait while one records its outputs. Each
 training stage then gets `OMP_NUM_THREADS` = cores / N unless it is set (more torch threads than cores
 spin against each other); evaluate, which waits for every model, runs alone with the machine's
@@ -43,7 +43,7 @@ from flows import check_prefect_api
 from flows.dvc_runner import DVC, run_dvc
 from flows.experiments import add_experiment_options, threads_per_job
 from flows.gpu_slots import gpus_of, holding_gpus
-from flows.scheduling import run_graph
+from flows.scheduling import measured_seconds, run_graph
 from maskprune.config import Params, find_repo_root, load_params
 from maskprune.dvc_yaml import stage_graph
 from maskprune.errors import exit_on_user_error
@@ -110,7 +110,13 @@ def pipeline(stage: str | None = None, force: bool = False, jobs: int = 1) -> di
             )
             return futures[name]
 
-        run_graph(graph, submit, jobs, blocked=lambda name, not_run: bool(graph[name] & not_run))
+        run_graph(
+            graph,
+            submit,
+            jobs,
+            blocked=lambda name, not_run: bool(graph[name] & not_run),
+            seconds=measured_seconds(root),  # NOTE: each stage is expected to take as long as its last run here
+        )
         # NOTE: a failed stage raises here, and the parent run fails; a stage it stopped has no future,
         # and comes after it in this order
         outcome = {name: futures[name].result() for name in graphlib.TopologicalSorter(graph).static_order()}

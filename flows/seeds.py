@@ -14,7 +14,7 @@ and params into it (keeping its outputs, dvc.lock and training checkpoints), DVC
 that finished, and the stage that was cut off resumes after its last saved epoch.
 
 Up to `--jobs` training stages run at a time, of one seed or of several (a stage starts once the
-stages it depends on have finished; the one with the most stages waiting for it first), with
+stages it depends on have finished; the one heading the longest chain of expected seconds first), with
 cores / jobs torch threads each; so one seed alone also trains faster with `--jobs 2` on 2 cores.
 Each seed's evaluate then runs alone with the workspace's own thread count, so its throughput ratios
 are measured as seed 0's are. A finished seed's results (params.yaml, metrics/evaluate.json,
@@ -44,7 +44,7 @@ from flows import check_prefect_api
 from flows.dvc_runner import DVC, run_dvc
 from flows.experiments import add_experiment_options, sweep_run, threads_per_job
 from flows.gpu_slots import gpus_of, holding_gpus
-from flows.scheduling import run_graph
+from flows.scheduling import measured_seconds, run_graph
 from maskprune import atomic
 from maskprune.checkpoint import train_progress
 from maskprune.config import PARAMS_FILE, find_repo_root, load_params
@@ -249,6 +249,7 @@ def train_seeds(
     jobs: int,
     env: dict[str, str],
     gpus: int,
+    seconds: dict[str, float],
 ) -> list[int]:
     """Run every training stage of every seed, `jobs` stages at a time; returns the seeds whose
     training failed (their later stages do not start; the others go on).
@@ -259,12 +260,15 @@ def train_seeds(
         jobs: stages at a time, of one seed or several.
         env: the environment of each stage's DVC, threads included.
         gpus: GPU slots each stage holds.
+        seconds: {stage: its expected seconds}, the same in every seed.
     """
+    graph = training_graph(workspaces, to_train)
     failed = run_graph(
-        training_graph(workspaces, to_train),
+        graph,
         lambda node: train_stage.submit(node[0], node[1], str(workspaces[node[0]]), env, gpus),
         jobs,
         blocked=lambda node, not_run: node[0] in {seed for seed, _ in not_run},
+        seconds={node: seconds[node[1]] for node in graph if node[1] in seconds},
     )
     return sorted({seed for seed, _ in failed})
 
@@ -312,7 +316,8 @@ def seed_sweep(seeds: list[int] = [1, 2], jobs: int = 1, report: bool = True) ->
                 write_run(ws, cpus=[*read_run(ws).get("cpus", []), cpu_name()])
         training = threads_per_job(env, jobs)
         began = time.perf_counter()
-        failed = train_seeds(workspaces, to_train, jobs, training, gpus)
+        # NOTE: each stage is expected to take as long as it took here, the workspace's seed
+        failed = train_seeds(workspaces, to_train, jobs, training, gpus, measured_seconds(root))
         # NOTE: a run with nothing to train (evaluate's code changed, say) keeps the time of the run
         # that trained the seed
         trained = [seed for seed in seeds if to_train[seed]]

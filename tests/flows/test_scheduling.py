@@ -1,17 +1,17 @@
-"""flows.scheduling on real Prefect tasks: order, concurrency, and what a failure stops."""
+"""flows.scheduling: the expected seconds of the chains, and on real Prefect tasks the order, concurrency,
+and what a failure stops."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Hashable
+from pathlib import Path
 
 import pytest
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.scheduling import run_graph
-
-pytestmark = pytest.mark.integration
+from flows.scheduling import critical_paths, measured_seconds, run_graph
 
 
 @task(cache_policy=NO_CACHE)
@@ -26,7 +26,10 @@ def step(node: str, log: list[tuple[str, str]], barrier: threading.Barrier | Non
 
 @flow
 def run(
-    graph: dict[Hashable, set], jobs: int, barrier: threading.Barrier | None = None
+    graph: dict[Hashable, set],
+    jobs: int,
+    barrier: threading.Barrier | None = None,
+    seconds: dict[Hashable, float] | None = None,
 ) -> tuple[list, list[tuple[str, str]]]:
     log: list[tuple[str, str]] = []
     failed = run_graph(
@@ -34,21 +37,54 @@ def run(
         lambda node: step.submit(node, log, barrier),
         jobs,
         blocked=lambda node, not_run: bool(graph[node] & not_run),
+        seconds=seconds or {},
     )
     return failed, log
 
 
-def test_one_job_runs_the_node_with_most_waiting_first_and_a_failure_stops_only_its_descendants(
+def test_a_chain_takes_its_own_seconds_and_the_longest_of_those_waiting_for_it() -> None:
+    # a -> b -> c and a lone d; c was never measured, so it counts as the median of the others, 3
+    graph = {"a": set(), "b": {"a"}, "c": {"b"}, "d": set()}
+    assert critical_paths(graph, {"a": 2.0, "b": 3.0, "d": 10.0}) == {"a": 8.0, "b": 6.0, "c": 3.0, "d": 10.0}
+    # a fork: e waits for nothing, f (1 s) and g (5 s) for e; nothing measured counts 1 each
+    assert critical_paths({"e": set(), "f": {"e"}, "g": {"e"}}, {"f": 1.0, "g": 5.0}) == {"e": 8.0, "f": 1.0, "g": 5.0}
+    assert critical_paths(graph, {}) == {"a": 3.0, "b": 2.0, "c": 1.0, "d": 1.0}
+
+
+def test_a_stage_is_expected_to_take_the_seconds_its_history_records(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "history.csv").write_text("epoch,seconds,lr\n1,1.5,0.1\n2,2.5,0.1\n")
+    lock = {
+        "trained": ["m/history.csv", "m/model.safetensors"],
+        "lost": ["gone/history.csv"],  # dvc.lock names it, the workspace has not made it
+        "report": ["reports/report.md"],
+    }
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n"
+        + "".join(
+            f"  {stage}:\n    outs:\n" + "".join(f"    - path: {p}\n" for p in outs) for stage, outs in lock.items()
+        )
+    )
+    assert measured_seconds(tmp_path) == {"trained": 4.0}
+    assert measured_seconds(tmp_path / "m") == {}  # no dvc.lock
+
+
+@pytest.mark.integration
+def test_one_job_runs_the_node_heading_the_longest_chain_first_and_a_failure_stops_only_its_descendants(
     prefect_harness: None,
 ) -> None:
-    # b has c waiting for it, a nothing: b first (a topological order alone could start with a)
+    # unmeasured, b has c waiting for it, a nothing: b first (a topological order alone could start with a)
     failed, log = run({"a": set(), "b": set(), "c": {"b"}}, jobs=1)
     assert failed == [] and [node for event, node in log if event == "start"] == ["b", "a", "c"]
+    # a expected to take longer than b and c together: a first
+    failed, log = run({"a": set(), "b": set(), "c": {"b"}}, jobs=1, seconds={"a": 10.0, "b": 1.0, "c": 1.0})
+    assert failed == [] and [node for event, node in log if event == "start"] == ["a", "b", "c"]
     failed, log = run({"bad": set(), "child": {"bad"}, "grandchild": {"child"}, "free": set()}, jobs=1)
     assert failed == ["bad"]
     assert [entry for entry in log if entry[1] != "bad"] == [("start", "free"), ("end", "free")]
 
 
+@pytest.mark.integration
 def test_jobs_run_side_by_side_never_more_than_asked(prefect_harness: None) -> None:
     barrier = threading.Barrier(2, timeout=30)
     failed, log = run({"p": set(), "q": set(), "r": set(), "s": set()}, jobs=2, barrier=barrier)
