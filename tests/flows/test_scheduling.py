@@ -46,7 +46,7 @@ def test_a_chain_takes_its_own_seconds_and_the_longest_of_those_waiting_for_it()
     # a -> b -> c and a lone d; c was never measured, so it counts as the median of the others, 3
     graph = {"a": set(), "b": {"a"}, "c": {"b"}, "d": set()}
     assert critical_paths(graph, {"a": 2.0, "b": 3.0, "d": 10.0}) == {"a": 8.0, "b": 6.0, "c": 3.0, "d": 10.0}
-    # a fork: e waits for nothing, f (1 s) and g (5 s) for e; nothing measured counts 1 each
+    # a fork: f (1 s) and g (5 s) wait for e, never measured, which counts as their median, 3
     assert critical_paths({"e": set(), "f": {"e"}, "g": {"e"}}, {"f": 1.0, "g": 5.0}) == {"e": 8.0, "f": 1.0, "g": 5.0}
     assert critical_paths(graph, {}) == {"a": 3.0, "b": 2.0, "c": 1.0, "d": 1.0}
 
