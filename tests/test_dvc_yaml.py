@@ -214,6 +214,15 @@ def test_the_committed_lock_keeps_the_committed_teachers_and_report(tmp_path: Pa
     ]
 
 
+def test_the_committed_lock_records_only_stages_dvc_yaml_has() -> None:
+    """DVC keeps a stage's lock entry after the stage leaves dvc.yaml (a keep ratio dropped from
+    params.yaml), and the seed workspaces copy the lock: an entry nothing runs any more must go."""
+    dvc, params = (yaml.safe_load((ROOT / name).read_text()) for name in ("dvc.yaml", "params.yaml"))
+    stages = {stage.name for stage in expand(dvc, params)}
+    locked = set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"])
+    assert sorted(locked - stages) == [], "dvc.lock records stages dvc.yaml no longer has: delete their entries"
+
+
 PLOT_TEMPLATES = ROOT / ".dvc" / "plots"
 PALETTE = {"tableau20": 20}  # NOTE: vega's scheme sizes: past them colours repeat
 
