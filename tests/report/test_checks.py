@@ -17,7 +17,9 @@ from maskprune.report.checks import (
     keep_ratio,
     not_collapsed,
     plateaued,
+    rauc_defined,
     teacher_gap,
+    teacher_larger,
     testable,
 )
 
@@ -59,6 +61,31 @@ def test_teacher_gap_boundary_and_no_data() -> None:
     assert teacher_gap({0: 0.9}, {1: 0.8}, minimum=0.02) == Check(
         "teacher stronger than the no-KD student", False, "not measured"
     )
+
+
+def test_teacher_larger_fails_on_the_seed_where_the_student_is_as_large() -> None:
+    check = teacher_larger({0: 2.78, 1: 1.20, 2: math.nan}, {0: 1.20, 1: 1.20, 2: 1.20, 3: 0.5})
+    assert check == Check(
+        "the teacher is larger than the student",
+        False,
+        "seed 1: teacher 1.20 M vs student 1.20 M parameters; seed 2: teacher nan M vs student 1.20 M parameters",
+    )
+    passing = teacher_larger({0: 2.78, 1: 2.78}, {0: 1.20, 1: 2.00})
+    assert passing == Check(
+        "the teacher is larger than the student", True, "seed 1: teacher 2.78 M vs student 2.00 M parameters"
+    )
+    assert teacher_larger({0: 2.78}, {1: 1.20}).detail == "not measured"
+
+
+def test_rauc_defined_names_each_seed_where_the_baseline_did_not_improve() -> None:
+    check = rauc_defined({"mae": {0: -0.25, 1: math.nan}, "simmim": {0: 0.1, 2: math.nan}})
+    assert check == Check(
+        "RAUC is defined (the baseline's probe improves over the range)",
+        False,
+        "undefined for mae seed 1, simmim seed 2",
+    )
+    assert rauc_defined({"mae": {0: -0.25, 1: 0.0}}).detail == "defined on every seed"
+    assert rauc_defined({"mae": {}}).detail == "not measured"
 
 
 def _curve(*val: float) -> Curve:

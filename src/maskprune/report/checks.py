@@ -111,6 +111,25 @@ def teacher_gap(
     return _verdict(f"{teacher_name} stronger than {student_name}", cases)
 
 
+def teacher_larger(
+    teacher: dict[int, float],
+    student: dict[int, float],
+) -> Check:
+    """Whether the teacher has strictly more parameters than its student, on every shared seed: distilling
+    into a student as large as its teacher is not the compression a distillation claim is about.
+
+    Args:
+        teacher: the teacher's parameter count per seed, in millions.
+        student: the student's parameter count per seed, in millions.
+    """
+    cases = []
+    for seed in sorted(set(teacher) & set(student)):
+        more = teacher[seed] - student[seed]
+        text = f"seed {seed}: teacher {teacher[seed]:.2f} M vs student {student[seed]:.2f} M parameters"
+        cases.append(_Case(more if more > 0 else -math.inf, text))  # strictly larger; NaN fails
+    return _verdict("the teacher is larger than the student", cases)
+
+
 @dataclass(frozen=True)
 class Curve:
     """One arm's training on one seed: after each epoch, the validation top-1 and the learning rate."""
@@ -277,6 +296,28 @@ def not_collapsed(
             )
             cases.append(_Case(margin, text))
     return _verdict("MTO has not collapsed", cases)
+
+
+def rauc_defined(
+    rauc: dict[str, dict[int, float]],
+) -> Check:
+    """Whether RAUC is defined for every arm on every seed. RAUC divides by the baseline's gain over the
+    epoch range, so it is undefined where the baseline's probe does not improve over that range, and a
+    claim about faster convergence cannot be read on such a seed.
+
+    Args:
+        rauc: per arm and seed (every seed the arm was measured on), RAUC over the primary epoch range;
+            NaN where it is undefined.
+    """
+    name = "RAUC is defined (the baseline's probe improves over the range)"
+    if not any(rauc.values()):
+        return Check(name, False, NOT_MEASURED)
+    undefined = [
+        f"{arm} seed {seed}" for arm, seeds in rauc.items() for seed in sorted(seeds) if math.isnan(seeds[seed])
+    ]
+    if undefined:
+        return Check(name, False, f"undefined for {', '.join(undefined)}")
+    return Check(name, True, "defined on every seed")
 
 
 def clears_floor(
